@@ -1,0 +1,25 @@
+// A minimal assertion helper for the native tests: report and count failures.
+#pragma once
+
+#include <cstdio>
+
+static int g_failures = 0;
+
+#define NCP_EXPECT(cond, ...)                                           \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      ++g_failures;                                                     \
+      std::fprintf(stderr, "%s:%d: expected %s: ", __FILE__, __LINE__, #cond); \
+      std::fprintf(stderr, __VA_ARGS__);                                \
+      std::fprintf(stderr, "\n");                                       \
+    }                                                                   \
+  } while (0)
+
+inline int finish(const char* name) {
+  if (g_failures) {
+    std::fprintf(stderr, "%s: %d check(s) failed\n", name, g_failures);
+    return 1;
+  }
+  std::printf("%s: all checks passed\n", name);
+  return 0;
+}

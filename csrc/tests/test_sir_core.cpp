@@ -1,0 +1,122 @@
+// Native tests of the torch-free SIR core: the Philox stream, the per-row
+// resample (distribution, systematic counts, -inf, invalid rows), the gather.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "check.h"
+#include "sir_resample.h"
+
+using namespace ncpfast::core;
+
+static void test_philox_known_answer() {
+  // Random123's known-answer vector for philox4x32-10, counter 0 and key 0.
+  const Philox4 out = philox4x32_10(Philox4{{0, 0, 0, 0}}, 0, 0);
+  const uint32_t expected[4] = {0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u};
+  for (int i = 0; i < 4; ++i) NCP_EXPECT(out.v[i] == expected[i], "word %d = %08x", i, out.v[i]);
+  for (uint64_t s = 0; s < 10000; ++s) {
+    const float u = sir_uniform(12345, 7, s);
+    NCP_EXPECT(u >= 0.f && u < 1.f, "uniform %g out of [0, 1)", u);
+  }
+}
+
+static double logsumexp(const std::vector<float>& w) {
+  double m = -INFINITY;
+  for (float x : w) m = std::max<double>(m, x);
+  double s = 0;
+  for (float x : w) s += std::exp(x - m);
+  return m + std::log(s);
+}
+
+static void test_multinomial_frequencies() {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.f, 1.5f);
+  const int64_t M = 12, S = 200000;
+  std::vector<float> w(M), cdf(M);
+  for (auto& x : w) x = normal(rng);
+  w[5] = -INFINITY;
+  std::vector<int64_t> idx(S);
+  const float lz = sir_resample_row_cpu(w.data(), M, S, false, 99, 0, cdf.data(), idx.data());
+  NCP_EXPECT(std::fabs(lz - logsumexp(w)) < 1e-5, "log-normaliser %g vs %g", lz, logsumexp(w));
+  std::vector<int64_t> counts(M, 0);
+  for (int64_t k : idx) {
+    NCP_EXPECT(k >= 0 && k < M, "index %lld out of range", static_cast<long long>(k));
+    if (k >= 0 && k < M) ++counts[k];
+  }
+  NCP_EXPECT(counts[5] == 0, "-inf weight drawn %lld times", static_cast<long long>(counts[5]));
+  for (int64_t i = 0; i < M; ++i) {
+    const double p = std::exp(w[i] - logsumexp(w));
+    const double sd = std::sqrt(S * p * (1 - p)) + 1e-9;
+    NCP_EXPECT(std::fabs(counts[i] - S * p) < 5 * sd + 1, "index %lld: %lld draws, expected %g",
+               static_cast<long long>(i), static_cast<long long>(counts[i]), S * p);
+  }
+}
+
+static void test_systematic_counts_within_one() {
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<double> uni(-3.0, 3.0);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int64_t M = 1 + trial * 7, S = 1 + trial * 13;
+    std::vector<double> w(M);  // double weights exercise the other instantiation
+    for (auto& x : w) x = uni(rng);
+    std::vector<float> cdf(M), wf(w.begin(), w.end());
+    std::vector<int64_t> idx(S), counts(M, 0);
+    sir_resample_row_cpu(w.data(), M, S, true, 1000 + trial, trial, cdf.data(), idx.data());
+    for (int64_t k : idx) ++counts[k];
+    const double lz = logsumexp(wf);
+    for (int64_t i = 0; i < M; ++i) {
+      const double expected = S * std::exp(wf[i] - lz);
+      NCP_EXPECT(std::fabs(counts[i] - expected) <= 1.0 + 1e-3, "trial %d index %lld: %lld vs %g",
+                 trial, static_cast<long long>(i), static_cast<long long>(counts[i]), expected);
+    }
+  }
+}
+
+static void test_invalid_rows() {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> cdf(3);
+  std::vector<int64_t> idx(4, 7);
+  std::vector<float> all_neg_inf{-inf, -inf, -inf};
+  NCP_EXPECT(sir_resample_row_cpu(all_neg_inf.data(), 3, 4, false, 1, 0, cdf.data(), idx.data()) == -inf,
+             "all -inf row must give -inf");
+  for (int64_t k : idx) NCP_EXPECT(k == 0, "invalid row index %lld", static_cast<long long>(k));
+  std::vector<float> with_nan{0.f, std::nanf(""), 1.f};
+  NCP_EXPECT(std::isnan(sir_resample_row_cpu(with_nan.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
+             "NaN row must give NaN");
+  std::vector<float> with_inf{0.f, inf, 1.f};
+  NCP_EXPECT(std::isnan(sir_resample_row_cpu(with_inf.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
+             "+inf row must give NaN");
+  std::vector<float> one_finite{-inf, 3.f, -inf};
+  const float lz = sir_resample_row_cpu(one_finite.data(), 3, 4, false, 1, 0, cdf.data(), idx.data());
+  NCP_EXPECT(lz == 3.f, "one finite weight: log-normaliser %g", lz);
+  for (int64_t k : idx) NCP_EXPECT(k == 1, "only index 1 may be drawn, got %lld", static_cast<long long>(k));
+  // Extreme but finite weights do not overflow.
+  std::vector<float> huge{1e30f, 1e30f - 1e24f, -1e30f};
+  NCP_EXPECT(std::isfinite(sir_resample_row_cpu(huge.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
+             "large finite weights must stay finite");
+}
+
+static void test_gather() {
+  const int64_t M = 5, S = 3, D = 3;
+  std::vector<float> proposals(M * D), out(S * D, -1.f);
+  for (int64_t i = 0; i < M * D; ++i) proposals[i] = static_cast<float>(i);
+  const int64_t idx[S] = {4, 0, 4};
+  sir_gather_row(reinterpret_cast<const unsigned char*>(proposals.data()), idx, S, D * sizeof(float),
+                 reinterpret_cast<unsigned char*>(out.data()));
+  for (int64_t j = 0; j < S; ++j)
+    for (int64_t d = 0; d < D; ++d)
+      NCP_EXPECT(out[j * D + d] == proposals[idx[j] * D + d], "gather mismatch at %lld,%lld",
+                 static_cast<long long>(j), static_cast<long long>(d));
+  sir_gather_row(nullptr, idx, S, 0, nullptr);  // zero-sized proposals: no access at all
+}
+
+int main() {
+  test_philox_known_answer();
+  test_multinomial_frequencies();
+  test_systematic_counts_within_one();
+  test_invalid_rows();
+  test_gather();
+  return finish("test_sir_core");
+}

@@ -1,0 +1,9 @@
+"""ncpfast's fused operators.
+
+Every op here has a pure-PyTorch twin with the same signature in
+ncpfast.ops.reference: the reference in tests and the baseline in benchmarks.
+"""
+from .sir import SIR_METHODS, sir_resample
+from . import reference
+
+__all__ = ["SIR_METHODS", "sir_resample", "reference"]

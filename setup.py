@@ -109,7 +109,11 @@ def _extensions():
         if os.sep + "tests" + os.sep not in p
     )
     include_dirs = [os.path.join(ROOT, "csrc"), generated]
-    extra = {"cxx": ["-O3", "-Wall", "-Wno-unused-function"]}
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` compiled
+    # into our own objects, so without it the CPU kernels silently run serial.
+    # -fno-trapping-math: lets GCC turn float selects into vector blends; we
+    # never rely on floating-point exception traps, and NaN/inf semantics stay.
+    extra = {"cxx": ["-O3", "-fopenmp", "-fno-trapping-math", "-Wall", "-Wno-unused-function"]}
     extension = CppExtension
     if with_cuda:
         sources += sorted(
@@ -119,7 +123,8 @@ def _extensions():
         include_dirs += _torch_cuda_header_dirs()
         extra["nvcc"] = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         extension = CUDAExtension
-    return [extension("ncpfast._C", sources, include_dirs=include_dirs, extra_compile_args=extra)]
+    return [extension("ncpfast._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
+                      extra_link_args=["-fopenmp"])]
 
 
 def _build_ext():

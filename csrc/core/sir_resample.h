@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "common.h"
+#include "fast_exp.h"
 #include "philox.h"
 
 namespace ncpfast {
@@ -40,11 +41,16 @@ template <typename T>
 float sir_resample_row_cpu(const T* log_weights, int64_t M, int64_t S, bool systematic,
                            uint64_t seed, int64_t row, float* cdf_scratch, int64_t* indices_out) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
+  // The max (with a NaN/+inf flag) and the exponentials vectorise (omp simd,
+  // built with -fopenmp-simd; no OpenMP runtime needed). The prefix sum stays
+  // sequential on purpose: a reassociated scan could give a -inf (zero-weight)
+  // entry a one-ulp step of the CDF and make it drawable.
   float row_max = -kInf;
-  bool invalid = false;
+  int invalid = 0;
+#pragma omp simd reduction(max : row_max) reduction(| : invalid)
   for (int64_t i = 0; i < M; ++i) {
     const float x = to_float(log_weights[i]);
-    invalid |= std::isnan(x) || x == kInf;
+    invalid |= static_cast<int>(x != x) | static_cast<int>(x == kInf);
     row_max = x > row_max ? x : row_max;
   }
   if (invalid || row_max == -kInf) {
@@ -52,15 +58,16 @@ float sir_resample_row_cpu(const T* log_weights, int64_t M, int64_t S, bool syst
     return invalid ? std::numeric_limits<float>::quiet_NaN() : -kInf;
   }
 
+#pragma omp simd
+  for (int64_t i = 0; i < M; ++i) cdf_scratch[i] = exp_nonpositive(to_float(log_weights[i]) - row_max);
   // Unnormalised CDF of exp(x - max); -inf weights add exactly 0, so the
   // first index whose CDF exceeds a target never has zero weight.
   float cumulative = 0.f;
   int64_t last_positive = 0;
   for (int64_t i = 0; i < M; ++i) {
-    const float e = std::exp(to_float(log_weights[i]) - row_max);
-    cumulative += e;
+    if (cdf_scratch[i] > 0.f) last_positive = i;
+    cumulative += cdf_scratch[i];
     cdf_scratch[i] = cumulative;
-    if (e > 0.f) last_positive = i;
   }
   const float total = cumulative;
   for (int64_t j = 0; j < S; ++j) {

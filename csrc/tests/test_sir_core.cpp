@@ -22,6 +22,19 @@ static void test_philox_known_answer() {
   }
 }
 
+static void test_exp_nonpositive() {
+  double worst = 0;
+  for (int i = 0; i <= 200000; ++i) {
+    const float x = -87.0f * static_cast<float>(i) / 200000.f;
+    const double exact = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::fabs(exp_nonpositive(x) - exact) / exact);
+  }
+  NCP_EXPECT(worst < 3e-7, "relative error %g", worst);
+  NCP_EXPECT(exp_nonpositive(-INFINITY) == 0.f, "exp(-inf) must be 0");
+  NCP_EXPECT(exp_nonpositive(-100.f) == 0.f, "exp(-100) flushes to 0");
+  NCP_EXPECT(exp_nonpositive(0.f) == 1.f, "exp(0) = %g", exp_nonpositive(0.f));
+}
+
 static double logsumexp(const std::vector<float>& w) {
   double m = -INFINITY;
   for (float x : w) m = std::max<double>(m, x);
@@ -114,6 +127,7 @@ static void test_gather() {
 
 int main() {
   test_philox_known_answer();
+  test_exp_nonpositive();
   test_multinomial_frequencies();
   test_systematic_counts_within_one();
   test_invalid_rows();

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <limits>
 
 namespace ncpfast {
@@ -40,9 +41,18 @@ void check_sir_resample_inputs(const at::Tensor& log_weights, const at::Tensor& 
 }
 
 void check_sir_row_normalizers(const at::Tensor& log_normalizer) {
-  const at::Tensor bad = ~at::isfinite(log_normalizer);
-  if (!bad.any().item<bool>()) return;
-  const int64_t row = bad.nonzero().select(1, 0)[0].item<int64_t>();
+  int64_t row = -1;
+  if (log_normalizer.is_cpu()) {
+    const float* values = log_normalizer.data_ptr<float>();
+    for (int64_t b = 0; b < log_normalizer.numel() && row < 0; ++b) {
+      if (!std::isfinite(values[b])) row = b;
+    }
+  } else {
+    // On a device: one reduction and one small copy back (a synchronisation).
+    const at::Tensor bad = ~at::isfinite(log_normalizer);
+    if (bad.any().item<bool>()) row = bad.nonzero().select(1, 0)[0].item<int64_t>();
+  }
+  if (row < 0) return;
   const float value = log_normalizer[row].item<float>();
   TORCH_CHECK_VALUE(false, "sir_resample: row ", row, " of log_weights ",
                     value == -std::numeric_limits<float>::infinity()

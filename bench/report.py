@@ -1,0 +1,42 @@
+"""Prints a markdown table of a pytest-benchmark JSON: per group, each
+implementation's median and its ratio to the pure-PyTorch twin ("torch").
+
+    python bench/report.py bench/results/<file>.json
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def main(path):
+    with open(path) as f:
+        data = json.load(f)
+    machine = data.get("machine_info", {})
+    where = f"{machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}"
+    groups = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        groups[bench["group"]][bench["extra_info"]["impl"]] = bench["stats"]["median"]
+    print(f"machine: {where}, {machine.get('cpu', {}).get('count', '?')} cores\n")
+    print("| op, size | torch (ms) | " + " | ".join(f"{n} (ms) | torch/{n}" for n in ("fused", "torch.compile")) + " |")
+    print("|---|---|---|---|---|---|")
+    for group in sorted(groups, key=_sort_key):
+        times = groups[group]
+        base = times.get("torch")
+        cells = [group, _ms(base)]
+        for name in ("fused", "torch.compile"):
+            t = times.get(name)
+            cells += [_ms(t), f"{base / t:.1f}x" if base and t else "-"]
+        print("| " + " | ".join(cells) + " |")
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.3f}" if seconds else "-"
+
+
+def _sort_key(group):
+    parts = dict(p.split("=") for p in group.split() if "=" in p)
+    return (group.split()[0], group.split()[1], *(int(parts[k].split("x")[0]) if k in parts else 0 for k in ("B", "M", "D")))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,1 @@
+"""Building blocks of the VAEs: distributions and NVAE-style residual cells."""

@@ -1,0 +1,140 @@
+"""NVAE-style residual cells (see shared/NVAE-NOTES.md).
+
+Every cell computes out = skip(x) + 0.1 * SE(ops(x)) in one forward(); the
+fused-kernel work replaces those forwards without changing parameters, so a
+state dict trained with one path loads into the other.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BN_MOMENTUM = 0.05
+RESIDUAL_SCALE = 0.1
+
+
+class WNConv2d(nn.Conv2d):
+    """Weight-normalised conv: w = exp(log_weight_norm) * v / (||v|| + 1e-5), per output channel."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        with torch.no_grad():
+            init = torch.log(self.weight.flatten(1).norm(dim=1) + 1e-2)
+        self.log_weight_norm = nn.Parameter(init)
+
+    def normalized_weight(self) -> torch.Tensor:
+        norm = self.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return torch.exp(self.log_weight_norm).view(-1, 1, 1, 1) * self.weight / (norm + 1e-5)
+
+    def forward(self, x):
+        return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-5, momentum=BN_MOMENTUM)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gating: global mean -> Linear(C, max(C/16, 4)) -> ReLU -> Linear -> sigmoid."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = max(channels // 16, 4)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))
+        return x * gate[:, :, None, None]
+
+
+class FactorizedReduce(nn.Module):
+    """Stride-2 skip: Swish, then four stride-2 1x1 convs on shifted inputs, concatenated."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        quarter = out_channels // 4
+        sizes = [quarter, quarter, quarter, out_channels - 3 * quarter]
+        self.convs = nn.ModuleList(WNConv2d(in_channels, s, 1, stride=2) for s in sizes)
+
+    def forward(self, x):
+        x = F.silu(x)
+        shifted = (x, x[:, :, 1:, 1:], x[:, :, :, 1:], x[:, :, 1:, :])
+        return torch.cat([conv(s) for conv, s in zip(self.convs, shifted)], dim=1)
+
+
+class EncoderCell(nn.Module):
+    """Encoder / pre-process cell: twice [BN -> Swish -> 3x3 conv], SE, scaled residual.
+    stride 2 halves the resolution (and usually doubles the channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.skip = (nn.Identity() if stride == 1 and in_channels == out_channels
+                     else FactorizedReduce(in_channels, out_channels))
+        self.ops = nn.Sequential(
+            batch_norm(in_channels), nn.SiLU(), WNConv2d(in_channels, out_channels, 3, stride, 1),
+            batch_norm(out_channels), nn.SiLU(), WNConv2d(out_channels, out_channels, 3, 1, 1))
+        self.se = SqueezeExcitation(out_channels)
+
+    def forward(self, x):
+        return self.skip(x) + RESIDUAL_SCALE * self.se(self.ops(x))
+
+
+class UpsampleSkip(nn.Module):
+    """Skip of an up cell: bilinear 2x upsample, then a 1x1 conv to the new width."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = WNConv2d(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
+
+
+class GenerativeCell(nn.Module):
+    """Decoder cell, inverted residual: BN -> 1x1 (C -> eC) -> BN -> Swish -> kxk depthwise
+    -> BN -> Swish -> 1x1 (eC -> C') -> BN, SE, scaled residual. upsample=True starts
+    with a nearest 2x upsample (skip: bilinear upsample + 1x1 conv)."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: bool = False,
+                 expansion: int = 6, kernel_size: int = 5):
+        super().__init__()
+        hidden = in_channels * expansion
+        if upsample:
+            self.skip = UpsampleSkip(in_channels, out_channels)
+        elif in_channels == out_channels:
+            self.skip = nn.Identity()
+        else:
+            raise ValueError("a generative cell changes width only when it upsamples")
+        self.ops = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest") if upsample else nn.Identity(),
+            batch_norm(in_channels), WNConv2d(in_channels, hidden, 1, bias=False),
+            batch_norm(hidden), nn.SiLU(),
+            WNConv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden),
+            batch_norm(hidden), nn.SiLU(), WNConv2d(hidden, out_channels, 1, bias=False),
+            batch_norm(out_channels))
+        self.se = SqueezeExcitation(out_channels)
+
+    def forward(self, x):
+        return self.skip(x) + RESIDUAL_SCALE * self.se(self.ops(x))
+
+
+class EncoderCombiner(nn.Module):
+    """Posterior features for a group: encoder feature + 1x1 conv of the decoder state."""
+
+    def __init__(self, encoder_channels: int, decoder_channels: int):
+        super().__init__()
+        self.conv = WNConv2d(decoder_channels, encoder_channels, 1)
+
+    def forward(self, encoder_feature, decoder_state):
+        return encoder_feature + self.conv(decoder_state)
+
+
+class DecoderCombiner(nn.Module):
+    """Merges a sampled z into the decoder state: s <- conv1x1(concat(s, z))."""
+
+    def __init__(self, state_channels: int, latent_channels: int):
+        super().__init__()
+        self.conv = WNConv2d(state_channels + latent_channels, state_channels, 1)
+
+    def forward(self, state, z):
+        return self.conv(torch.cat([state, z], dim=1))

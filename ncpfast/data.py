@@ -174,6 +174,8 @@ def _image_folder(directory: str, size: int, crop):
                    if f.lower().endswith((".jpg", ".jpeg", ".png")))
     if not paths:
         raise DataError(f"{directory}: no .jpg or .png images found")
+    if len(paths) < 2:
+        raise DataError(f"{directory}: one image cannot make a train and a test split")
     partition = os.path.join(directory, "list_eval_partition.txt")
     if os.path.isfile(partition):
         by_name = {os.path.basename(p): p for p in paths}

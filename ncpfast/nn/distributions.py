@@ -22,6 +22,13 @@ class Normal:
         self.mu = soft_clamp5(mu)
         self.sigma = (torch.exp(soft_clamp5(log_sigma)) + 1e-2) * temperature
 
+    @classmethod
+    def from_mean_std(cls, mu: torch.Tensor, sigma: torch.Tensor) -> "Normal":
+        """A Normal with exactly these parameters (no clamping), e.g. N(0, I)."""
+        dist = cls.__new__(cls)
+        dist.mu, dist.sigma = mu, sigma
+        return dist
+
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         eps = torch.randn(self.mu.shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator)
         return self.mu + self.sigma * eps

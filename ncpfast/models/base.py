@@ -1,0 +1,111 @@
+"""The contract every ncpfast VAE follows."""
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..nn.distributions import Normal
+
+
+@dataclass
+class GroupOutput:
+    """One latent group of one forward pass.
+
+    z: the posterior sample z_k ~ q(z_k | z_<k, x).
+    prior: p(z_k | z_<k), the prior given the posterior samples of earlier groups.
+    posterior: q(z_k | z_<k, x).
+    context: the decoder state that conditioned the prior (None for the top
+        group and for single-group models), i.e. what a per-group NCP
+        classifier sees besides z_k.
+    """
+
+    z: torch.Tensor
+    prior: Normal
+    posterior: Normal
+    context: Optional[torch.Tensor]
+
+    def kl(self) -> torch.Tensor:
+        """Analytic KL(q || p) per image, [B]."""
+        return self.posterior.kl(self.prior).flatten(1).sum(1)
+
+    def log_q_minus_log_p(self) -> torch.Tensor:
+        """log q(z) - log p(z) at the sample, per image (for importance weights)."""
+        return (self.posterior.log_prob(self.z) - self.prior.log_prob(self.z)).flatten(1).sum(1)
+
+
+# intercept(k, z_k, context, prior) -> z_k: lets a caller replace each group's
+# sample (e.g. by an SIR-resampled one) before the decoder moves on.
+GroupIntercept = Callable[[int, torch.Tensor, Optional[torch.Tensor], Normal], torch.Tensor]
+
+
+class LatentVAE(nn.Module):
+    """Base class: subclasses implement forward, sample_decoder_output,
+    reconstruction_log_prob and mean_image."""
+
+    #: how the data are read: "binary" (dynamic binarisation) or "8bit"
+    likelihood = "binary"
+
+    def forward(self, x: torch.Tensor):
+        """x in [0, 1] -> (decoder output, [GroupOutput per latent group])."""
+        raise NotImplementedError
+
+    def sample_decoder_output(self, num_samples: int, temperature: float = 1.0,
+                              intercept: Optional[GroupIntercept] = None,
+                              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Samples z group by group from the prior and decodes them."""
+        raise NotImplementedError
+
+    def reconstruction_log_prob(self, decoder_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) per image, [B], in nats."""
+        raise NotImplementedError
+
+    def mean_image(self, decoder_output: torch.Tensor) -> torch.Tensor:
+        """The image to show for a decoder output, in [0, 1]."""
+        raise NotImplementedError
+
+    def num_data_dims(self) -> int:
+        """Dimensions the likelihood covers (784 for MNIST's central 28x28): the bits/dim divisor."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, temperature: float = 1.0, intercept: Optional[GroupIntercept] = None,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Images in [0, 1] sampled from the prior (the decoder's mean, not a noisy sample)."""
+        return self.mean_image(self.sample_decoder_output(num_samples, temperature, intercept, generator))
+
+    @torch.no_grad()
+    def importance_weighted_log_likelihood(self, x: torch.Tensor, num_samples: int,
+                                           chunk: int = 0) -> torch.Tensor:
+        """log p(x) >= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, per image [B].
+
+        chunk: importance samples evaluated per pass (0: all); bounds memory.
+        """
+        chunk = chunk or num_samples
+        log_weights = []
+        done = 0
+        while done < num_samples:
+            k = min(chunk, num_samples - done)
+            repeated = x.repeat_interleave(k, dim=0)
+            output, groups = self(repeated)
+            log_w = self.reconstruction_log_prob(output, repeated)
+            for group in groups:
+                log_w = log_w - group.log_q_minus_log_p()
+            log_weights.append(log_w.view(x.shape[0], k))
+            done += k
+        return torch.logsumexp(torch.cat(log_weights, dim=1), dim=1) - math.log(num_samples)
+
+
+def build_model(config) -> LatentVAE:
+    """The model a training config names (config.model: nvae, mlp or conv)."""
+    from .nvae import HierarchicalVAE, NVAEConfig
+    from .single import ConvVAE, MLPVAE
+
+    if config.model == "nvae":
+        return HierarchicalVAE(NVAEConfig.from_train_config(config))
+    if config.model == "mlp":
+        return MLPVAE(latent_dim=config.latent_dim, hidden=config.hidden_units)
+    if config.model == "conv":
+        return ConvVAE(image_size=config.image_size, latent_dim=config.latent_dim, num_mix=config.num_mix)
+    raise ValueError(f"unknown model {config.model!r}; expected nvae, mlp or conv")

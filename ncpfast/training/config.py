@@ -1,0 +1,189 @@
+"""Training configuration: one dataclass, named presets, and the command line.
+
+Every field can be overridden on the command line as --field-name VALUE; the
+resolved config is saved as config.json in the run directory.
+"""
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def _f(default, help_text, **kw):
+    return field(default=default, metadata={"help": help_text, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # what to train on, and where to write
+    preset: str = _f("tiny", "named configuration to start from (see --list-presets)")
+    dataset: str = _f("mnist-embedded", "mnist-embedded | mnist | cifar10 | celeba64 | celebahq256")
+    data_dir: Optional[str] = _f(None, "directory of the data set's files (not needed for mnist-embedded)")
+    run_dir: Optional[str] = _f(None, "output directory (default: runs/<preset>-<time>)")
+    seed: int = _f(0, "seed of every random stream (data order, model init, sampling)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    # model
+    model: str = _f("nvae", "nvae (hierarchical) | mlp (LARS/SNIS MNIST) | conv (RAE 64x64)")
+    image_size: int = _f(32, "image side after padding/resizing")
+    in_channels: int = _f(1, "1 (MNIST) or 3 (colour)")
+    output: str = _f("bernoulli", "bernoulli | logistic_mixture")
+    num_mix: int = _f(10, "logistic mixture components (colour)")
+    channels: int = _f(32, "NVAE: width at full resolution (doubles at each down step)")
+    num_preprocess_blocks: int = _f(2, "NVAE: pre-process blocks (each halves the resolution)")
+    num_preprocess_cells: int = _f(3, "NVAE: cells per pre-process block")
+    num_postprocess_blocks: int = _f(2, "NVAE: post-process blocks (each doubles the resolution)")
+    num_postprocess_cells: int = _f(3, "NVAE: cells per post-process block")
+    num_latent_scales: int = _f(2, "NVAE: latent scales")
+    num_groups_per_scale: int = _f(10, "NVAE: latent groups at the finest latent scale")
+    adaptive_groups: bool = _f(True, "NVAE: halve the group count at each coarser scale")
+    min_groups_per_scale: int = _f(1, "NVAE: floor of the adaptive group count")
+    latent_channels: int = _f(20, "NVAE: channels of each latent group")
+    num_cells_per_group_enc: int = _f(2, "NVAE: encoder cells per group")
+    num_cells_per_group_dec: int = _f(2, "NVAE: decoder cells per group")
+    latent_dim: int = _f(50, "mlp/conv: latent dimension")
+    hidden_units: int = _f(300, "mlp: hidden units per layer")
+    # optimisation
+    epochs: int = _f(400, "training epochs")
+    batch_size: int = _f(200, "batch size per process")
+    lr: float = _f(1e-2, "peak learning rate (Adamax); lower it (5e-3, 1e-3) if NaNs appear")
+    lr_min: float = _f(1e-4, "final learning rate of the cosine decay")
+    warmup_epochs: float = _f(5, "linear learning-rate warm-up, in epochs")
+    weight_decay: float = _f(3e-4, "Adamax weight decay")
+    adamax_eps: float = _f(1e-3, "Adamax epsilon")
+    kl_anneal_portion: float = _f(0.3, "share of the iterations over which the KL coefficient rises to 1")
+    kl_const_portion: float = _f(1e-4, "share of the iterations with a constant, tiny KL coefficient")
+    kl_const_coeff: float = _f(1e-4, "the KL coefficient at the start")
+    kl_balance: bool = _f(True, "NVAE's KL balancing while the KL coefficient is below 1")
+    spectral_reg_init: float = _f(10.0, "spectral+BN regulariser weight at the start (annealed log-linearly)")
+    spectral_reg: float = _f(1e-2, "spectral+BN regulariser weight at the end (0 disables)")
+    grad_clip: float = _f(200.0, "clip the gradient norm at this value (0: no clipping)")
+    amp: str = _f("auto", "mixed precision: auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16")
+    ema_decay: float = _f(0.0, "exponential moving average of the weights (0: off, e.g. 0.9999)")
+    max_nan_skips: int = _f(20, "consecutive non-finite steps tolerated (skipped) before stopping")
+    max_steps: int = _f(0, "stop after this many optimiser steps (0: run all epochs); resumable")
+    # logging, checkpoints, evaluation
+    log_every: int = _f(20, "steps between TensorBoard scalars")
+    sample_every: int = _f(1, "epochs between sample grids (samples/epoch_N.png)")
+    checkpoint_every: int = _f(200, "steps between checkpoints (and at every epoch end)")
+    eval_iw_samples: int = _f(100, "importance samples K of the final test NLL")
+    eval_max_images: int = _f(0, "test images of the final NLL (0: all)")
+    eval_chunk: int = _f(0, "importance samples per pass of the NLL (0: all at once; bounds memory)")
+    num_sample_images: int = _f(64, "images in a sample grid")
+    progress: bool = _f(True, "tqdm progress bars")
+
+
+PRESETS = {
+    # The default: a small hierarchical model that trains on the embedded MNIST
+    # on 2 CPU cores in a few minutes.
+    "tiny": dict(dataset="mnist-embedded", model="nvae", channels=16, num_preprocess_blocks=2,
+                 num_preprocess_cells=1, num_postprocess_blocks=2, num_postprocess_cells=1,
+                 num_latent_scales=2, num_groups_per_scale=2, latent_channels=8,
+                 num_cells_per_group_enc=1, num_cells_per_group_dec=1, epochs=8, batch_size=64,
+                 lr=5e-3, warmup_epochs=1, checkpoint_every=100, eval_iw_samples=100),
+    # NVAE-small as published for MNIST (2 x V100, ~21 h).
+    "mnist": dict(dataset="mnist", in_channels=1, image_size=32, output="bernoulli", channels=32,
+                  num_preprocess_blocks=2, num_preprocess_cells=3, num_postprocess_blocks=2,
+                  num_postprocess_cells=3, num_latent_scales=2, num_groups_per_scale=10,
+                  latent_channels=20, num_cells_per_group_enc=2, num_cells_per_group_dec=2,
+                  epochs=400, batch_size=200, spectral_reg=1e-2, eval_iw_samples=1000, eval_chunk=100),
+    "cifar10": dict(dataset="cifar10", in_channels=3, image_size=32, output="logistic_mixture", channels=128,
+                    num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
+                    num_postprocess_cells=2, num_latent_scales=1, num_groups_per_scale=30,
+                    latent_channels=20, num_cells_per_group_enc=2, num_cells_per_group_dec=2,
+                    epochs=400, batch_size=32, spectral_reg=1e-2, eval_iw_samples=1000, eval_chunk=50),
+    "celeba64": dict(dataset="celeba64", in_channels=3, image_size=64, output="logistic_mixture", channels=64,
+                     num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
+                     num_postprocess_cells=2, num_latent_scales=3, num_groups_per_scale=20,
+                     latent_channels=20, num_cells_per_group_enc=2, num_cells_per_group_dec=2,
+                     epochs=90, batch_size=16, spectral_reg=1e-1, eval_iw_samples=1000, eval_chunk=20),
+    "celebahq256": dict(dataset="celebahq256", in_channels=3, image_size=256, output="logistic_mixture",
+                        channels=30, num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
+                        num_postprocess_cells=2, num_latent_scales=5, num_groups_per_scale=20,
+                        min_groups_per_scale=4, latent_channels=20, num_cells_per_group_enc=2,
+                        num_cells_per_group_dec=2, epochs=300, batch_size=4, lr=8e-3, spectral_reg=1e-2,
+                        eval_iw_samples=1000, eval_chunk=4),
+    # Single latent group, the LARS/SNIS MNIST setting: Gaussian prior, latent dim 50.
+    "mnist-single": dict(dataset="mnist-embedded", model="mlp", latent_dim=50, hidden_units=300, epochs=100,
+                         batch_size=100, lr=1e-3, lr_min=1e-4, warmup_epochs=1, kl_anneal_portion=0.0,
+                         kl_const_portion=0.0, kl_balance=False, spectral_reg=0.0, spectral_reg_init=0.0,
+                         eval_iw_samples=1000, eval_chunk=250),
+    # Single latent group, the RAE CelebA-64 setting.
+    "celeba64-rae": dict(dataset="celeba64", model="conv", in_channels=3, image_size=64,
+                         output="logistic_mixture", latent_dim=64, epochs=70, batch_size=100, lr=1e-3,
+                         lr_min=1e-5, warmup_epochs=1, kl_anneal_portion=0.1, kl_balance=False,
+                         spectral_reg=0.0, spectral_reg_init=0.0, eval_iw_samples=100, eval_chunk=10),
+}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --option per TrainConfig field, defaulting to 'not given' (the preset decides)."""
+    for f in dataclasses.fields(TrainConfig):
+        kind = f.type if isinstance(f.type, type) else str
+        if f.type in (bool, "bool"):
+            kind = _parse_bool
+        elif f.type in (int, "int"):
+            kind = int
+        elif f.type in (float, "float"):
+            kind = float
+        else:
+            kind = str
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                            metavar=f.name.split("_")[-1].upper(), help=f"{f.metadata['help']} (default: {f.default})")
+
+
+def resolve_config(preset: str, overrides: dict) -> TrainConfig:
+    """The preset's values, then the explicit overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}, "preset": preset}
+    config = TrainConfig(**values)
+    validate_config(config)
+    return config
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
+    return resolve_config(args.preset or "tiny", overrides)
+
+
+def validate_config(config: TrainConfig) -> None:
+    problems = []
+    if config.epochs < 1:
+        problems.append(f"epochs must be >= 1, got {config.epochs}")
+    if config.batch_size < 1:
+        problems.append(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.lr <= 0:
+        problems.append(f"lr must be > 0, got {config.lr}")
+    if config.amp not in ("auto", "none", "bf16", "fp16"):
+        problems.append(f"amp must be auto, none, bf16 or fp16, got {config.amp!r}")
+    if config.model not in ("nvae", "mlp", "conv"):
+        problems.append(f"model must be nvae, mlp or conv, got {config.model!r}")
+    if not 0 <= config.ema_decay < 1:
+        problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.eval_iw_samples < 1:
+        problems.append(f"eval_iw_samples must be >= 1, got {config.eval_iw_samples}")
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+def save_config(config: TrainConfig, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+
+
+def load_config(path: str) -> TrainConfig:
+    with open(path) as f:
+        values = json.load(f)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})

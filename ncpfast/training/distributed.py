@@ -1,0 +1,68 @@
+"""torch.distributed set-up for data-parallel training under torchrun
+(NCCL on GPU, gloo on CPU). Without torchrun's environment it is a no-op."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_request: str) -> DistributedContext:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_request.startswith("cuda") or (device_request == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, context: DistributedContext) -> None:
+    """Copies rank 0's buffers (BatchNorm statistics) to every rank. DDP does
+    this at the start of each forward, so after the last step of a run the
+    ranks' statistics differ by their own last batch until this is called."""
+    if context.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def parameters_identical(module: torch.nn.Module, context: DistributedContext) -> bool:
+    return replicas_identical(module, context, include_buffers=False)
+
+
+@torch.no_grad()
+def replicas_identical(module: torch.nn.Module, context: DistributedContext, include_buffers: bool = True) -> bool:
+    """True when every rank holds bit-identical parameters (and buffers)."""
+    if not context.enabled:
+        return True
+    tensors = list(module.parameters()) + (list(module.buffers()) if include_buffers else [])
+    flat = torch.cat([t.detach().double().flatten().cpu() for t in tensors])
+    device = next(module.parameters()).device
+    flat = flat.to(device)
+    gathered = [torch.empty_like(flat) for _ in range(context.world_size)]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])

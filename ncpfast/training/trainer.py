@@ -1,0 +1,419 @@
+"""Stage 1: the VAE training loop.
+
+Exactly resumable: the data order is a function of (seed, epoch), the schedules
+are functions of the step, and a checkpoint holds the model, optimiser,
+regulariser buffers, EMA, gradient scaler and every rank's RNG states, written
+atomically at step boundaries. Under torchrun it trains data parallel; only
+rank 0 writes files.
+"""
+import copy
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from .. import checkpoint
+from ..data import binarize, load_dataset
+from ..images import save_grid
+from ..models import build_model
+from .config import TrainConfig, save_config
+from .distributed import broadcast_buffers, init_distributed, parameters_identical, replicas_identical
+from .regularizers import SpectralRegularizer, batchnorm_max_gamma
+from .schedules import kl_coefficient, learning_rate, regularizer_weight
+
+LATEST, BEST = "latest.pt", "best.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradients stayed non-finite for too many steps in a row."""
+
+
+class _Objective(nn.Module):
+    """The part of a step that DDP wraps: per-image reconstruction log-likelihood
+    [B] and per-group KL [G, B]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        output, groups = self.model(x)
+        recon = self.model.reconstruction_log_prob(output, x)
+        return recon, torch.stack([g.kl() for g in groups])
+
+
+def balanced_kl(kl_all: torch.Tensor, alpha: Optional[torch.Tensor]) -> torch.Tensor:
+    """NVAE's KL balancing: each group's weight proportional to its batch-mean KL
+    divided by its scale factor alpha, normalised to mean 1, detached."""
+    if alpha is None or kl_all.shape[0] == 1:
+        return kl_all.sum(0)
+    per_group = kl_all.detach().abs().mean(1) + 0.01
+    coeff = per_group / alpha.to(per_group) * per_group.sum()
+    coeff = coeff / coeff.mean()
+    return (kl_all * coeff[:, None]).sum(0)
+
+
+def pick_device(request: str, local_rank: int = 0) -> torch.device:
+    if request == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(request)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {request}: no CUDA device is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir: str, resume: bool = False):
+        self.config, self.run_dir = config, run_dir
+        self.ctx = init_distributed(config.device)
+        self.device = pick_device(config.device, self.ctx.local_rank)
+        self.amp_dtype = self._amp_dtype()
+        self.train_set, self.test_set = load_dataset(config.dataset, config.data_dir)
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = build_model(config).to(self.device)
+        self.spectral = (SpectralRegularizer(self.model).to(self.device)
+                         if config.spectral_reg > 0 and any(True for _ in self._wn_convs()) else None)
+        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=config.lr, eps=config.adamax_eps,
+                                            weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
+        objective = _Objective(self.model)
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+        self.objective = objective
+        alpha = getattr(self.model, "kl_balance_scale", None)
+        self.kl_alpha = alpha().to(self.device) if (alpha and config.kl_balance) else None
+
+        global_batch = config.batch_size * self.ctx.world_size
+        self.steps_per_epoch = len(self.train_set) // global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training split has {len(self.train_set)} images, fewer than one global batch "
+                             f"({config.batch_size} x {self.ctx.world_size} processes); lower --batch-size")
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.step, self.nan_streak, self.nan_skips = 0, 0, 0
+        self.best_test_nelbo = math.inf
+        self.history, self.train_seconds, self.images_seen = [], 0.0, 0
+        # Every rank has its own stream of training noise (binarisation, z).
+        torch.manual_seed(config.seed + 1 + 1000 * self.ctx.rank)
+        if resume:
+            self._load(os.path.join(run_dir, "checkpoints", LATEST))
+        self.writer = None
+        if self.ctx.is_main:
+            os.makedirs(run_dir, exist_ok=True)
+            save_config(config, os.path.join(run_dir, "config.json"))
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=self.step or None)
+        self._stop_signal = None
+
+    # --- set-up helpers -------------------------------------------------------------
+
+    def _wn_convs(self):
+        from ..nn.cells import WNConv2d
+        return (m for m in self.model.modules() if isinstance(m, WNConv2d))
+
+    def _amp_dtype(self):
+        amp = self.config.amp
+        if amp == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else None
+        if amp != "none" and self.device.type != "cuda":
+            raise ValueError(f"--amp {amp} needs a CUDA device; use --amp none on {self.device}")
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+    def _epoch_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's image indices for an epoch: a permutation keyed by (seed, epoch)."""
+        g = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
+        order = torch.randperm(len(self.train_set), generator=g)
+        per_rank = self.steps_per_epoch * self.config.batch_size
+        return order[self.ctx.rank::self.ctx.world_size][:per_rank]
+
+    def _read(self, split, indices: torch.Tensor, generator=None) -> torch.Tensor:
+        x = split.batch(indices).to(self.device, non_blocking=True)
+        return binarize(x, generator) if self.model.likelihood == "binary" else x
+
+    # --- one step ---------------------------------------------------------------------
+
+    def _train_step(self, x: torch.Tensor) -> dict:
+        c = self.config
+        lr = learning_rate(self.step, self.total_steps, int(c.warmup_epochs * self.steps_per_epoch), c.lr, c.lr_min)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        kl_coeff = kl_coefficient(self.step, self.total_steps, c.kl_anneal_portion, c.kl_const_portion,
+                                  c.kl_const_coeff)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            recon, kl_all = self.objective(x)
+        recon, kl_all = recon.float(), kl_all.float()
+        kl = balanced_kl(kl_all, self.kl_alpha) if kl_coeff < 1 else kl_all.sum(0)
+        loss = (-recon + kl_coeff * kl).mean()
+        reg_weight = regularizer_weight(kl_coeff, c.spectral_reg_init, c.spectral_reg)
+        if reg_weight > 0 and self.spectral is not None:
+            loss = loss + reg_weight * (self.spectral() + batchnorm_max_gamma(self.model))
+
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        loss_value = float(loss.detach())
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)  # skips the update itself on inf/NaN gradients
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        if finite:
+            self.nan_streak = 0
+            if self.ema is not None:
+                self._update_ema()
+        else:
+            self._record_non_finite(loss_value, grad_norm)
+        nelbo = (-recon + kl_all.sum(0)).mean().detach()
+        return dict(loss=loss_value, nelbo=float(nelbo), kl=float(kl_all.sum(0).mean()), lr=lr,
+                    kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=kl_all.mean(1).detach())
+
+    def _record_non_finite(self, loss: float, grad_norm: float) -> None:
+        self.nan_streak += 1
+        self.nan_skips += 1
+        message = (f"step {self.step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); "
+                   f"update skipped ({self.nan_streak} in a row)")
+        if self.ctx.is_main:
+            tqdm.write(message, file=sys.stderr)
+        if self.nan_streak > self.config.max_nan_skips:
+            raise TrainingDiverged(
+                f"training diverged: {self.nan_streak} non-finite steps in a row at step {self.step}. "
+                f"Lower --lr (now {self.config.lr}; NVAE uses 5e-3 or 1e-3 when NaNs appear), "
+                f"keep --grad-clip on, or raise --batch-size. The last good checkpoint is in "
+                f"{os.path.join(self.run_dir, 'checkpoints')}.")
+
+    @torch.no_grad()
+    def _update_ema(self):
+        decay = self.config.ema_decay
+        for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)
+        for ema_b, b in zip(self.ema.buffers(), self.model.buffers()):
+            ema_b.copy_(b)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def train(self) -> dict:
+        c = self.config
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, self._on_signal)
+        try:
+            return self._train_loop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self.writer:
+                self.writer.close()
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def _train_loop(self) -> dict:
+        c = self.config
+        stop_at = min(self.total_steps, c.max_steps) if c.max_steps > 0 else self.total_steps
+        status = "complete"
+        while self.step < stop_at:
+            epoch, first = divmod(self.step, self.steps_per_epoch)
+            indices = self._epoch_indices(epoch)
+            last = min(self.steps_per_epoch, first + stop_at - self.step)
+            bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{c.epochs}", initial=first,
+                       total=self.steps_per_epoch, disable=not (self.ctx.is_main and c.progress), leave=False)
+            self.model.train()
+            epoch_losses = []
+            for b in bar:
+                start = time.perf_counter()
+                x = self._read(self.train_set, indices[b * c.batch_size:(b + 1) * c.batch_size])
+                stats = self._train_step(x)
+                self.step += 1
+                elapsed = time.perf_counter() - start
+                self.train_seconds += elapsed
+                self.images_seen += x.shape[0] * self.ctx.world_size
+                epoch_losses.append(stats["nelbo"])
+                bar.set_postfix(loss=f"{stats['loss']:.2f}", kl=f"{stats['kl']:.1f}",
+                                img_s=f"{x.shape[0] * self.ctx.world_size / elapsed:.0f}")
+                self._log_step(stats, x.shape[0] * self.ctx.world_size / elapsed)
+                if self._stop_signal is not None:
+                    self._save(LATEST)
+                    raise SystemExit(f"stopped by signal {self._stop_signal} at step {self.step}; "
+                                     f"continue with: python -m ncpfast.train --resume {self.run_dir}")
+                if self.step % c.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
+                    self._save(LATEST)
+            bar.close()
+            if self.step % self.steps_per_epoch == 0:
+                self._end_epoch(epoch, epoch_losses)
+            else:
+                status = "partial"
+                self._save(LATEST)
+        metrics = self._finish(status)
+        return metrics
+
+    def _log_step(self, stats: dict, images_per_second: float) -> None:
+        if not self.writer or self.step % self.config.log_every:
+            return
+        for key in ("loss", "nelbo", "kl", "lr", "kl_coeff", "grad_norm"):
+            self.writer.add_scalar(f"train/{key}", stats[key], self.step)
+        self.writer.add_scalar("train/images_per_second", images_per_second, self.step)
+        for k, value in enumerate(stats["kl_per_group"].tolist()):
+            self.writer.add_scalar(f"kl_per_group/{k:02d}", value, self.step)
+
+    def _end_epoch(self, epoch: int, losses) -> None:
+        c = self.config
+        broadcast_buffers(self.model, self.ctx)  # evaluate and checkpoint rank 0's statistics everywhere
+        test_nelbo = self._test_nelbo()
+        record = dict(epoch=epoch + 1, step=self.step, train_nelbo=sum(losses) / max(1, len(losses)),
+                      test_nelbo=test_nelbo, train_seconds=self.train_seconds)
+        self.history.append(record)
+        if self.ctx.is_main:
+            tqdm.write(f"epoch {epoch + 1}/{c.epochs}: train -ELBO {record['train_nelbo']:.2f}, "
+                       f"test -ELBO {test_nelbo:.2f} nats, step {self.step}")
+            self.writer.add_scalar("test/nelbo", test_nelbo, self.step)
+            if (epoch + 1) % c.sample_every == 0 or epoch + 1 == c.epochs:
+                self._save_samples(f"epoch_{epoch + 1:04d}.png")
+        improved = test_nelbo < self.best_test_nelbo
+        if improved:
+            self.best_test_nelbo = test_nelbo
+        self._save(LATEST)
+        if improved:
+            self._save(BEST)
+
+    def _eval_model(self):
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def _test_nelbo(self, max_images: int = 1000) -> float:
+        """Single-sample -ELBO on the test split (rank 0 computes, all ranks receive)."""
+        value = torch.zeros((), device=self.device)
+        if self.ctx.is_main:
+            model = self._eval_model().eval()
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                g = torch.Generator(self.device).manual_seed(self.config.seed + 7)
+                torch.manual_seed(self.config.seed + 7)
+                n = min(max_images, len(self.test_set))
+                total = 0.0
+                for start in range(0, n, 250):
+                    x = self._read(self.test_set, torch.arange(start, min(n, start + 250)), g)
+                    output, groups = model(x)
+                    nelbo = -model.reconstruction_log_prob(output, x) + sum(gr.kl() for gr in groups)
+                    total += float(nelbo.sum())
+                value.fill_(total / n)
+            self.model.train()
+        if self.ctx.enabled:
+            dist.broadcast(value, 0)
+        return float(value)
+
+    @torch.no_grad()
+    def _save_samples(self, name: str) -> None:
+        model = self._eval_model().eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            g = torch.Generator(self.device).manual_seed(self.config.seed + 11)
+            images = model.sample(self.config.num_sample_images, generator=g)
+        save_grid(images, os.path.join(self.run_dir, "samples", name))
+        save_grid(images, os.path.join(self.run_dir, "samples.png"))
+        self.writer.add_images("samples", images.clamp(0, 1).expand(-1, 3, -1, -1), self.step)
+        self.model.train()
+
+    # --- evaluation and the end ---------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate_nll(self) -> dict:
+        """Importance-weighted NLL on the test split (K = eval_iw_samples)."""
+        c = self.config
+        model = self._eval_model().eval()
+        n = len(self.test_set) if c.eval_max_images <= 0 else min(c.eval_max_images, len(self.test_set))
+        batch = max(1, min(250, 2000 // max(1, c.eval_chunk or c.eval_iw_samples)))
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(c.seed + 13)
+            g = torch.Generator(self.device).manual_seed(c.seed + 13)
+            log_px = []
+            for start in tqdm(range(0, n, batch), desc=f"test NLL (K={c.eval_iw_samples})", leave=False,
+                              disable=not c.progress):
+                x = self._read(self.test_set, torch.arange(start, min(n, start + batch)), g)
+                log_px.append(model.importance_weighted_log_likelihood(x, c.eval_iw_samples, c.eval_chunk))
+        log_px = torch.cat(log_px)
+        nll = float(-log_px.mean())
+        return dict(nll_nats=nll, nll_std_error=float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
+                    bits_per_dim=nll / (math.log(2) * model.num_data_dims()), iw_samples=c.eval_iw_samples,
+                    test_images=n)
+
+    def _finish(self, status: str) -> dict:
+        same_parameters = parameters_identical(self.model, self.ctx)
+        broadcast_buffers(self.model, self.ctx)
+        identical = same_parameters and replicas_identical(self.model, self.ctx)
+        metrics = dict(status=status, step=self.step, total_steps=self.total_steps,
+                       epochs_completed=self.step // self.steps_per_epoch,
+                       train_seconds=self.train_seconds,
+                       images_per_second=self.images_seen / max(self.train_seconds, 1e-9),
+                       non_finite_steps_skipped=self.nan_skips, history=self.history,
+                       device=str(self.device), world_size=self.ctx.world_size,
+                       replicas_identical=identical,
+                       config=dataclasses.asdict(self.config))
+        if status == "complete" and self.ctx.is_main:
+            metrics["test"] = self.evaluate_nll()
+            metrics["test"]["nelbo_nats"] = self.history[-1]["test_nelbo"] if self.history else None
+            self._save_samples("final.png")
+        if self.ctx.is_main:
+            with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
+                json.dump(metrics, f, indent=2)
+        return metrics
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def _rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _save(self, name: str) -> None:
+        rng = [self._rng_state()]
+        if self.ctx.enabled:
+            rng = [None] * self.ctx.world_size
+            dist.all_gather_object(rng, self._rng_state())
+        if not self.ctx.is_main:
+            return
+        state = dict(
+            format=1, config=dataclasses.asdict(self.config), step=self.step, model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            spectral=self.spectral.state_dict() if self.spectral is not None else None,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            scaler=self.scaler.state_dict() if self.scaler else None, rng=rng, nan_skips=self.nan_skips,
+            best_test_nelbo=self.best_test_nelbo, history=self.history, train_seconds=self.train_seconds,
+            images_seen=self.images_seen, world_size=self.ctx.world_size)
+        checkpoint.save_atomic(state, os.path.join(self.run_dir, "checkpoints", name))
+
+    def _load(self, path: str) -> None:
+        state = checkpoint.load(path, map_location=self.device)
+        if state.get("world_size", 1) != self.ctx.world_size:
+            raise ValueError(f"{path} was written by {state['world_size']} processes; resume it with the "
+                             f"same number (now {self.ctx.world_size}) for an exact continuation")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.spectral is not None and state["spectral"] is not None:
+            self.spectral.load_state_dict(state["spectral"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"][self.ctx.rank]
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self.step, self.nan_skips = state["step"], state["nan_skips"]
+        self.best_test_nelbo, self.history = state["best_test_nelbo"], state["history"]
+        self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]

@@ -1,7 +1,10 @@
-"""python -m ncpfast.train: stage 1, the VAE (no arguments: the `tiny` preset on
-the embedded MNIST).
+"""python -m ncpfast.train: stage 1 (the VAE), then stage 2 (the NCP classifiers),
+then the evaluation of both priors. No arguments: the `tiny` preset on the
+embedded MNIST, end to end.
 
-    python -m ncpfast.train                         # tiny, CPU-friendly default
+    python -m ncpfast.train                         # tiny, CPU-friendly default, both stages
+    python -m ncpfast.train --stage 1               # the VAE only
+    python -m ncpfast.train --stage 2 --from RUN_DIR  # NCP classifiers on a trained VAE
     python -m ncpfast.train --preset mnist --data-dir DIR
     python -m ncpfast.train --resume RUN_DIR         # continue exactly where it stopped
     torchrun --nproc_per_node 2 -m ncpfast.train ... # data parallel
@@ -12,8 +15,7 @@ import os
 import sys
 import time
 
-from .checkpoint import CheckpointError
-from .data import DataError
+from .cli_common import USER_ERRORS, merge_metrics
 from .training.config import PRESETS, add_config_arguments, config_from_args, load_config, validate_config
 
 
@@ -23,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--stage", choices=["1", "2", "both"], default="both",
+                        help="1: the VAE; 2: the NCP classifiers on --from RUN_DIR; both (default)")
+    parser.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="the stage-1 run that --stage 2 uses")
     add_config_arguments(parser)
     return parser
 
@@ -32,37 +37,89 @@ def main(argv=None) -> int:
     if args.list_presets:
         print(json.dumps(PRESETS, indent=2))
         return 0
-    from .training import Trainer, TrainingDiverged
+    from .training import Trainer
 
     try:
+        if args.stage == "2":
+            if not args.from_run:
+                raise ValueError("--stage 2 needs --from RUN_DIR (a stage-1 run directory)")
+            config = load_config(_config_path(args.from_run))
+            _apply_overrides(config, args)
+            run_stage2(config, args.from_run)
+            return 0
         if args.resume:
-            config_path = os.path.join(args.resume, "config.json")
-            if not os.path.isfile(config_path):
-                raise CheckpointError(f"--resume {args.resume}: no config.json there; is it a run directory?")
-            config = load_config(config_path)
-            for key, value in vars(args).items():  # explicit options override the saved config
-                if value is not None and hasattr(config, key) and key not in ("preset", "run_dir"):
-                    setattr(config, key, value)
-            validate_config(config)
+            config = load_config(_config_path(args.resume))
+            _apply_overrides(config, args)
             run_dir = args.resume
         else:
             config = config_from_args(args)
             run_dir = config.run_dir or os.path.join("runs", f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
             config.run_dir = run_dir
-        trainer = Trainer(config, run_dir, resume=bool(args.resume))
+        trainer = Trainer(config, run_dir, resume=bool(args.resume), final_nll=args.stage == "1")
         metrics = trainer.train()
-    except (ValueError, DataError, CheckpointError, TrainingDiverged) as error:
+        if trainer.ctx.is_main:
+            print(_stage1_summary(run_dir, metrics))
+        if args.stage == "both" and metrics["status"] == "complete" and trainer.ctx.is_main:
+            run_stage2(config, run_dir)
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if trainer.ctx.is_main:
-        test = metrics.get("test")
-        summary = f"run directory: {run_dir} ({metrics['status']}, step {metrics['step']}/{metrics['total_steps']}, " \
-                  f"{metrics['images_per_second']:.0f} images/s)"
-        if test:
-            summary += f"\ntest NLL (K={test['iw_samples']}): {test['nll_nats']:.2f} nats " \
-                       f"({test['bits_per_dim']:.4f} bits/dim) on {test['test_images']} images"
-        print(summary)
     return 0
+
+
+def _config_path(run_dir: str) -> str:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{run_dir}: no config.json there; is it a run directory?")
+    return path
+
+
+def _apply_overrides(config, args) -> None:
+    """Options given explicitly on the command line override the saved config."""
+    for key, value in vars(args).items():
+        if value is not None and hasattr(config, key) and key not in ("preset", "run_dir"):
+            setattr(config, key, value)
+    validate_config(config)
+
+
+def _stage1_summary(run_dir: str, metrics: dict) -> str:
+    text = (f"stage 1: {run_dir} ({metrics['status']}, step {metrics['step']}/{metrics['total_steps']}, "
+            f"{metrics['images_per_second']:.0f} images/s)")
+    test = metrics.get("test")
+    if test:
+        text += (f"\ntest NLL (K={test['iw_samples']}): {test['nll_nats']:.2f} nats "
+                 f"({test['bits_per_dim']:.4f} bits/dim) on {test['test_images']} images")
+    return text
+
+
+def run_stage2(config, run_dir: str) -> None:
+    """Stage 2 on a finished stage-1 run, then base-vs-NCP evaluation and the side-by-side samples."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .evaluation import evaluate_run, format_table
+    from .images import save_side_by_side
+    from .ncp.stage2 import train_stage2
+    from .training.trainer import pick_device
+
+    device = pick_device(config.device)
+    with SummaryWriter(os.path.join(run_dir, "tensorboard")) as writer:
+        summary = train_stage2(run_dir, device, config.ncp_epochs, config.ncp_batch_size, config.ncp_lr,
+                               config.ncp_hidden, config.ncp_cells, config.ncp_log_z_samples, config.seed,
+                               config.progress, writer)
+    merge_metrics(run_dir, "ncp", summary)
+    at_chance = summary["groups_at_chance"]
+    print(f"stage 2: {summary['groups']} classifiers, held-out accuracy "
+          f"{', '.join(f'{a:.3f}' for a in summary['val_accuracy'])}; log Z = {summary['log_z']:.4f} "
+          f"+- {summary['log_z_stderr']:.4f}" + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
+    result, base_images, ncp_images = evaluate_run(
+        run_dir, device, iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
+        iw_chunk=config.eval_chunk, num_generated=config.eval_generated, num_proposals=config.ncp_num_proposals,
+        log_z_samples=config.ncp_log_z_samples, seed=config.seed, progress=config.progress)
+    merge_metrics(run_dir, "evaluation", result)
+    n = config.num_sample_images
+    save_side_by_side([base_images[:n], ncp_images[:n]], os.path.join(run_dir, "samples.png"))
+    print(format_table(result))
+    print(f"samples.png: base prior (left) | NCP prior, SIR with {config.ncp_num_proposals} proposals (right)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def train(*args, check=True, **kw):
 def test_complete_run_writes_the_run_directory(tmp_path):
     run = tmp_path / "run"
     # 4000 training digits / 250 per batch = 16 steps: one full epoch, then the test NLL.
-    train(*SMALL, "--batch-size", "250", "--epochs", "1", "--run-dir", str(run))
+    train(*SMALL, "--stage", "1", "--batch-size", "250", "--epochs", "1", "--run-dir", str(run))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "complete" and metrics["step"] == 16
     assert metrics["test"]["iw_samples"] == 3 and metrics["test"]["test_images"] == 20

@@ -47,14 +47,17 @@ class LatentVAE(nn.Module):
     #: how the data are read: "binary" (dynamic binarisation) or "8bit"
     likelihood = "binary"
 
-    def forward(self, x: torch.Tensor):
-        """x in [0, 1] -> (decoder output, [GroupOutput per latent group])."""
+    def forward(self, x: torch.Tensor, decode: bool = True):
+        """x in [0, 1] -> (decoder output, [GroupOutput per latent group]); decode=False
+        skips the decoder after the last group (output None), for callers that need
+        only the latents."""
         raise NotImplementedError
 
     def sample_decoder_output(self, num_samples: int, temperature: float = 1.0,
                               intercept: Optional[GroupIntercept] = None,
-                              generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Samples z group by group from the prior and decodes them."""
+                              generator: Optional[torch.Generator] = None, decode: bool = True):
+        """Samples z group by group from the prior and decodes them (decode=False:
+        only walks the groups, for callers that need the latents alone)."""
         raise NotImplementedError
 
     def reconstruction_log_prob(self, decoder_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -76,11 +79,13 @@ class LatentVAE(nn.Module):
         return self.mean_image(self.sample_decoder_output(num_samples, temperature, intercept, generator))
 
     @torch.no_grad()
-    def importance_weighted_log_likelihood(self, x: torch.Tensor, num_samples: int,
-                                           chunk: int = 0) -> torch.Tensor:
+    def importance_weighted_log_likelihood(self, x: torch.Tensor, num_samples: int, chunk: int = 0,
+                                           extra_log_prior: Optional[Callable] = None) -> torch.Tensor:
         """log p(x) >= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, per image [B].
 
         chunk: importance samples evaluated per pass (0: all); bounds memory.
+        extra_log_prior(groups) -> [B*k]: added to log p(z) (an NCP prior's
+        sum of log-ratios minus log Z).
         """
         chunk = chunk or num_samples
         log_weights = []
@@ -92,6 +97,8 @@ class LatentVAE(nn.Module):
             log_w = self.reconstruction_log_prob(output, repeated)
             for group in groups:
                 log_w = log_w - group.log_q_minus_log_p()
+            if extra_log_prior is not None:
+                log_w = log_w + extra_log_prior(groups)
             log_weights.append(log_w.view(x.shape[0], k))
             done += k
         return torch.logsumexp(torch.cat(log_weights, dim=1), dim=1) - math.log(num_samples)

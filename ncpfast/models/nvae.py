@@ -155,7 +155,7 @@ class HierarchicalVAE(LatentVAE):
         up = self.decoder_up[str(k)] if str(k) in self.decoder_up else None
         return up(state) if up is not None else state
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, decode: bool = True):
         features = self._encode(x)
         state = self.decoder_input.expand(x.shape[0], -1, -1, -1)
         groups = []
@@ -171,10 +171,10 @@ class HierarchicalVAE(LatentVAE):
                 posterior = Normal(mu_p + d_mu, log_sigma_p + d_log_sigma)
             z = posterior.sample()
             groups.append(GroupOutput(z=z, prior=prior, posterior=posterior, context=state if k else None))
-            state = self._advance(k, state, z)
-        return self._decode_tail(state), groups
+            state = self._advance(k, state, z) if (decode or k + 1 < len(self.group_scales)) else state
+        return (self._decode_tail(state) if decode else None), groups
 
-    def sample_decoder_output(self, num_samples, temperature=1.0, intercept=None, generator=None):
+    def sample_decoder_output(self, num_samples, temperature=1.0, intercept=None, generator=None, decode=True):
         state = self.decoder_input.expand(num_samples, -1, -1, -1)
         for k in range(len(self.group_scales)):
             state = self.decoder_groups[k](state)
@@ -183,7 +183,7 @@ class HierarchicalVAE(LatentVAE):
             if intercept is not None:
                 z = intercept(k, z, state if k else None, prior)
             state = self._advance(k, state, z)
-        return self._decode_tail(state)
+        return self._decode_tail(state) if decode else None
 
     # --- likelihood ---------------------------------------------------------------
 

@@ -27,19 +27,19 @@ class _FlatLatentVAE(LatentVAE):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x):
+    def forward(self, x, decode: bool = True):
         posterior = self.encode(x)
         z = posterior.sample()
         prior = self._standard_prior(x.shape[0], x.device, z.dtype)
-        return self.decode(z), [GroupOutput(z=z, prior=prior, posterior=posterior, context=None)]
+        return (self.decode(z) if decode else None), [GroupOutput(z=z, prior=prior, posterior=posterior, context=None)]
 
-    def sample_decoder_output(self, num_samples, temperature=1.0, intercept=None, generator=None):
+    def sample_decoder_output(self, num_samples, temperature=1.0, intercept=None, generator=None, decode=True):
         device = next(self.parameters()).device
         prior = self._standard_prior(num_samples, device, temperature=temperature)
         z = prior.sample(generator)
         if intercept is not None:
             z = intercept(0, z, None, prior)
-        return self.decode(z)
+        return self.decode(z) if decode else None
 
 
 class MLPVAE(_FlatLatentVAE):

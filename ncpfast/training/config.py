@@ -70,6 +70,15 @@ class TrainConfig:
     eval_max_images: int = _f(0, "test images of the final NLL (0: all)")
     eval_chunk: int = _f(0, "importance samples per pass of the NLL (0: all at once; bounds memory)")
     num_sample_images: int = _f(64, "images in a sample grid")
+    # stage 2 (NCP) and the evaluation that follows it
+    ncp_epochs: int = _f(10, "stage 2: epochs of the NCP classifiers")
+    ncp_batch_size: int = _f(64, "stage 2: batch size")
+    ncp_lr: float = _f(1e-3, "stage 2: Adam learning rate")
+    ncp_hidden: int = _f(32, "stage 2: width of each group's classifier")
+    ncp_cells: int = _f(2, "stage 2: residual cells of each group's classifier")
+    ncp_log_z_samples: int = _f(10000, "stage 2: prior samples of the log Z estimate")
+    ncp_num_proposals: int = _f(50, "evaluation: SIR proposals per latent group")
+    eval_generated: int = _f(1000, "evaluation: generated images for the Frechet distance")
     progress: bool = _f(True, "tqdm progress bars")
 
 
@@ -80,7 +89,8 @@ PRESETS = {
                  num_preprocess_cells=1, num_postprocess_blocks=2, num_postprocess_cells=1,
                  num_latent_scales=2, num_groups_per_scale=2, latent_channels=8,
                  num_cells_per_group_enc=1, num_cells_per_group_dec=1, epochs=8, batch_size=64,
-                 lr=5e-3, warmup_epochs=1, checkpoint_every=100, eval_iw_samples=100),
+                 lr=5e-3, warmup_epochs=1, checkpoint_every=100, eval_iw_samples=100, eval_max_images=500,
+                 ncp_epochs=5),
     # NVAE-small as published for MNIST (2 x V100, ~21 h).
     "mnist": dict(dataset="mnist", in_channels=1, image_size=32, output="bernoulli", channels=32,
                   num_preprocess_blocks=2, num_preprocess_cells=3, num_postprocess_blocks=2,
@@ -171,6 +181,8 @@ def validate_config(config: TrainConfig) -> None:
         problems.append(f"model must be nvae, mlp or conv, got {config.model!r}")
     if not 0 <= config.ema_decay < 1:
         problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.ncp_num_proposals < 1:
+        problems.append(f"ncp_num_proposals must be >= 1, got {config.ncp_num_proposals}")
     if config.eval_iw_samples < 1:
         problems.append(f"eval_iw_samples must be >= 1, got {config.eval_iw_samples}")
     if problems:

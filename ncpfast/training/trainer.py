@@ -74,8 +74,8 @@ def pick_device(request: str, local_rank: int = 0) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, run_dir: str, resume: bool = False):
-        self.config, self.run_dir = config, run_dir
+    def __init__(self, config: TrainConfig, run_dir: str, resume: bool = False, final_nll: bool = True):
+        self.config, self.run_dir, self.final_nll = config, run_dir, final_nll
         self.ctx = init_distributed(config.device)
         self.device = pick_device(config.device, self.ctx.local_rank)
         self.amp_dtype = self._amp_dtype()
@@ -181,8 +181,8 @@ class Trainer:
         else:
             self._record_non_finite(loss_value, grad_norm)
         nelbo = (-recon + kl_all.sum(0)).mean().detach()
-        return dict(loss=loss_value, nelbo=float(nelbo), kl=float(kl_all.sum(0).mean()), lr=lr,
-                    kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=kl_all.mean(1).detach())
+        return dict(loss=loss_value, nelbo=float(nelbo), kl=float(kl_all.detach().sum(0).mean()), lr=lr,
+                    kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=kl_all.detach().mean(1))
 
     def _record_non_finite(self, loss: float, grad_norm: float) -> None:
         self.nan_streak += 1
@@ -363,7 +363,7 @@ class Trainer:
                        device=str(self.device), world_size=self.ctx.world_size,
                        replicas_identical=identical,
                        config=dataclasses.asdict(self.config))
-        if status == "complete" and self.ctx.is_main:
+        if status == "complete" and self.ctx.is_main and self.final_nll:
             metrics["test"] = self.evaluate_nll()
             metrics["test"]["nelbo_nats"] = self.history[-1]["test_nelbo"] if self.history else None
             self._save_samples("final.png")

@@ -1,0 +1,250 @@
+"""NCP for a trained VAE: one classifier per latent group (a hierarchical VAE has
+many; a single-group VAE has one), the VAE frozen.
+
+Classifier k sees z_k and the decoder context for z_<k. Its positives are
+z_k ~ q(z_k | z_<k, x), its negatives z_k ~ p(z_k | z_<k) with the same
+posterior z_<k: one encoder/decoder pass yields the data of every group, so all
+classifiers train together.
+
+    p_NCP(z) = (1/Z) prod_k r_k(z_k | z_<k) p(z_k | z_<k),   Z = E_p[prod_k r_k]
+"""
+import copy
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..models.base import LatentVAE
+from ..nn.cells import EncoderCell, WNConv2d
+from ..ops import sir_resample
+from .prior import check_sampling_arguments, default_classifier, log_mean_exp_with_stderr
+
+CHANCE_ACCURACY = 0.55  # a group whose held-out accuracy stays below this is reported as at chance
+
+
+class GroupClassifier(nn.Module):
+    """D_k(z_k, context) -> logit. Spatial groups: a 3x3 conv of concat(z, context),
+    residual encoder cells, global mean, linear. Flat groups: an MLP."""
+
+    def __init__(self, latent_shape, context_channels: int = 0, hidden: int = 32, cells: int = 2):
+        super().__init__()
+        self.spatial = len(latent_shape) == 3
+        if self.spatial:
+            self.stem = WNConv2d(latent_shape[0] + context_channels, hidden, 3, padding=1)
+            self.cells = nn.Sequential(*[EncoderCell(hidden, hidden) for _ in range(cells)])
+            self.head = nn.Linear(hidden, 1)
+        else:
+            self.mlp = default_classifier(latent_shape[0], max(hidden, 64), 2)
+
+    def forward(self, z: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        if not self.spatial:
+            return self.mlp(z).squeeze(-1)
+        x = z if context is None else torch.cat([z, context], dim=1)
+        h = F.silu(self.cells(self.stem(x)))
+        return self.head(h.mean(dim=(2, 3))).squeeze(-1)
+
+
+class GroupedNCP(nn.Module):
+    def __init__(self, vae: LatentVAE, hidden: int = 32, cells: int = 2):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        shapes, contexts = self._probe_groups()
+        self.classifiers = nn.ModuleList(GroupClassifier(s, c, hidden, cells) for s, c in zip(shapes, contexts))
+        self.hidden, self.cells = hidden, cells
+        self._log_partition = None
+
+    @torch.no_grad()
+    def _probe_groups(self):
+        device = next(self.vae.parameters()).device
+        shapes, contexts = [], []
+
+        def record(k, z, context, prior):
+            shapes.append(tuple(z.shape[1:]))
+            contexts.append(0 if context is None else context.shape[1])
+            return z
+
+        self.vae.sample_decoder_output(2, intercept=record, generator=torch.Generator(device).manual_seed(0),
+                                       decode=False)
+        return shapes, contexts
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.classifiers)
+
+    def log_ratio(self, k: int, z: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.classifiers[k](z, context)
+
+    # --- training -------------------------------------------------------------------------
+
+    def _group_losses(self, x: torch.Tensor):
+        """BCE and accuracy of every group's classifier on one batch (the VAE frozen)."""
+        with torch.no_grad():
+            _, groups = self.vae(x, decode=False)
+        losses, accuracies = [], []
+        for k, group in enumerate(groups):
+            with torch.no_grad():
+                negative = group.prior.sample()
+            logits = torch.cat([self.log_ratio(k, group.z, group.context), self.log_ratio(k, negative, group.context)])
+            labels = torch.cat([torch.ones(x.shape[0]), torch.zeros(x.shape[0])]).to(logits)
+            losses.append(F.binary_cross_entropy_with_logits(logits, labels))
+            accuracies.append(((logits > 0).float() == labels).float().mean())
+        return torch.stack(losses), torch.stack(accuracies)
+
+    def fit(self, read_train, num_train: int, read_val, num_val: int, epochs: int = 10, batch_size: int = 64,
+            lr: float = 1e-3, generator: Optional[torch.Generator] = None, progress: bool = True,
+            writer=None) -> dict:
+        """Trains every classifier in parallel. read_train(indices) / read_val(indices)
+        return image batches. Keeps the weights with the best held-out loss; returns
+        per-group curves and the groups that stayed at chance."""
+        optimizer = torch.optim.Adam(self.classifiers.parameters(), lr=lr)
+        history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+        best, best_state = math.inf, copy.deepcopy(self.classifiers.state_dict())
+        step = 0
+        for epoch in range(epochs):
+            self.classifiers.train()
+            order = torch.randperm(num_train, generator=generator)
+            bar = tqdm(range(0, num_train - batch_size + 1, batch_size), desc=f"NCP epoch {epoch + 1}/{epochs}",
+                       disable=not progress, leave=False)
+            totals = torch.zeros(self.num_groups)
+            for start in bar:
+                losses, _ = self._group_losses(read_train(order[start:start + batch_size]))
+                optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                optimizer.step()
+                totals += losses.detach().cpu()
+                step += 1
+                bar.set_postfix(loss=f"{float(losses.detach().mean()):.3f}")
+                if writer is not None and step % 20 == 0:
+                    for k, value in enumerate(losses.detach().tolist()):
+                        writer.add_scalar(f"ncp_train_loss/group_{k:02d}", value, step)
+            val_loss, val_acc = self.evaluate(read_val, num_val, batch_size)
+            history["train_loss"].append((totals / max(1, len(bar))).tolist())
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_acc)
+            if writer is not None:
+                for k in range(self.num_groups):
+                    writer.add_scalar(f"ncp_val_accuracy/group_{k:02d}", val_acc[k], step)
+                    writer.add_scalar(f"ncp_val_loss/group_{k:02d}", val_loss[k], step)
+            if sum(val_loss) < best:
+                best, best_state = sum(val_loss), copy.deepcopy(self.classifiers.state_dict())
+        self.classifiers.load_state_dict(best_state)
+        self.classifiers.eval()
+        self._log_partition = None
+        final_acc = history["val_accuracy"][int(torch.tensor([sum(v) for v in history["val_loss"]]).argmin())]
+        history["best_val_accuracy"] = final_acc
+        history["groups_at_chance"] = [k for k, a in enumerate(final_acc) if a < CHANCE_ACCURACY]
+        return history
+
+    @torch.no_grad()
+    def evaluate(self, read, num_images: int, batch_size: int = 64):
+        """Per-group held-out BCE and accuracy."""
+        self.classifiers.eval()
+        loss_sum, acc_sum, batches = torch.zeros(self.num_groups), torch.zeros(self.num_groups), 0
+        for start in range(0, num_images, batch_size):
+            losses, accuracies = self._group_losses(read(torch.arange(start, min(num_images, start + batch_size))))
+            loss_sum += losses.cpu()
+            acc_sum += accuracies.cpu()
+            batches += 1
+        return (loss_sum / batches).tolist(), (acc_sum / batches).tolist()
+
+    # --- the partition function and the likelihood ------------------------------------------
+
+    @torch.no_grad()
+    def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 500,
+                      generator: Optional[torch.Generator] = None, refresh: bool = False):
+        """(log Z, standard error): Z = E_p[prod_k r_k(z_k | z_<k)], z drawn from the
+        VAE's prior group by group. Cached until the next fit (or refresh=True);
+        without num_samples the cached estimate is returned whatever its sample count."""
+        cached = self._log_partition
+        if cached is not None and not refresh and num_samples in (None, cached[2]):
+            return cached[:2]
+        num_samples = num_samples or 10_000
+        values = []
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            total = torch.zeros(n, device=self._device())
+
+            def accumulate(k, z, context, prior):
+                total.add_(self.log_ratio(k, z, context).float())
+                return z
+
+            self.vae.sample_decoder_output(n, intercept=accumulate, generator=generator, decode=False)
+            values.append(total.cpu())
+        log_z, stderr = log_mean_exp_with_stderr(torch.cat(values))
+        self._log_partition = (log_z, stderr, num_samples)
+        return log_z, stderr
+
+    def _device(self):
+        return next(self.vae.parameters()).device
+
+    @torch.no_grad()
+    def importance_weighted_log_likelihood(self, x: torch.Tensor, num_samples: int, chunk: int = 0,
+                                           log_z: Optional[float] = None) -> torch.Tensor:
+        """The IW bound with p_NCP in place of p: log p(z) + sum_k log r_k - log Z."""
+        log_z = self.log_partition()[0] if log_z is None else log_z
+
+        def ncp_terms(groups):
+            return sum(self.log_ratio(k, g.z, g.context).float() for k, g in enumerate(groups)) - log_z
+
+        return self.vae.importance_weighted_log_likelihood(x, num_samples, chunk, extra_log_prior=ncp_terms)
+
+    # --- sampling ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, method: str = "sir", num_proposals: int = 50, steps: int = 50, step_size: float = 1e-2,
+               temperature: float = 1.0, generator: Optional[torch.Generator] = None,
+               max_proposal_bytes: int = 512 * 2**20) -> torch.Tensor:
+        """n images in [0, 1]: group by group, SIR (num_proposals per group given the
+        chosen z_<k), Langevin (steps on E_k = -log r_k - log p_k), or the base prior."""
+        check_sampling_arguments(method, n, num_proposals, steps, step_size)
+        if method == "base":
+            return self.vae.sample(n, temperature, generator=generator)
+        if method == "sir":
+            def intercept(k, z, context, prior):
+                return self._sir_group(k, context, prior, num_proposals, generator, max_proposal_bytes)
+        else:
+            def intercept(k, z, context, prior):
+                return self._langevin_group(k, z, context, prior, steps, step_size, generator)
+        return self.vae.sample(n, temperature, intercept=intercept, generator=generator)
+
+    def _sir_group(self, k, context, prior, M, generator, max_proposal_bytes):
+        n = prior.mu.shape[0]
+        per_row = M * (prior.mu[0].numel() + (context[0].numel() if context is not None else 0)) * 4
+        rows = max(1, max_proposal_bytes // max(1, per_row))  # bounded memory: chunk B x M
+        chosen = []
+        for start in range(0, n, rows):
+            mu, sigma = prior.mu[start:start + rows], prior.sigma[start:start + rows]
+            b = mu.shape[0]
+            eps = torch.randn((b, M, *mu.shape[1:]), device=mu.device, generator=generator)
+            proposals = mu[:, None] + sigma[:, None] * eps
+            ctx = None if context is None else context[start:start + b].repeat_interleave(M, dim=0)
+            log_w = self.log_ratio(k, proposals.flatten(0, 1), ctx).view(b, M).float()
+            picked, _ = sir_resample(log_w, proposals, 1, generator=generator)
+            chosen.append(picked[:, 0])
+        return torch.cat(chosen)
+
+    def _langevin_group(self, k, z, context, prior, steps, step_size, generator):
+        for _ in range(steps):
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                energy = -(self.log_ratio(k, z, context).sum() + prior.log_prob(z).sum())
+                grad, = torch.autograd.grad(energy, z)
+            noise = torch.randn(z.shape, device=z.device, generator=generator)
+            z = z - 0.5 * step_size * grad + math.sqrt(step_size) * noise
+        return z.detach()
+
+    # --- persistence ------------------------------------------------------------------------
+
+    def to_checkpoint(self) -> dict:
+        return {"format": 1, "hidden": self.hidden, "cells": self.cells,
+                "classifiers": self.classifiers.state_dict(), "log_partition": self._log_partition}
+
+    @classmethod
+    def from_checkpoint(cls, vae: LatentVAE, state: dict) -> "GroupedNCP":
+        ncp = cls(vae, hidden=state["hidden"], cells=state["cells"]).to(next(vae.parameters()).device)
+        ncp.classifiers.load_state_dict(state["classifiers"])
+        ncp._log_partition = state.get("log_partition")
+        return ncp.eval()

@@ -1,0 +1,213 @@
+"""NCPPrior: a noise contrastive prior for any VAE's flat latents.
+
+    p_NCP(z) = r(z) p(z) / Z,   log r(z) = the logit of a classifier trained to
+    tell posterior samples (label 1) from base-prior samples (label 0),
+    Z = E_p[r(z)] estimated by Monte Carlo.
+"""
+import copy
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..ops import sir_resample
+from .base_priors import GaussianMixture, StandardNormal
+
+SAMPLING_METHODS = ("sir", "langevin", "base")
+
+
+def log_mean_exp_with_stderr(log_values: torch.Tensor):
+    """log mean exp(x) and its standard error (delta method: std(r) / (sqrt(N) mean(r)))."""
+    n = log_values.numel()
+    lse = torch.logsumexp(log_values.double().flatten(), 0)
+    normalized = torch.exp(log_values.double().flatten() - lse) * n  # r_i / mean(r)
+    stderr = float(normalized.std() / math.sqrt(n)) if n > 1 else float("inf")
+    return float(lse - math.log(n)), stderr
+
+
+def default_classifier(dim: int, hidden: int = 256, layers: int = 2) -> nn.Module:
+    """An MLP with SiLU activations ending in one logit."""
+    modules, width = [], dim
+    for _ in range(layers):
+        modules += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    modules.append(nn.Linear(width, 1))
+    return nn.Sequential(*modules)
+
+
+def check_sampling_arguments(method: str, num_samples: int, num_proposals: int, steps: int, step_size: float):
+    if method not in SAMPLING_METHODS:
+        raise ValueError(f"sampling method must be one of {SAMPLING_METHODS}, got {method!r}")
+    if num_samples < 1:
+        raise ValueError(f"number of samples must be >= 1, got {num_samples}")
+    if method == "sir" and num_proposals < 1:
+        raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
+    if method == "langevin" and (steps < 0 or not step_size > 0):
+        raise ValueError(f"Langevin needs steps >= 0 and step_size > 0, got {steps} and {step_size}")
+
+
+class NCPPrior(nn.Module):
+    """A reweighted prior r(z) p(z) / Z over flat latents z of shape [..., dim].
+
+    base_prior: anything with sample(shape, generator) and log_prob(z), e.g.
+        StandardNormal(dim) or GaussianMixture.fit(posterior_means).
+    classifier: maps [N, dim] to [N, 1] logits (default: an MLP).
+    """
+
+    def __init__(self, base_prior, classifier: Optional[nn.Module] = None, dim: Optional[int] = None,
+                 hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.dim = dim or base_prior.dim
+        self.base = base_prior
+        self.classifier = classifier if classifier is not None else default_classifier(self.dim, hidden, layers)
+        self.hidden, self.layers = hidden, layers
+        self._log_partition = None
+
+    # --- the density ratio --------------------------------------------------------------
+
+    def log_ratio(self, z: torch.Tensor) -> torch.Tensor:
+        """log r(z): the classifier's logit, shape z.shape[:-1]."""
+        return self.classifier(z.reshape(-1, self.dim)).view(z.shape[:-1])
+
+    def fit(self, posterior_samples: torch.Tensor, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
+            weight_decay: float = 1e-5, validation_fraction: float = 0.1, patience: int = 5,
+            generator: Optional[torch.Generator] = None, progress: bool = True) -> dict:
+        """Trains the classifier: posterior samples (1) against fresh base samples (0),
+        BCE on logits, early stopping on a held-out split. Returns the history."""
+        data = posterior_samples.detach().reshape(-1, self.dim)
+        if data.shape[0] < 10:
+            raise ValueError(f"NCPPrior.fit needs at least 10 posterior samples, got {data.shape[0]}")
+        order = torch.randperm(data.shape[0], generator=generator)
+        n_val = max(1, int(validation_fraction * data.shape[0]))
+        val_pos, train_pos = data[order[:n_val]], data[order[n_val:]]
+        val_neg = self.base.sample(n_val, generator=generator).to(data)
+        optimizer = torch.optim.Adam(self.classifier.parameters(), lr=lr, weight_decay=weight_decay)
+        history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+        best, best_state, waited = math.inf, copy.deepcopy(self.classifier.state_dict()), 0
+        bar = tqdm(range(epochs), desc="NCP classifier", disable=not progress, leave=False)
+        for _ in bar:
+            self.classifier.train()
+            perm = torch.randperm(train_pos.shape[0], generator=generator)
+            total, count = 0.0, 0
+            for start in range(0, train_pos.shape[0], batch_size):
+                pos = train_pos[perm[start:start + batch_size]]
+                neg = self.base.sample(pos.shape[0], generator=generator).to(pos)
+                loss = self._bce(pos, neg)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item() * pos.shape[0], count + pos.shape[0]
+            val_loss, val_acc = self._evaluate(val_pos, val_neg)
+            history["train_loss"].append(total / count)
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_acc)
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
+            if val_loss < best - 1e-4:
+                best, best_state, waited = val_loss, copy.deepcopy(self.classifier.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+        self.classifier.load_state_dict(best_state)
+        self.classifier.eval()
+        self._log_partition = None  # a refit changes Z
+        history["best_val_loss"] = best
+        history["epochs_run"] = len(history["val_loss"])
+        return history
+
+    def _bce(self, pos, neg):
+        logits = torch.cat([self.log_ratio(pos), self.log_ratio(neg)])
+        labels = torch.cat([torch.ones(pos.shape[0]), torch.zeros(neg.shape[0])]).to(logits)
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    @torch.no_grad()
+    def _evaluate(self, pos, neg):
+        self.classifier.eval()
+        loss = float(self._bce(pos, neg))
+        correct = int((self.log_ratio(pos) > 0).sum()) + int((self.log_ratio(neg) <= 0).sum())
+        return loss, correct / (pos.shape[0] + neg.shape[0])
+
+    @torch.no_grad()
+    def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 10_000,
+                      generator: Optional[torch.Generator] = None, refresh: bool = False):
+        """(log Z, its standard error): log Z ~ logsumexp_i log r(z_i) - log N, z_i ~ p.
+        Cached until the next fit (or refresh=True); without num_samples the cached
+        estimate is returned whatever its sample count."""
+        cached = self._log_partition
+        if cached is not None and not refresh and num_samples in (None, cached[2]):
+            return cached[:2]
+        num_samples = num_samples or 100_000
+        values = [self.log_ratio(self.base.sample(min(batch_size, num_samples - start), generator=generator))
+                  for start in range(0, num_samples, batch_size)]
+        log_z, stderr = log_mean_exp_with_stderr(torch.cat(values))
+        self._log_partition = (log_z, stderr, num_samples)
+        return log_z, stderr
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p_NCP(z) = log r(z) + log p(z) - log Z."""
+        return self.log_ratio(z) + self.base.log_prob(z) - self.log_partition()[0]
+
+    # --- sampling -------------------------------------------------------------------------
+
+    def energy(self, z: torch.Tensor) -> torch.Tensor:
+        """E(z) = -log r(z) - log p(z) (Langevin's target is exp(-E) / Z)."""
+        return -(self.log_ratio(z) + self.base.log_prob(z))
+
+    def sample(self, n: int, method: str = "sir", num_proposals: int = 100, steps: int = 100,
+               step_size: float = 1e-2, generator: Optional[torch.Generator] = None,
+               max_proposal_bytes: int = 256 * 2**20) -> torch.Tensor:
+        """n samples [n, dim] from p_NCP: "sir" (num_proposals per sample, the fused SIR
+        op), "langevin" (steps of size step_size on E), or "base" (p itself)."""
+        check_sampling_arguments(method, n, num_proposals, steps, step_size)
+        if method == "base":
+            return self.base.sample(n, generator=generator)
+        if method == "langevin":
+            return self._langevin(self.base.sample(n, generator=generator), steps, step_size, generator)
+        rows = max(1, max_proposal_bytes // (num_proposals * self.dim * 4))  # bounded memory
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, n, rows):
+                count = min(rows, n - start)
+                proposals = self.base.sample((count, num_proposals), generator=generator)
+                chosen, _ = sir_resample(self.log_ratio(proposals), proposals, 1, generator=generator)
+                chunks.append(chosen[:, 0])
+        return torch.cat(chunks)
+
+    def _langevin(self, z, steps, step_size, generator):
+        for _ in range(steps):
+            z = z.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(self.energy(z).sum(), z)
+            noise = torch.randn(z.shape, device=z.device, generator=generator)
+            z = z - 0.5 * step_size * grad + math.sqrt(step_size) * noise
+        return z.detach()
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def to_checkpoint(self) -> dict:
+        kind = "gmm" if isinstance(self.base, GaussianMixture) else "normal"
+        return {"format": 1, "dim": self.dim, "hidden": self.hidden, "layers": self.layers, "base": kind,
+                "state_dict": self.state_dict(), "log_partition": self._log_partition}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "NCPPrior":
+        sd = state["state_dict"]
+        if state["base"] == "gmm":
+            base = GaussianMixture(sd["base.log_weights"].exp(), sd["base.means"], sd["base.log_stds"])
+        else:
+            base = StandardNormal(state["dim"])
+        prior = cls(base, dim=state["dim"], hidden=state["hidden"], layers=state["layers"])
+        prior.load_state_dict(sd)
+        prior._log_partition = state.get("log_partition")
+        return prior.eval()
+
+    def save(self, path: str) -> None:
+        from ..checkpoint import save_atomic
+        save_atomic(self.to_checkpoint(), path)
+
+    @classmethod
+    def load(cls, path: str) -> "NCPPrior":
+        from ..checkpoint import load
+        return cls.from_checkpoint(load(path))

@@ -1,0 +1,72 @@
+"""Stage 2 on a run directory: load the frozen VAE, train the NCP classifiers,
+estimate log Z, save checkpoints/ncp.pt."""
+import os
+import time
+from typing import Optional
+
+import torch
+
+from .. import checkpoint
+from ..data import binarize, load_dataset
+from ..models import build_model
+from ..training.config import load_config
+from .grouped import GroupedNCP
+
+NCP_CHECKPOINT = "ncp.pt"
+
+
+class RunDirError(ValueError):
+    """A run directory lacks what a command needs."""
+
+
+def load_run(run_dir: str, device: torch.device):
+    """(config, VAE in eval mode) of a stage-1 run (its best checkpoint, EMA weights when present)."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise RunDirError(f"{run_dir} is not a run directory (no config.json); train one with python -m ncpfast.train")
+    config = load_config(config_path)
+    path = os.path.join(run_dir, "checkpoints", "best.pt")
+    if not os.path.isfile(path):
+        path = os.path.join(run_dir, "checkpoints", "latest.pt")
+    state = checkpoint.load(path, map_location=device)
+    vae = build_model(config).to(device)
+    vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    return config, vae.eval()
+
+
+def load_ncp(run_dir: str, vae) -> GroupedNCP:
+    path = os.path.join(run_dir, "checkpoints", NCP_CHECKPOINT)
+    if not os.path.isfile(path):
+        raise RunDirError(f"{run_dir} has no NCP stage ({path} is missing); train it with "
+                          f"python -m ncpfast.train --stage 2 --from {run_dir}")
+    return GroupedNCP.from_checkpoint(vae, checkpoint.load(path, map_location=next(vae.parameters()).device))
+
+
+def image_reader(split, likelihood: str, device: torch.device, generator: Optional[torch.Generator]):
+    """indices -> a batch on device, dynamically binarised for binary likelihoods."""
+    def read(indices):
+        x = split.batch(indices).to(device)
+        return binarize(x, generator) if likelihood == "binary" else x
+    return read
+
+
+def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
+                 cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None) -> dict:
+    config, vae = load_run(run_dir, device)
+    train, _ = load_dataset(config.dataset, config.data_dir)
+    g = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)
+    n_val = max(batch_size, len(train) // 10)  # the last 10% of the training split is held out
+    n_fit = len(train) - n_val
+    read = image_reader(train, vae.likelihood, device, g)
+    ncp = GroupedNCP(vae, hidden=hidden, cells=cells).to(device)
+    start = time.perf_counter()
+    history = ncp.fit(read, n_fit, lambda idx: read(idx + n_fit), n_val, epochs=epochs, batch_size=batch_size,
+                      lr=lr, generator=torch.Generator().manual_seed(seed), progress=progress, writer=writer)
+    fit_seconds = time.perf_counter() - start
+    log_z, stderr = ncp.log_partition(log_z_samples, generator=g)
+    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history},
+                           os.path.join(run_dir, "checkpoints", NCP_CHECKPOINT))
+    return dict(groups=ncp.num_groups, epochs=epochs, fit_seconds=fit_seconds, log_z=log_z, log_z_stderr=stderr,
+                log_z_samples=log_z_samples, val_accuracy=history["best_val_accuracy"],
+                groups_at_chance=history["groups_at_chance"])

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..models.base import LatentVAE
 from ..nn.cells import RESIDUAL_SCALE, SqueezeExcitation, WNConv2d
 from ..ops import sir_resample
-from .prior import check_sampling_arguments, default_classifier, log_mean_exp_with_stderr
+from .prior import check_sampling_arguments, default_classifier, langevin, log_mean_exp_with_stderr
 
 CHANCE_ACCURACY = 0.55  # a group whose held-out accuracy stays below this is reported as at chance
 
@@ -252,14 +252,9 @@ class GroupedNCP(nn.Module):
         return torch.cat(chosen)
 
     def _langevin_group(self, k, z, context, prior, steps, step_size, generator):
-        for _ in range(steps):
-            with torch.enable_grad():
-                z = z.detach().requires_grad_(True)
-                energy = -(self.log_ratio(k, z, context).sum() + prior.log_prob(z).sum())
-                grad, = torch.autograd.grad(energy, z)
-            noise = torch.randn(z.shape, device=z.device, generator=generator)
-            z = z - 0.5 * step_size * grad + math.sqrt(step_size) * noise
-        return z.detach()
+        def energy(z):  # E_k = -log r_k(z, context) - log p(z | z_<k), per sample
+            return -(self.log_ratio(k, z, context) + prior.log_prob(z).flatten(1).sum(1))
+        return langevin(z, energy, steps, step_size, generator)
 
     # --- persistence ------------------------------------------------------------------------
 

@@ -38,6 +38,19 @@ def default_classifier(dim: int, hidden: int = 256, layers: int = 2) -> nn.Modul
     return nn.Sequential(*modules)
 
 
+def langevin(z: torch.Tensor, energy, steps: int, step_size: float,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Unadjusted Langevin dynamics: z <- z - (eta/2) grad E(z) + sqrt(eta) noise.
+    energy(z) returns per-sample energies; their sum is differentiated."""
+    for _ in range(steps):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(energy(z).sum(), z)
+        noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+        z = z - 0.5 * step_size * grad + math.sqrt(step_size) * noise
+    return z.detach()
+
+
 def check_sampling_arguments(method: str, num_samples: int, num_proposals: int, steps: int, step_size: float):
     if method not in SAMPLING_METHODS:
         raise ValueError(f"sampling method must be one of {SAMPLING_METHODS}, got {method!r}")
@@ -165,7 +178,7 @@ class NCPPrior(nn.Module):
         if method == "base":
             return self.base.sample(n, generator=generator)
         if method == "langevin":
-            return self._langevin(self.base.sample(n, generator=generator), steps, step_size, generator)
+            return langevin(self.base.sample(n, generator=generator), self.energy, steps, step_size, generator)
         rows = max(1, max_proposal_bytes // (num_proposals * self.dim * 4))  # bounded memory
         chunks = []
         with torch.no_grad():
@@ -175,14 +188,6 @@ class NCPPrior(nn.Module):
                 chosen, _ = sir_resample(self.log_ratio(proposals), proposals, 1, generator=generator)
                 chunks.append(chosen[:, 0])
         return torch.cat(chunks)
-
-    def _langevin(self, z, steps, step_size, generator):
-        for _ in range(steps):
-            z = z.detach().requires_grad_(True)
-            grad, = torch.autograd.grad(self.energy(z).sum(), z)
-            noise = torch.randn(z.shape, device=z.device, generator=generator)
-            z = z - 0.5 * step_size * grad + math.sqrt(step_size) * noise
-        return z.detach()
 
     # --- persistence ----------------------------------------------------------------------
 

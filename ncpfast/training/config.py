@@ -89,7 +89,7 @@ PRESETS = {
                  num_preprocess_cells=1, num_postprocess_blocks=2, num_postprocess_cells=1,
                  num_latent_scales=2, num_groups_per_scale=2, latent_channels=8,
                  num_cells_per_group_enc=1, num_cells_per_group_dec=1, epochs=8, batch_size=64,
-                 lr=5e-3, warmup_epochs=1, checkpoint_every=100, eval_iw_samples=100, eval_max_images=500,
+                 lr=5e-3, warmup_epochs=1, checkpoint_every=100, eval_iw_samples=100, eval_max_images=200,
                  ncp_epochs=5),
     # NVAE-small as published for MNIST (2 x V100, ~21 h).
     "mnist": dict(dataset="mnist", in_channels=1, image_size=32, output="bernoulli", channels=32,

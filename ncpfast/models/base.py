@@ -1,7 +1,7 @@
 """The contract every ncpfast VAE follows."""
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn

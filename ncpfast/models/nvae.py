@@ -4,11 +4,10 @@ groups at several scales (adaptive group counts), a residual posterior, and
 Bernoulli (binary MNIST, central 28x28) or logistic-mixture (colour) outputs.
 """
 from dataclasses import dataclass, fields
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..nn.cells import DecoderCombiner, EncoderCell, EncoderCombiner, GenerativeCell, WNConv2d
 from ..nn.distributions import DiscretizedLogisticMixture, Normal, bernoulli_log_prob, standard_normal_like

@@ -10,7 +10,7 @@ classifiers train together.
 """
 import copy
 import math
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -209,7 +209,6 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------
 
     def train(self) -> dict:
-        c = self.config
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
             signal.signal(s, self._on_signal)

@@ -1,6 +1,7 @@
 """Checkpoints written atomically: a temporary file in the same directory,
 flushed to disk, then renamed over the target, so a crash never leaves a
 truncated checkpoint behind."""
+import json
 import os
 import tempfile
 
@@ -25,6 +26,14 @@ def save_atomic(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(obj, path: str) -> None:
+    """JSON written to a temporary file, then renamed over `path`."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
 
 
 def load(path: str, map_location="cpu"):

@@ -2,20 +2,13 @@
 import json
 import os
 
-import torch
-
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, write_json_atomic
 from .data import DataError
 from .ncp.stage2 import RunDirError
 from .training import TrainingDiverged
-from .training.trainer import pick_device
 
 # Errors that are the user's to fix: printed as one line, exit status 2.
 USER_ERRORS = (ValueError, DataError, CheckpointError, RunDirError, TrainingDiverged, FileNotFoundError)
-
-
-def device_from(request: str) -> torch.device:
-    return pick_device(request)
 
 
 def merge_metrics(run_dir: str, key: str, value) -> None:
@@ -26,7 +19,4 @@ def merge_metrics(run_dir: str, key: str, value) -> None:
         with open(path) as f:
             metrics = json.load(f)
     metrics[key] = value
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(metrics, path)

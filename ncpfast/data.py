@@ -209,3 +209,10 @@ def _load_image(path: str, size: int, crop) -> torch.Tensor:
 def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Dynamic binarisation: a fresh Bernoulli draw of each grey level."""
     return torch.bernoulli(images, generator=generator)
+
+
+def read_batch(split, indices: torch.Tensor, likelihood: str, device, generator=None) -> torch.Tensor:
+    """A batch of a split on `device`, dynamically binarised when the model's
+    likelihood is binary (a fresh draw every read, the test set included)."""
+    x = split.batch(indices).to(device, non_blocking=True)
+    return binarize(x, generator) if likelihood == "binary" else x

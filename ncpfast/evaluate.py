@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from .cli_common import USER_ERRORS, device_from, merge_metrics
+from .cli_common import USER_ERRORS, merge_metrics
+from .training.trainer import pick_device
 
 
 def build_parser():
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         result, _, _ = evaluate_run(
-            args.run_dir, device_from(args.device), iw_samples=args.iw_samples, max_images=args.max_images,
+            args.run_dir, pick_device(args.device), iw_samples=args.iw_samples, max_images=args.max_images,
             iw_chunk=args.iw_chunk, num_generated=args.num_generated, method=args.method,
             num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
             temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed)

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import torch
 
-from .cli_common import USER_ERRORS, device_from
+from .cli_common import USER_ERRORS
+from .training.trainer import pick_device
 
 
 def build_parser():
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
             raise ValueError(f"-n must be >= 1, got {args.num_samples}")
         if not args.temperature > 0:
             raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-        device = device_from(args.device)
+        device = pick_device(args.device)
         _, vae = load_run(args.run_dir, device)
         generator = torch.Generator(device).manual_seed(args.seed)
         start = time.perf_counter()

@@ -104,6 +104,12 @@ class LatentVAE(nn.Module):
         return torch.logsumexp(torch.cat(log_weights, dim=1), dim=1) - math.log(num_samples)
 
 
+def iw_images_per_pass(num_samples: int, chunk: int = 0, budget: int = 2000, most: int = 250) -> int:
+    """Images per pass of importance_weighted_log_likelihood so that a pass holds
+    about `budget` image copies (K, or the chunk, per image), and at most `most` images."""
+    return max(1, min(most, budget // max(1, chunk or num_samples)))
+
+
 def build_model(config) -> LatentVAE:
     """The model a training config names (config.model: nvae, mlp or conv)."""
     from .nvae import HierarchicalVAE, NVAEConfig

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .. import checkpoint
-from ..data import binarize, load_dataset
+from ..data import load_dataset, read_batch
 from ..models import build_model
 from ..training.config import load_config
 from .grouped import GroupedNCP
@@ -44,10 +44,7 @@ def load_ncp(run_dir: str, vae) -> GroupedNCP:
 
 def image_reader(split, likelihood: str, device: torch.device, generator: Optional[torch.Generator]):
     """indices -> a batch on device, dynamically binarised for binary likelihoods."""
-    def read(indices):
-        x = split.batch(indices).to(device)
-        return binarize(x, generator) if likelihood == "binary" else x
-    return read
+    return lambda indices: read_batch(split, indices, likelihood, device, generator)
 
 
 def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,

@@ -8,7 +8,6 @@ rank 0 writes files.
 """
 import copy
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -22,9 +21,10 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..data import binarize, load_dataset
+from ..data import load_dataset, read_batch
 from ..images import save_grid
 from ..models import build_model
+from ..models.base import iw_images_per_pass
 from .config import TrainConfig, save_config
 from .distributed import broadcast_buffers, init_distributed, parameters_identical, replicas_identical
 from .regularizers import SpectralRegularizer, batchnorm_max_gamma
@@ -140,8 +140,7 @@ class Trainer:
         return order[self.ctx.rank::self.ctx.world_size][:per_rank]
 
     def _read(self, split, indices: torch.Tensor, generator=None) -> torch.Tensor:
-        x = split.batch(indices).to(self.device, non_blocking=True)
-        return binarize(x, generator) if self.model.likelihood == "binary" else x
+        return read_batch(split, indices, self.model.likelihood, self.device, generator)
 
     # --- one step ---------------------------------------------------------------------
 
@@ -291,6 +290,11 @@ class Trainer:
         if improved:
             self._save(BEST)
 
+    def _forked_rng(self):
+        """Evaluation and sampling draw from a fork, so training's RNG stream (and
+        so an exact resume) does not depend on them."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     def _eval_model(self):
         return self.ema if self.ema is not None else self.model
 
@@ -300,7 +304,7 @@ class Trainer:
         value = torch.zeros((), device=self.device)
         if self.ctx.is_main:
             model = self._eval_model().eval()
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with self._forked_rng():
                 g = torch.Generator(self.device).manual_seed(self.config.seed + 7)
                 torch.manual_seed(self.config.seed + 7)
                 n = min(max_images, len(self.test_set))
@@ -319,7 +323,7 @@ class Trainer:
     @torch.no_grad()
     def _save_samples(self, name: str) -> None:
         model = self._eval_model().eval()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with self._forked_rng():
             g = torch.Generator(self.device).manual_seed(self.config.seed + 11)
             images = model.sample(self.config.num_sample_images, generator=g)
         save_grid(images, os.path.join(self.run_dir, "samples", name))
@@ -335,8 +339,8 @@ class Trainer:
         c = self.config
         model = self._eval_model().eval()
         n = len(self.test_set) if c.eval_max_images <= 0 else min(c.eval_max_images, len(self.test_set))
-        batch = max(1, min(250, 2000 // max(1, c.eval_chunk or c.eval_iw_samples)))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        batch = iw_images_per_pass(c.eval_iw_samples, c.eval_chunk)
+        with self._forked_rng():
             torch.manual_seed(c.seed + 13)
             g = torch.Generator(self.device).manual_seed(c.seed + 13)
             log_px = []
@@ -367,8 +371,7 @@ class Trainer:
             metrics["test"]["nelbo_nats"] = self.history[-1]["test_nelbo"] if self.history else None
             self._save_samples("final.png")
         if self.ctx.is_main:
-            with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
-                json.dump(metrics, f, indent=2)
+            checkpoint.write_json_atomic(metrics, os.path.join(self.run_dir, "metrics.json"))
         return metrics
 
     # --- checkpoints ----------------------------------------------------------------------

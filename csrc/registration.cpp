@@ -16,6 +16,32 @@ TORCH_LIBRARY(ncpfast, m) {
   m.def(
       "sir_resample(Tensor log_weights, Tensor proposals, int num_samples, bool systematic, "
       "Tensor seed) -> (Tensor samples, Tensor indices, Tensor log_normalizer)");
+
+  // Fused residual-cell ops (csrc/ops/cell_fusion). Activations NCHW; the
+  // batch norm enters as (mean, invstd, weight, bias) per channel; reductions
+  // come back per (image, channel) plane, [N, C], and are summed over the batch
+  // in Python. Backward ops recompute from the saved input.
+  m.def("plane_moments(Tensor x) -> (Tensor sum, Tensor sumsq)");
+  m.def("plane_moments_backward(Tensor x, Tensor grad_sum, Tensor grad_sumsq) -> Tensor");
+  m.def("bn_swish(Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias) -> Tensor");
+  m.def(
+      "bn_swish_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor weight, "
+      "Tensor bias) -> (Tensor grad_x, Tensor sum_grad, Tensor sum_grad_centered)");
+  m.def(
+      "dwconv_bn_swish(Tensor x, Tensor mean, Tensor invstd, Tensor bn_weight, Tensor bn_bias, "
+      "Tensor conv_weight, Tensor conv_bias) -> (Tensor out, Tensor sum, Tensor sumsq)");
+  m.def(
+      "dwconv_bn_swish_backward(Tensor grad_out, Tensor grad_sum, Tensor grad_sumsq, Tensor out, "
+      "Tensor x, Tensor mean, Tensor invstd, Tensor bn_weight, Tensor bn_bias, Tensor conv_weight) "
+      "-> (Tensor grad_x, Tensor sum_grad, Tensor sum_grad_centered, Tensor grad_conv_weight, "
+      "Tensor grad_conv_bias)");
+  m.def(
+      "bn_gate_residual(Tensor h, Tensor skip, Tensor mean, Tensor invstd, Tensor weight, "
+      "Tensor bias, Tensor gate, float residual_scale) -> Tensor");
+  m.def(
+      "bn_gate_residual_backward(Tensor grad_out, Tensor h, Tensor mean, Tensor invstd, "
+      "Tensor weight, Tensor gate, float residual_scale) "
+      "-> (Tensor grad_h, Tensor sum_grad, Tensor sum_grad_centered)");
 }
 
 namespace {

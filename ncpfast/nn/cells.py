@@ -62,7 +62,40 @@ class FactorizedReduce(nn.Module):
         return torch.cat([conv(s) for conv, s in zip(self.convs, shifted)], dim=1)
 
 
-class EncoderCell(nn.Module):
+class FusableCell(nn.Module):
+    """A cell whose forward can run through ncpfast's fused kernels.
+
+    kernels: "auto" (fused where the extension has the backend), "fused" or
+    "torch" (the eager forward below, also the reference). Set it for a whole
+    model with set_cell_kernels(); it is not part of the state dict.
+    """
+    kernels = "auto"
+
+    def _fused_forward(self, x):
+        raise NotImplementedError
+
+    def _torch_forward(self, x):
+        return self.skip(x) + RESIDUAL_SCALE * self.se(self.ops(x))
+
+    def forward(self, x):
+        from .fused_cells import fused_kernels_apply
+        if fused_kernels_apply(self.kernels, x):
+            return self._fused_forward(x)
+        return self._torch_forward(x)
+
+
+def set_cell_kernels(model: nn.Module, kernels: str) -> nn.Module:
+    """Sets every residual cell of model to kernels ("auto", "fused" or "torch")."""
+    from .fused_cells import KERNEL_CHOICES
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    for module in model.modules():
+        if isinstance(module, FusableCell):
+            module.kernels = kernels
+    return model
+
+
+class EncoderCell(FusableCell):
     """Encoder / pre-process cell: twice [BN -> Swish -> 3x3 conv], SE, scaled residual.
     stride 2 halves the resolution (and usually doubles the channels)."""
 
@@ -75,8 +108,9 @@ class EncoderCell(nn.Module):
             batch_norm(out_channels), nn.SiLU(), WNConv2d(out_channels, out_channels, 3, 1, 1))
         self.se = SqueezeExcitation(out_channels)
 
-    def forward(self, x):
-        return self.skip(x) + RESIDUAL_SCALE * self.se(self.ops(x))
+    def _fused_forward(self, x):
+        from .fused_cells import encoder_cell_forward
+        return encoder_cell_forward(self, x)
 
 
 class UpsampleSkip(nn.Module):
@@ -90,7 +124,7 @@ class UpsampleSkip(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
 
 
-class GenerativeCell(nn.Module):
+class GenerativeCell(FusableCell):
     """Decoder cell, inverted residual: BN -> 1x1 (C -> eC) -> BN -> Swish -> kxk depthwise
     -> BN -> Swish -> 1x1 (eC -> C') -> BN, SE, scaled residual. upsample=True starts
     with a nearest 2x upsample (skip: bilinear upsample + 1x1 conv)."""
@@ -114,8 +148,9 @@ class GenerativeCell(nn.Module):
             batch_norm(out_channels))
         self.se = SqueezeExcitation(out_channels)
 
-    def forward(self, x):
-        return self.skip(x) + RESIDUAL_SCALE * self.se(self.ops(x))
+    def _fused_forward(self, x):
+        from .fused_cells import generative_cell_forward
+        return generative_cell_forward(self, x)
 
 
 class EncoderCombiner(nn.Module):

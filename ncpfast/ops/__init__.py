@@ -4,6 +4,8 @@ Every op here has a pure-PyTorch twin with the same signature in
 ncpfast.ops.reference: the reference in tests and the baseline in benchmarks.
 """
 from .sir import SIR_METHODS, sir_resample
+from .cell import bn_gate_residual, bn_swish, dwconv_bn_swish, plane_moments
 from . import reference
 
-__all__ = ["SIR_METHODS", "sir_resample", "reference"]
+__all__ = ["SIR_METHODS", "sir_resample", "plane_moments", "bn_swish", "dwconv_bn_swish",
+           "bn_gate_residual", "reference"]

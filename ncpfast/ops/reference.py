@@ -11,7 +11,7 @@ import torch
 
 from ._sir_args import bad_row_message, check_generator, check_method_and_count
 
-__all__ = ["sir_resample"]
+__all__ = ["sir_resample", "plane_moments", "bn_swish", "dwconv_bn_swish", "bn_gate_residual"]
 
 _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -72,3 +72,36 @@ def sir_resample(
     if return_log_normalizer:
         return samples, indices, log_normalizer
     return samples, indices
+
+
+# ------------------------------------------------------------------ cell ops
+# Twins of ncpfast.ops.cell: eager PyTorch, differentiable by autograd.
+
+def _accumulation_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _per_channel(t):
+    return t[:, None, None]
+
+
+def plane_moments(x):
+    xf = x.to(_accumulation_dtype(x))
+    return xf.sum((2, 3)), (xf * xf).sum((2, 3))
+
+
+def bn_swish(x, mean, invstd, weight, bias):
+    u = (x.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd * weight) + _per_channel(bias)
+    return torch.nn.functional.silu(u).to(x.dtype)
+
+
+def dwconv_bn_swish(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias):
+    a = bn_swish(x, mean, invstd, bn_weight, bn_bias).to(mean.dtype)
+    out = torch.nn.functional.conv2d(a, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2,
+                                     groups=x.shape[1])
+    return (out.to(x.dtype), *plane_moments(out))
+
+
+def bn_gate_residual(h, skip, mean, invstd, weight, bias, gate, residual_scale):
+    v = (h.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd * weight) + _per_channel(bias)
+    return (skip.to(mean.dtype) + residual_scale * gate[:, :, None, None] * v).to(h.dtype)

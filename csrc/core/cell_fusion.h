@@ -1,0 +1,210 @@
+// Per-plane CPU routines of the fused residual-cell ops (torch-free).
+//
+// A "plane" is one (image, channel) slice of an NCHW tensor: H*W contiguous
+// values that share one channel's batch-norm affine. The ops run planes in
+// parallel and each routine below handles one plane, writing its reductions
+// to the caller (per-plane partial sums, reduced over the batch afterwards so
+// results do not depend on the thread count).
+//
+// Notation: the input transform of a fused op is u = x * scale + shift with
+// scale = invstd * gamma and shift = beta - mean * scale (batch norm folded
+// into an affine), followed by a = swish(u).
+#pragma once
+
+#include <cstdint>
+
+#include "swish.h"
+
+namespace ncpfast {
+namespace core {
+
+// Sum and sum of squares of n values, accumulated in double.
+template <typename T>
+NCP_HD void plane_moments(const T* x, int64_t n, double& sum, double& sumsq) {
+  double s = 0, q = 0;
+#pragma omp simd reduction(+ : s, q)
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    s += v;
+    q += v * v;
+  }
+  sum = s;
+  sumsq = q;
+}
+
+// grad_x = grad_sum + 2 x grad_sumsq: the backward of plane_moments.
+template <typename T>
+NCP_HD void plane_moments_backward_plane(const T* x, int64_t n, T grad_sum, T grad_sumsq, T* grad_x) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_sum + T(2) * grad_sumsq * x[i];
+}
+
+template <typename T>
+NCP_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = swish(x[i] * scale + shift);
+}
+
+// Recomputes u from x (the BN output is never stored), then
+// grad_x = g_u * scale, sum_g = sum g_u, sum_gc = sum g_u (x - mean).
+template <typename T>
+NCP_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean,
+                                    T* grad_x, double& sum_g, double& sum_gc) {
+  double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = grad_y[i] * swish_grad(x[i] * scale + shift);
+    grad_x[i] = g * scale;
+    s1 += g;
+    s2 += g * (x[i] - mean);
+  }
+  sum_g = s1;
+  sum_gc = s2;
+}
+
+// The geometry of a stride-1 'same' depthwise conv on one plane: K odd,
+// P = K / 2, padded row length Wp = W + 2P. Padded buffers hold
+// (H + 2P) * Wp values whose border stays zero.
+struct DepthwisePlane {
+  int64_t H, W, K;
+  NCP_HD int64_t pad() const { return K / 2; }
+  NCP_HD int64_t padded_width() const { return W + 2 * pad(); }
+  NCP_HD int64_t padded_size() const { return (H + 2 * pad()) * padded_width(); }
+};
+
+// Writes swish(x * scale + shift) into the interior of the padded buffer.
+template <typename T>
+NCP_HD void fill_padded_activation(const DepthwisePlane& g, const T* x, T scale, T shift, T* padded) {
+  const int64_t P = g.pad(), Wp = g.padded_width();
+  for (int64_t i = 0; i < g.H; ++i) bn_swish_plane(x + i * g.W, g.W, scale, shift, padded + (i + P) * Wp + P);
+}
+
+// Outputs per register block: one AVX2 vector of floats. Blocks keep all K*K
+// taps of 8 outputs in registers instead of re-reading and re-writing the
+// output row once per tap.
+constexpr int64_t kDepthwiseBlock = 8;
+
+// out[j] = bias + sum_{ki, kj} w[ki K + kj] * rows[ki * Wp + j + kj], j < W:
+// one output row of a stride-1 correlation over a padded input.
+template <typename T>
+NCP_HD void correlate_row(const T* rows, int64_t Wp, int64_t K, const T* w, T bias, int64_t W, T* out) {
+  int64_t j0 = 0;
+  for (; j0 + kDepthwiseBlock <= W; j0 += kDepthwiseBlock) {
+    T acc[kDepthwiseBlock];
+    for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) acc[jj] = bias;
+    for (int64_t ki = 0; ki < K; ++ki) {
+      const T* row = rows + ki * Wp + j0;
+      for (int64_t kj = 0; kj < K; ++kj) {
+        const T wv = w[ki * K + kj];
+#pragma omp simd
+        for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) acc[jj] += wv * row[kj + jj];
+      }
+    }
+    for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) out[j0 + jj] = acc[jj];
+  }
+  for (int64_t j = j0; j < W; ++j) {  // the tail of the row (and rows narrower than a block)
+    T acc = bias;
+    for (int64_t ki = 0; ki < K; ++ki)
+      for (int64_t kj = 0; kj < K; ++kj) acc += w[ki * K + kj] * rows[ki * Wp + j + kj];
+    out[j] = acc;
+  }
+}
+
+// y = depthwise_conv(swish(x * scale + shift), w) + bias, and the moments of y.
+// padded: workspace of g.padded_size() with a zero border.
+template <typename T>
+NCP_HD void dwconv_bn_swish_plane(const DepthwisePlane& g, const T* x, T scale, T shift, const T* w,
+                                  T bias, T* padded, T* y, double& sum, double& sumsq) {
+  fill_padded_activation(g, x, scale, shift, padded);
+  const int64_t Wp = g.padded_width();
+  for (int64_t i = 0; i < g.H; ++i) correlate_row(padded + i * Wp, Wp, g.K, w, bias, g.W, y + i * g.W);
+  plane_moments(y, g.H * g.W, sum, sumsq);
+}
+
+// Backward of dwconv_bn_swish_plane for one plane.
+//   grad_y_eff = grad_y + grad_sum + 2 y grad_sumsq   (the moments' share)
+//   grad_a     = correlation of the padded grad_y_eff with the flipped kernel
+//   grad_w     = sum over positions of grad_y_eff * shifted a     (K*K values)
+//   then through swish and the affine as in bn_swish_backward_plane.
+// Workspaces: padded_a, padded_g of g.padded_size() with zero borders, grad_a of H*W, flipped of K*K and
+// tap_acc of K*K*kDepthwiseBlock.
+template <typename T>
+NCP_HD void dwconv_bn_swish_backward_plane(const DepthwisePlane& g, const T* grad_y, T grad_sum,
+                                           T grad_sumsq, const T* y, const T* x, T scale, T shift,
+                                           T mean, const T* w, T* padded_a, T* padded_g, T* grad_a,
+                                           T* flipped, T* tap_acc, T* grad_x, double& sum_g,
+                                           double& sum_gc, T* grad_w, double& grad_bias) {
+  const int64_t H = g.H, W = g.W, K = g.K, P = g.pad(), Wp = g.padded_width(), KK = K * K;
+  fill_padded_activation(g, x, scale, shift, padded_a);
+  double gb = 0;
+  for (int64_t i = 0; i < H; ++i) {
+    T* dst = padded_g + (i + P) * Wp + P;
+    const T* gy = grad_y + i * W;
+    const T* yy = y + i * W;
+#pragma omp simd reduction(+ : gb)
+    for (int64_t j = 0; j < W; ++j) {
+      dst[j] = gy[j] + grad_sum + T(2) * yy[j] * grad_sumsq;
+      gb += dst[j];
+    }
+  }
+  grad_bias = gb;
+  // grad_w[tap] = sum_{i, j} g[i][j] a_pad[i + ki][j + kj], accumulated per
+  // lane (tap_acc[tap][lane]) so the inner loop is a plain vector FMA.
+  for (int64_t t = 0; t < KK * kDepthwiseBlock; ++t) tap_acc[t] = 0;
+  for (int64_t i = 0; i < H; ++i) {
+    const T* gr = padded_g + (i + P) * Wp + P;
+    int64_t j0 = 0;
+    for (; j0 + kDepthwiseBlock <= W; j0 += kDepthwiseBlock) {
+      for (int64_t ki = 0; ki < K; ++ki) {
+        const T* ar = padded_a + (i + ki) * Wp + j0;
+        for (int64_t kj = 0; kj < K; ++kj) {
+          T* acc = tap_acc + (ki * K + kj) * kDepthwiseBlock;
+#pragma omp simd
+          for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) acc[jj] += gr[j0 + jj] * ar[kj + jj];
+        }
+      }
+    }
+    for (int64_t j = j0; j < W; ++j)
+      for (int64_t ki = 0; ki < K; ++ki)
+        for (int64_t kj = 0; kj < K; ++kj)
+          tap_acc[(ki * K + kj) * kDepthwiseBlock] += gr[j] * padded_a[(i + ki) * Wp + j + kj];
+  }
+  for (int64_t t = 0; t < KK; ++t) {
+    T total = 0;
+    for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) total += tap_acc[t * kDepthwiseBlock + jj];
+    grad_w[t] = total;
+  }
+  // grad_a[r][c] = sum_{ki, kj} w[ki][kj] g[r - ki + P][c - kj + P]: a
+  // correlation of the padded gradient with the kernel flipped in both axes.
+  for (int64_t t = 0; t < KK; ++t) flipped[t] = w[KK - 1 - t];
+  for (int64_t r = 0; r < H; ++r) correlate_row(padded_g + r * Wp, Wp, K, flipped, T(0), W, grad_a + r * W);
+  // grad_a is the gradient with respect to a = swish(u): the same role grad_y
+  // plays in bn_swish_backward_plane.
+  bn_swish_backward_plane(grad_a, x, H * W, scale, shift, mean, grad_x, sum_g, sum_gc);
+}
+
+// out = skip + a * h + c, where a = residual_scale * gate * scale and
+// c = residual_scale * gate * shift (the cell's BN, SE gate and 0.1 in one pass).
+template <typename T>
+NCP_HD void gate_residual_plane(const T* h, const T* skip, int64_t n, T a, T c, T* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = skip[i] + a * h[i] + c;
+}
+
+// grad_h = a * grad_out, sum_g = sum grad_out, sum_gc = sum grad_out (h - mean).
+template <typename T>
+NCP_HD void gate_residual_backward_plane(const T* grad_out, const T* h, int64_t n, T a, T mean,
+                                         T* grad_h, double& sum_g, double& sum_gc) {
+  double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t i = 0; i < n; ++i) {
+    grad_h[i] = a * grad_out[i];
+    s1 += grad_out[i];
+    s2 += grad_out[i] * (h[i] - mean);
+  }
+  sum_g = s1;
+  sum_gc = s2;
+}
+
+}  // namespace core
+}  // namespace ncpfast

@@ -1,0 +1,56 @@
+// ncpfast's fused residual-cell ops: what the CPU and CUDA backends share.
+//
+//   plane_moments          per-(image, channel) sum and sum of squares
+//   bn_swish               swish(batch-norm affine(x)), backward recomputes from x
+//   dwconv_bn_swish        depthwise conv of swish(BN(x)), plus the output's moments
+//   bn_gate_residual       skip + residual_scale * gate * BN(h)
+//
+// Activations are NCHW; per-channel parameters (mean, invstd, weight, bias)
+// and every reduction are float32 (float64 when the activations are float64):
+// under autocast the activations are half precision and the arithmetic float32.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace ncpfast {
+namespace ops {
+
+// x must be a contiguous 4-D floating tensor; returns the dtype its
+// parameters and reductions use (kDouble for double input, else kFloat).
+at::ScalarType check_activation(const char* op, const char* name, const at::Tensor& x);
+
+// Another activation with exactly x's shape, dtype and device.
+void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x);
+
+// A contiguous tensor of the given shape and dtype on x's device.
+void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
+                 at::ScalarType dtype, const at::Tensor& x);
+
+// Checks the four batch-norm parameters [C] of x.
+void check_bn_params(const char* op, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+                     const at::Tensor& weight, const at::Tensor& bias);
+
+// The depthwise weight must be [C, 1, K, K] with K odd; returns K.
+int64_t check_depthwise_weight(const char* op, const at::Tensor& weight, const at::Tensor& x);
+
+// scale = invstd * weight and shift = bias - mean * scale, per channel.
+std::pair<at::Tensor, at::Tensor> folded_affine(const at::Tensor& mean, const at::Tensor& invstd,
+                                                const at::Tensor& weight, const at::Tensor& bias);
+
+// Checks bn_gate_residual's h, skip, gate [N, C] and BN parameters.
+void check_gate(const char* op, const at::Tensor& h, const at::Tensor& skip, const at::Tensor& mean,
+                const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias,
+                const at::Tensor& gate);
+
+// Checks bn_gate_residual_backward's inputs; returns the reduction dtype.
+at::ScalarType check_gate_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& h,
+                                   const at::Tensor& mean, const at::Tensor& invstd,
+                                   const at::Tensor& weight, const at::Tensor& gate);
+
+// Per-plane [N, C] coefficients of out = skip + a h + c:
+// a = residual_scale * gate * scale, c = residual_scale * gate * shift.
+std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, const at::Tensor& shift,
+                                                    const at::Tensor& gate, double residual_scale);
+
+}  // namespace ops
+}  // namespace ncpfast

@@ -1,0 +1,256 @@
+// CPU backend of the fused residual-cell ops: planes (image, channel) in
+// parallel (at::parallel_for), each handled by a routine of
+// csrc/core/cell_fusion.h. Per-plane reductions are returned as [N, C]
+// tensors; the Python side sums them over the batch.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../../../core/cell_fusion.h"
+#include "../cell_fusion.h"
+
+namespace ncpfast {
+namespace ops {
+namespace {
+
+// Enough planes per task that each does ~16k element reads.
+int64_t plane_grain(const at::Tensor& x) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.size(2) * x.size(3)));
+}
+
+at::Tensor plane_tensor(const at::Tensor& x, at::ScalarType dtype) {
+  return at::empty({x.size(0), x.size(1)}, x.options().dtype(dtype));
+}
+
+std::tuple<at::Tensor, at::Tensor> plane_moments_cpu(const at::Tensor& x) {
+  const auto acc = check_activation("plane_moments", "x", x);
+  at::Tensor sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
+  const int64_t HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_moments_cpu", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* sp = sum.data_ptr<scalar_t>();
+    scalar_t* qp = sumsq.data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0) * x.size(1), plane_grain(x), [&](int64_t begin, int64_t end) {
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        double s, q;
+        core::plane_moments(xp + p * HW, HW, s, q);
+        sp[p] = static_cast<scalar_t>(s);
+        qp[p] = static_cast<scalar_t>(q);
+      });
+    });
+  });
+  return {sum, sumsq};
+}
+
+at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& grad_sum,
+                                      const at::Tensor& grad_sumsq) {
+  const char* op = "plane_moments_backward";
+  const auto acc = check_activation(op, "x", x);
+  check_param(op, "grad_sum", grad_sum, {x.size(0), x.size(1)}, acc, x);
+  check_param(op, "grad_sumsq", grad_sumsq, {x.size(0), x.size(1)}, acc, x);
+  at::Tensor grad_x = at::empty_like(x);
+  const int64_t HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_moments_backward_cpu", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *gs = grad_sum.data_ptr<scalar_t>(),
+                   *gq = grad_sumsq.data_ptr<scalar_t>();
+    scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0) * x.size(1), plane_grain(x), [&](int64_t begin, int64_t end) {
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        core::plane_moments_backward_plane(xp + p * HW, HW, gs[p], gq[p], gx + p * HW);
+      });
+    });
+  });
+  return grad_x;
+}
+
+at::Tensor bn_swish_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+                        const at::Tensor& weight, const at::Tensor& bias) {
+  check_bn_params("bn_swish", x, mean, invstd, weight, bias);
+  auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
+  at::Tensor y = at::empty_like(x);
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_cpu", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
+                   *sh = shift.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        core::bn_swish_plane(xp + p * HW, HW, sc[p % C], sh[p % C], yp + p * HW);
+      });
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& weight, const at::Tensor& bias) {
+  const auto acc = check_activation("bn_swish_backward", "x", x);
+  check_bn_params("bn_swish_backward", x, mean, invstd, weight, bias);
+  check_like("bn_swish_backward", "grad_out", grad_out, x);
+  auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
+  at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_backward_cpu", [&] {
+    const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
+                   *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
+                   *mp = mean.data_ptr<scalar_t>();
+    scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
+             *s2 = sum_gc.data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        double a, b;
+        const int64_t c = p % C;
+        core::bn_swish_backward_plane(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], mp[c], gx + p * HW, a, b);
+        s1[p] = static_cast<scalar_t>(a);
+        s2[p] = static_cast<scalar_t>(b);
+      });
+    });
+  });
+  return {grad_x, sum_g, sum_gc};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cpu(
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
+    const at::Tensor& bn_bias, const at::Tensor& conv_weight, const at::Tensor& conv_bias) {
+  const char* op = "dwconv_bn_swish";
+  const auto acc = check_activation(op, "x", x);
+  check_bn_params(op, x, mean, invstd, bn_weight, bn_bias);
+  const int64_t K = check_depthwise_weight(op, conv_weight, x);
+  check_param(op, "conv_bias", conv_bias, {x.size(1)}, acc, x);
+  auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
+  at::Tensor y = at::empty_like(x), sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
+  const core::DepthwisePlane geometry{x.size(2), x.size(3), K};
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_swish_cpu", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
+                   *sh = shift.data_ptr<scalar_t>(), *wp = conv_weight.data_ptr<scalar_t>(),
+                   *bp = conv_bias.data_ptr<scalar_t>();
+    scalar_t *yp = y.data_ptr<scalar_t>(), *sp = sum.data_ptr<scalar_t>(), *qp = sumsq.data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> padded(geometry.padded_size(), scalar_t(0));
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        const int64_t c = p % C;
+        double s, q;
+        core::dwconv_bn_swish_plane(geometry, xp + p * HW, sc[c], sh[c], wp + c * K * K, bp[c],
+                                    padded.data(), yp + p * HW, s, q);
+        sp[p] = static_cast<scalar_t>(s);
+        qp[p] = static_cast<scalar_t>(q);
+      });
+    });
+  });
+  return {y, sum, sumsq};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq,
+    const at::Tensor& out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
+  const char* op = "dwconv_bn_swish_backward";
+  const auto acc = check_activation(op, "x", x);
+  check_bn_params(op, x, mean, invstd, bn_weight, bn_bias);
+  const int64_t K = check_depthwise_weight(op, conv_weight, x);
+  check_like(op, "grad_out", grad_out, x);
+  check_like(op, "out", out, x);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  check_param(op, "grad_sum", grad_sum, {N, C}, acc, x);
+  check_param(op, "grad_sumsq", grad_sumsq, {N, C}, acc, x);
+  auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
+  at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
+  at::Tensor grad_w = at::empty({N, C, K, K}, x.options().dtype(acc)), grad_b = plane_tensor(x, acc);
+  const core::DepthwisePlane geometry{x.size(2), x.size(3), K};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_swish_backward_cpu", [&] {
+    const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *gs = grad_sum.data_ptr<scalar_t>(),
+                   *gq = grad_sumsq.data_ptr<scalar_t>(), *yp = out.data_ptr<scalar_t>(),
+                   *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
+                   *sh = shift.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>(),
+                   *wp = conv_weight.data_ptr<scalar_t>();
+    scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
+             *s2 = sum_gc.data_ptr<scalar_t>(), *gw = grad_w.data_ptr<scalar_t>(),
+             *gb = grad_b.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, plane_grain(x), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> padded_a(geometry.padded_size(), scalar_t(0));
+      std::vector<scalar_t> padded_g(geometry.padded_size(), scalar_t(0));
+      std::vector<scalar_t> grad_a(HW), flipped(K * K), tap_acc(K * K * core::kDepthwiseBlock);
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        const int64_t c = p % C;
+        double a, b, bias_grad;
+        core::dwconv_bn_swish_backward_plane(geometry, gp + p * HW, gs[p], gq[p], yp + p * HW, xp + p * HW,
+                                             sc[c], sh[c], mp[c], wp + c * K * K, padded_a.data(),
+                                             padded_g.data(), grad_a.data(), flipped.data(), tap_acc.data(),
+                                             gx + p * HW, a, b,
+                                             gw + p * K * K, bias_grad);
+        s1[p] = static_cast<scalar_t>(a);
+        s2[p] = static_cast<scalar_t>(b);
+        gb[p] = static_cast<scalar_t>(bias_grad);
+      });
+    });
+  });
+  return {grad_x, sum_g, sum_gc, grad_w, grad_b};
+}
+
+at::Tensor bn_gate_residual_cpu(const at::Tensor& h, const at::Tensor& skip, const at::Tensor& mean,
+                                const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias,
+                                const at::Tensor& gate, double residual_scale) {
+  const char* op = "bn_gate_residual";
+  check_gate(op, h, skip, mean, invstd, weight, bias, gate);
+  auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
+  auto [coef_a, coef_c] = gate_coefficients(scale, shift, gate, residual_scale);
+  at::Tensor out = at::empty_like(h);
+  const int64_t HW = h.size(2) * h.size(3);
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "bn_gate_residual_cpu", [&] {
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *sp = skip.data_ptr<scalar_t>(),
+                   *ap = coef_a.data_ptr<scalar_t>(), *cp = coef_c.data_ptr<scalar_t>();
+    scalar_t* op_ = out.data_ptr<scalar_t>();
+    at::parallel_for(0, h.size(0) * h.size(1), plane_grain(h), [&](int64_t begin, int64_t end) {
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        core::gate_residual_plane(hp + p * HW, sp + p * HW, HW, ap[p], cp[p], op_ + p * HW);
+      });
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& weight, const at::Tensor& gate, double residual_scale) {
+  const char* op = "bn_gate_residual_backward";
+  const auto acc = check_gate_backward(op, grad_out, h, mean, invstd, weight, gate);
+  at::Tensor coef_a = gate_coefficients(invstd * weight, mean, gate, residual_scale).first;
+  at::Tensor grad_h = at::empty_like(h), sum_g = plane_tensor(h, acc), sum_gc = plane_tensor(h, acc);
+  const int64_t C = h.size(1), HW = h.size(2) * h.size(3);
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "bn_gate_residual_backward_cpu", [&] {
+    const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>(),
+                   *ap = coef_a.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>();
+    scalar_t *gh = grad_h.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
+             *s2 = sum_gc.data_ptr<scalar_t>();
+    at::parallel_for(0, h.size(0) * C, plane_grain(h), [&](int64_t begin, int64_t end) {
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        double a, b;
+        core::gate_residual_backward_plane(gp + p * HW, hp + p * HW, HW, ap[p], mp[p % C], gh + p * HW, a, b);
+        s1[p] = static_cast<scalar_t>(a);
+        s2[p] = static_cast<scalar_t>(b);
+      });
+    });
+  });
+  return {grad_h, sum_g, sum_gc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ncpfast, CPU, m) {
+  m.impl("plane_moments", &plane_moments_cpu);
+  m.impl("plane_moments_backward", &plane_moments_backward_cpu);
+  m.impl("bn_swish", &bn_swish_cpu);
+  m.impl("bn_swish_backward", &bn_swish_backward_cpu);
+  m.impl("dwconv_bn_swish", &dwconv_bn_swish_cpu);
+  m.impl("dwconv_bn_swish_backward", &dwconv_bn_swish_backward_cpu);
+  m.impl("bn_gate_residual", &bn_gate_residual_cpu);
+  m.impl("bn_gate_residual_backward", &bn_gate_residual_backward_cpu);
+}
+
+}  // namespace ops
+}  // namespace ncpfast

@@ -1,0 +1,131 @@
+"""The residual cells' forwards through ncpfast's fused ops (ncpfast.ops.cell).
+
+Same modules, same parameters, same buffers as the eager forwards in
+ncpfast/nn/cells.py: these functions only change how a cell is computed.
+    generative cell: [BN folded into the 1x1 conv] -> moments -> dwconv_bn_swish
+                     (+ moments of its output) -> bn_swish -> 1x1 conv -> moments
+                     -> SE on the moments -> bn_gate_residual
+    encoder cell:    moments -> bn_swish -> 3x3 conv -> moments -> bn_swish
+                     -> 3x3 conv -> moments -> SE -> bn_gate_residual
+The full convolutions (1x1, 3x3) stay with torch (oneDNN / cuDNN GEMMs).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import cell as cell_ops
+from .. import _extension
+from .cells import RESIDUAL_SCALE
+
+KERNEL_CHOICES = ("auto", "fused", "torch")
+
+
+def fused_kernels_apply(mode: str, x: torch.Tensor) -> bool:
+    """Whether a cell set to `mode` runs fused on input x. "auto" is fused
+    wherever the extension has kernels for x's device and dtype; "fused" raises
+    where it has none."""
+    if mode == "torch":
+        return False
+    supported = _extension.has_backend(x.device) and (
+        x.dtype in (torch.float32, torch.float64) or x.is_cuda)
+    if mode == "fused" and not supported:
+        raise RuntimeError(
+            f"kernels='fused' but ncpfast has no fused cell kernels for {x.dtype} on {x.device.type} "
+            f"(build backends: {_extension.build_info()['backends']}); use kernels='auto' or 'torch'")
+    return supported
+
+
+def _accumulation_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def batch_norm_statistics(bn: nn.BatchNorm2d, sums=None, sumsqs=None, count: int = 0):
+    """(mean, invstd) that bn normalises with. In training they come from the
+    per-plane sums (differentiable) and update the running statistics exactly
+    as nn.BatchNorm2d does; in evaluation they are the running statistics."""
+    if not bn.training:
+        return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+    mean = sums.sum(0) / count
+    var = (sumsqs.sum(0) / count - mean * mean).clamp_min(0)
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), bn.momentum)
+        unbiased = var.detach() * (count / max(count - 1, 1))
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
+    return mean, torch.rsqrt(var + bn.eps)
+
+
+def _statistics_of(bn, x):
+    """batch_norm_statistics for the input x of bn (computing x's moments only in training)."""
+    if not bn.training:
+        return batch_norm_statistics(bn)
+    sums, sumsqs = cell_ops.plane_moments(x)
+    return batch_norm_statistics(bn, sums, sumsqs, x.shape[0] * x.shape[2] * x.shape[3])
+
+
+def _bn_params(bn, dtype):
+    return bn.weight.to(dtype), bn.bias.to(dtype)
+
+
+def _squeeze_excitation_gate(se, pooled):
+    """The SE gate [N, C] in float32 from the channel means [N, C] (autocast off:
+    the fused tail takes float32 gates)."""
+    with torch.autocast(pooled.device.type, enabled=False):
+        w1, b1, w2, b2 = (t.to(pooled.dtype) for t in (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias))
+        return torch.sigmoid(F.linear(F.relu(F.linear(pooled, w1, b1)), w2, b2))
+
+
+def _tail(cell, h, skip, bn=None):
+    """skip + 0.1 * SE(BN(h)) (bn None: no batch norm before the SE)."""
+    acc = _accumulation_dtype(h)
+    sums, sumsqs = cell_ops.plane_moments(h)
+    hw = h.shape[2] * h.shape[3]
+    if bn is None:
+        ones = torch.ones(h.shape[1], dtype=acc, device=h.device)
+        mean, invstd, weight, bias = ones * 0, ones, ones, ones * 0
+    else:
+        mean, invstd = (batch_norm_statistics(bn, sums, sumsqs, h.shape[0] * hw) if bn.training
+                        else batch_norm_statistics(bn))
+        weight, bias = _bn_params(bn, acc)
+    pooled = (sums / hw - mean) * invstd * weight + bias  # mean over H, W of BN(h), [N, C]
+    gate = _squeeze_excitation_gate(cell.se, pooled)
+    return cell_ops.bn_gate_residual(h, skip.to(h.dtype).contiguous(), mean, invstd, weight, bias, gate,
+                                     RESIDUAL_SCALE)
+
+
+def encoder_cell_forward(cell, x):
+    bn0, _, conv1, bn1, _, conv2 = cell.ops
+    x = x.contiguous()
+    acc = _accumulation_dtype(x)
+    mean0, invstd0 = _statistics_of(bn0, x)
+    a0 = cell_ops.bn_swish(x, mean0, invstd0, *_bn_params(bn0, acc))
+    c1 = conv1(a0).contiguous()
+    mean1, invstd1 = _statistics_of(bn1, c1)
+    a1 = cell_ops.bn_swish(c1, mean1, invstd1, *_bn_params(bn1, acc))
+    c2 = conv2(a1).contiguous()
+    return _tail(cell, c2, cell.skip(x))
+
+
+def generative_cell_forward(cell, x):
+    upsample, bn0, conv_in, bn1, _, depthwise, bn2, _, conv_out, bn3 = cell.ops
+    skip = cell.skip(x)
+    h = upsample(x).contiguous()
+    acc = _accumulation_dtype(h)
+    # BN0 (no activation after it) folds into the 1x1 conv that follows:
+    # W (h * scale + shift) = (W * scale) h + W shift.
+    mean0, invstd0 = _statistics_of(bn0, h)
+    scale0 = invstd0 * bn0.weight
+    shift0 = bn0.bias - mean0 * scale0
+    w_in = conv_in.normalized_weight()
+    h1 = F.conv2d(h, w_in * scale0[None, :, None, None], w_in.flatten(1) @ shift0).contiguous()
+    mean1, invstd1 = _statistics_of(bn1, h1)
+    dw_bias = depthwise.bias if depthwise.bias is not None else torch.zeros_like(mean1)
+    y, sums, sumsqs = cell_ops.dwconv_bn_swish(h1, mean1, invstd1, *_bn_params(bn1, acc),
+                                               depthwise.normalized_weight().to(acc), dw_bias.to(acc))
+    if bn2.training:
+        mean2, invstd2 = batch_norm_statistics(bn2, sums, sumsqs, y.shape[0] * y.shape[2] * y.shape[3])
+    else:
+        mean2, invstd2 = batch_norm_statistics(bn2)
+    a = cell_ops.bn_swish(y, mean2, invstd2, *_bn_params(bn2, acc))
+    out = F.conv2d(a, conv_out.normalized_weight()).contiguous()
+    return _tail(cell, out, skip, bn3)

@@ -116,7 +116,9 @@ def build_model(config) -> LatentVAE:
     from .single import ConvVAE, MLPVAE
 
     if config.model == "nvae":
-        return HierarchicalVAE(NVAEConfig.from_train_config(config))
+        from ..nn.cells import set_cell_kernels
+        return set_cell_kernels(HierarchicalVAE(NVAEConfig.from_train_config(config)),
+                                getattr(config, "kernels", "auto"))
     if config.model == "mlp":
         return MLPVAE(latent_dim=config.latent_dim, hidden=config.hidden_units)
     if config.model == "conv":

@@ -45,6 +45,8 @@ def batch_norm_statistics(bn: nn.BatchNorm2d, sums=None, sumsqs=None, count: int
     as nn.BatchNorm2d does; in evaluation they are the running statistics."""
     if not bn.training:
         return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+    if count <= 1:  # the same rule (and message) as nn.BatchNorm2d
+        raise ValueError(f"Expected more than 1 value per channel when training, got {count}")
     mean = sums.sum(0) / count
     var = (sumsqs.sum(0) / count - mean * mean).clamp_min(0)
     with torch.no_grad():

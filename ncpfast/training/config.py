@@ -23,6 +23,8 @@ class TrainConfig:
     run_dir: Optional[str] = _f(None, "output directory (default: runs/<preset>-<time>)")
     seed: int = _f(0, "seed of every random stream (data order, model init, sampling)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    kernels: str = _f("auto", "residual-cell kernels: auto (fused where the extension has the device's "
+                      "backend) | fused | torch (eager; same parameters either way)")
     # model
     model: str = _f("nvae", "nvae (hierarchical) | mlp (LARS/SNIS MNIST) | conv (RAE 64x64)")
     image_size: int = _f(32, "image side after padding/resizing")
@@ -177,6 +179,8 @@ def validate_config(config: TrainConfig) -> None:
         problems.append(f"lr must be > 0, got {config.lr}")
     if config.amp not in ("auto", "none", "bf16", "fp16"):
         problems.append(f"amp must be auto, none, bf16 or fp16, got {config.amp!r}")
+    if config.kernels not in ("auto", "fused", "torch"):
+        problems.append(f"kernels must be auto, fused or torch, got {config.kernels!r}")
     if config.model not in ("nvae", "mlp", "conv"):
         problems.append(f"model must be nvae, mlp or conv, got {config.model!r}")
     if not 0 <= config.ema_decay < 1:

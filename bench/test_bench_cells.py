@@ -1,0 +1,175 @@
+"""Residual-cell kernels: each fused op, the issue's BN -> Swish -> dw5x5 -> BN -> Swish
+chain, whole generative / encoder cells, and one training step of the tiny and
+mnist models; fused vs eager PyTorch vs torch.compile of the eager code.
+Forward+backward in training mode, forward alone in evaluation mode; peak
+memory (CUDA) in extra_info.
+
+    bash scripts/dev.sh bench -k cells --benchmark-json=bench/results/cells-<machine>.json
+    python bench/report.py bench/results/cells-<machine>.json
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import include_compiled, timed
+from ncpfast import ops
+from ncpfast.models import build_model
+from ncpfast.nn.cells import EncoderCell, GenerativeCell, set_cell_kernels
+from ncpfast.ops import reference
+from ncpfast.training.config import PRESETS, TrainConfig
+
+IMPLS = ["fused", "torch", "torch.compile"]
+N, C, S = 64, 96, 16  # the issue's baseline: 64 x 96 x 16 x 16
+
+
+def _skip_compiled(impl):
+    if impl == "torch.compile" and not include_compiled():
+        pytest.skip("NCPFAST_BENCH_COMPILE=0")
+
+
+def _peak_memory(fn, device):
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _run(benchmark, device, group, impl, fn, **info):
+    call = timed(fn, device)
+    for _ in range(3):  # warm-up (and compilation) outside the timings
+        call()
+    benchmark.group = f"{group} {device}"
+    benchmark.extra_info.update(device=device, impl=impl, peak_bytes=_peak_memory(fn, device), **info)
+    benchmark(call)
+
+
+def _op_inputs(device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, S, S, generator=g).to(device).requires_grad_()
+    skip = torch.randn(N, C, S, S, generator=g).to(device).requires_grad_()
+    bn = [torch.randn(C, generator=g).to(device), (torch.rand(C, generator=g) + 0.5).to(device),
+          torch.randn(C, generator=g).to(device), torch.randn(C, generator=g).to(device)]
+    bn = [p.requires_grad_() for p in bn]
+    conv_w = (torch.randn(C, 1, 5, 5, generator=g) / 5).to(device).requires_grad_()
+    conv_b = torch.zeros(C, device=device, requires_grad=True)
+    gate = torch.rand(N, C, generator=g).to(device).requires_grad_()
+    return {
+        "plane_moments": ("plane_moments", (x,)),
+        "bn_swish": ("bn_swish", (x, *bn)),
+        "dwconv_bn_swish": ("dwconv_bn_swish", (x, *bn, conv_w, conv_b)),
+        "bn_gate_residual": ("bn_gate_residual", (x, skip, *bn, gate, 0.1)),
+    }
+
+
+def _first_sum(out):
+    return (out[0] if isinstance(out, tuple) else out).sum()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("op", ["plane_moments", "bn_swish", "dwconv_bn_swish", "bn_gate_residual"])
+def test_cell_op_forward_backward(benchmark, device, impl, op):
+    _skip_compiled(impl)
+    name, args = _op_inputs(device)[op]
+    fn = {"fused": getattr(ops, name), "torch": getattr(reference, name)}.get(impl)
+    if fn is None:
+        fn = torch.compile(getattr(reference, name), dynamic=False)
+    grad = torch.ones(N, C, S, S, device=device)
+
+    def step():
+        out = fn(*args)
+        (out[0] if isinstance(out, tuple) else out).backward(grad)
+
+    _run(benchmark, device, f"{op} fwd+bwd {N}x{C}x{S}x{S}", impl, step, op=op, pass_="fwd+bwd")
+
+
+class _Chain(nn.Module):
+    """BN -> Swish -> depthwise 5x5 -> BN -> Swish, as eager modules."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(channels), nn.BatchNorm2d(channels)
+        self.dw = nn.Conv2d(channels, channels, 5, padding=2, groups=channels)
+
+    def forward(self, x):
+        return F.silu(self.bn2(self.dw(F.silu(self.bn1(x)))))
+
+
+def _fused_chain(chain):
+    from ncpfast.nn.fused_cells import _statistics_of, batch_norm_statistics
+
+    def forward(x):
+        mean1, invstd1 = _statistics_of(chain.bn1, x)
+        y, s, q = ops.dwconv_bn_swish(x, mean1, invstd1, chain.bn1.weight, chain.bn1.bias,
+                                      chain.dw.weight, chain.dw.bias)
+        stats = (batch_norm_statistics(chain.bn2, s, q, x.shape[0] * x.shape[2] * x.shape[3])
+                 if chain.bn2.training else batch_norm_statistics(chain.bn2))
+        return ops.bn_swish(y, *stats, chain.bn2.weight, chain.bn2.bias)
+    return forward
+
+
+def _module_variants(module, impl):
+    if impl == "fused":
+        return set_cell_kernels(module, "fused") if not isinstance(module, _Chain) else _fused_chain(module)
+    module = set_cell_kernels(module, "torch") if not isinstance(module, _Chain) else module
+    return module if impl == "torch" else torch.compile(module, dynamic=False)
+
+
+BLOCKS = {
+    "chain-bn-swish-dw5-bn-swish": (lambda: _Chain(C), (N, C, S, S)),
+    "generative-cell-C16-e6": (lambda: GenerativeCell(16, 16), (N, 16, S, S)),
+    "generative-cell-C32-e6": (lambda: GenerativeCell(32, 32), (N, 32, S, S)),
+    "encoder-cell-C32": (lambda: EncoderCell(32, 32), (N, 32, S, S)),
+    "encoder-cell-C96": (lambda: EncoderCell(96, 96), (N, 96, S, S)),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["train fwd+bwd", "eval fwd"])
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_cell(benchmark, device, impl, mode, block):
+    _skip_compiled(impl)
+    make, shape = BLOCKS[block]
+    torch.manual_seed(0)
+    module = make().to(device).train(mode.startswith("train"))
+    fn = _module_variants(module, impl)
+    x = torch.randn(*shape, device=device, requires_grad=mode.startswith("train"))
+    grad = None
+
+    def step():
+        nonlocal grad
+        if mode.startswith("train"):
+            out = fn(x)
+            grad = torch.ones_like(out) if grad is None else grad
+            out.backward(grad)
+        else:
+            with torch.no_grad():
+                fn(x)
+
+    _run(benchmark, device, f"{block} {mode} {'x'.join(map(str, shape))}", impl, step, block=block, mode=mode)
+
+
+@pytest.mark.parametrize("impl", ["fused", "torch"])
+@pytest.mark.parametrize("preset", ["tiny", "mnist"])
+def test_training_step(benchmark, device, impl, preset):
+    config = TrainConfig(**{**PRESETS[preset], "kernels": impl})
+    batch = 32 if preset == "mnist" and device == "cpu" else config.batch_size
+    torch.manual_seed(0)
+    model = build_model(config).to(device).train()
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    x = (torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device) > 0.5).float()
+
+    def step():  # the negative ELBO (KL weight 1): what a stage-1 step differentiates
+        optimizer.zero_grad(set_to_none=True)
+        output, groups = model(x)
+        loss = (sum(g.kl() for g in groups) - model.reconstruction_log_prob(output, x)).mean()
+        loss.backward()
+        optimizer.step()
+
+    _run(benchmark, device, f"training step {preset} batch={batch}", impl, step, preset=preset, batch=batch)

@@ -1,0 +1,241 @@
+"""The fused residual-cell ops against their twins, their autograd formulas,
+their registrations, their errors, and the cells that use them."""
+import copy
+
+import pytest
+import torch
+
+from ncpfast import ops
+from ncpfast.nn.cells import EncoderCell, GenerativeCell, set_cell_kernels
+from ncpfast.ops import reference as ref
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# (N, C, H, W, K): odd channel counts, 1x1 planes, a batch of one, wide rows.
+SHAPES = [(3, 5, 7, 6, 5), (1, 3, 1, 1, 5), (2, 7, 9, 17, 3), (2, 4, 12, 12, 7), (4, 16, 8, 8, 5)]
+
+
+def make_inputs(shape, dtype=torch.float64, device="cpu", seed=0, grad=True):
+    N, C, H, W, K = shape
+    g = torch.Generator().manual_seed(seed)
+    param = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def t(*size, positive=False):
+        v = torch.rand(size, generator=g, dtype=torch.float64) + 0.5 if positive else torch.randn(size, generator=g, dtype=torch.float64)
+        return v
+
+    x = t(N, C, H, W).to(device, dtype).requires_grad_(grad)
+    skip = t(N, C, H, W).to(device, dtype).requires_grad_(grad)
+    bn = [t(C), t(C, positive=True), t(C), t(C)]
+    bn = [p.to(device, param).requires_grad_(grad) for p in bn]
+    conv_w = (t(C, 1, K, K) / K).to(device, param).requires_grad_(grad)
+    conv_b = t(C).to(device, param).requires_grad_(grad)
+    gate = torch.rand(N, C, generator=g, dtype=torch.float64).to(device, param).requires_grad_(grad)
+    return dict(x=x, skip=skip, bn=bn, conv_w=conv_w, conv_b=conv_b, gate=gate)
+
+
+def calls(i):
+    """(name, fused call, twin call) for each op on the inputs i."""
+    return [
+        ("plane_moments", lambda m: m.plane_moments(i["x"])),
+        ("bn_swish", lambda m: m.bn_swish(i["x"], *i["bn"])),
+        ("dwconv_bn_swish", lambda m: m.dwconv_bn_swish(i["x"], *i["bn"], i["conv_w"], i["conv_b"])),
+        ("bn_gate_residual", lambda m: m.bn_gate_residual(i["x"], i["skip"], *i["bn"], i["gate"], 0.1)),
+    ]
+
+
+def as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def leaves(i):
+    return [i["x"], i["skip"], *i["bn"], i["conv_w"], i["conv_b"], i["gate"]]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ops_match_twins_values_and_gradients(shape, dtype):
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
+    for k, (name, call) in enumerate(calls(make_inputs(shape, dtype))):
+        i_fused, i_twin = make_inputs(shape, dtype, seed=k), make_inputs(shape, dtype, seed=k)
+        fused = as_tuple(dict(calls(i_fused))[name](ops))
+        twin = as_tuple(dict(calls(i_twin))[name](ref))
+        weights = [torch.randn_like(o) for o in twin]
+        for a, b in zip(fused, twin):
+            torch.testing.assert_close(a, b.to(a.dtype), **tol, msg=f"{name} values")
+        loss_f = sum((o * w.to(o.dtype)).sum() for o, w in zip(fused, weights))
+        loss_t = sum((o * w).sum() for o, w in zip(twin, weights))
+        gf = torch.autograd.grad(loss_f, leaves(i_fused), allow_unused=True)
+        gt = torch.autograd.grad(loss_t, leaves(i_twin), allow_unused=True)
+        for a, b in zip(gf, gt):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, **tol, msg=f"{name} gradients")
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_gradcheck(shape):
+    i = make_inputs(shape)
+    checks = {
+        "plane_moments": (lambda x: ops.plane_moments(x), [i["x"]]),
+        "bn_swish": (ops.bn_swish, [i["x"], *i["bn"]]),
+        "dwconv_bn_swish": (ops.dwconv_bn_swish, [i["x"], *i["bn"], i["conv_w"], i["conv_b"]]),
+        "bn_gate_residual": (lambda *a: ops.bn_gate_residual(*a, 0.1), [i["x"], i["skip"], *i["bn"], i["gate"]]),
+    }
+    for name, (fn, args) in checks.items():
+        assert torch.autograd.gradcheck(fn, args), name
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_opcheck(device):
+    i = make_inputs((2, 3, 5, 4, 3), torch.float32, device)
+    samples = {
+        "plane_moments": (i["x"],),
+        "bn_swish": (i["x"], *i["bn"]),
+        "dwconv_bn_swish": (i["x"], *i["bn"], i["conv_w"], i["conv_b"]),
+        "bn_gate_residual": (i["x"], i["skip"], *i["bn"], i["gate"], 0.1),
+    }
+    for name, args in samples.items():
+        torch.library.opcheck(getattr(torch.ops.ncpfast, name).default, args)
+
+
+def test_torch_compile_fullgraph():
+    i = make_inputs((2, 4, 6, 6, 5), torch.float32, grad=False)
+
+    def chain(x, mean, invstd, w, b, cw, cb):
+        y, s, q = ops.dwconv_bn_swish(x, mean, invstd, w, b, cw, cb)
+        return ops.bn_swish(y, mean, invstd, w, b), s, q
+
+    args = (i["x"], *i["bn"], i["conv_w"], i["conv_b"])
+    compiled = torch.compile(chain, fullgraph=True, backend="aot_eager")
+    for a, b in zip(compiled(*args), chain(*args)):
+        torch.testing.assert_close(a, b)
+
+
+def test_errors_name_the_argument():
+    i = make_inputs((2, 3, 5, 5, 5), torch.float32, grad=False)
+    x, (mean, invstd, w, b) = i["x"], i["bn"]
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        ops.bn_swish(x[0], mean, invstd, w, b)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        ops.plane_moments(x.to(torch.int32))
+    with pytest.raises(TypeError, match="float16/bfloat16 on CUDA"):
+        ops.plane_moments(x.half())
+    with pytest.raises(ValueError, match="invstd must have shape"):
+        ops.bn_swish(x, mean, invstd[:2], w, b)
+    with pytest.raises(TypeError, match="weight must be Float"):
+        ops.bn_swish(x, mean, invstd, w.double(), b)
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        ops.bn_swish(x.transpose(2, 3), mean, invstd, w, b)
+    with pytest.raises(ValueError, match="conv_weight must be \\[C, 1, K, K\\].*K odd"):
+        ops.dwconv_bn_swish(x, mean, invstd, w, b, torch.zeros(3, 1, 4, 4), b)
+    with pytest.raises(ValueError, match="gate must have shape"):
+        ops.bn_gate_residual(x, x, mean, invstd, w, b, torch.zeros(3), 0.1)
+    with pytest.raises(ValueError, match="skip must have shape"):
+        ops.bn_gate_residual(x, x[:1], mean, invstd, w, b, i["gate"], 0.1)
+
+
+CELLS = [
+    (lambda: GenerativeCell(8, 8), (4, 8, 6, 6)),
+    (lambda: GenerativeCell(8, 4, upsample=True), (3, 8, 5, 5)),
+    (lambda: GenerativeCell(5, 5, kernel_size=3, expansion=3), (2, 5, 1, 1)),
+    (lambda: EncoderCell(5, 5), (1, 5, 3, 3)),
+    (lambda: EncoderCell(8, 8), (4, 8, 6, 6)),
+    (lambda: EncoderCell(6, 12, stride=2), (2, 6, 6, 6)),
+]
+
+
+def run_cell(cell, x, mode, train):
+    cell = set_cell_kernels(copy.deepcopy(cell), mode).train(train)
+    x = x.detach().clone().requires_grad_(True)
+    y = cell(x)
+    weight = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).view_as(y)
+    grads = torch.autograd.grad((y * weight).sum(), [x, *cell.parameters()])
+    return y, grads, [b.clone() for b in cell.buffers()]
+
+
+@pytest.mark.parametrize("make, shape", CELLS)
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cells_fused_equal_torch(make, shape, train, dtype):
+    torch.manual_seed(0)
+    cell = make().to(dtype)
+    with torch.no_grad():  # non-trivial running statistics for eval mode
+        for m in cell.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(*shape, dtype=dtype)
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4)
+    y_f, g_f, b_f = run_cell(cell, x, "fused", train)
+    y_t, g_t, b_t = run_cell(cell, x, "torch", train)
+    torch.testing.assert_close(y_f, y_t, **tol)
+    for a, b in zip(g_f, g_t):
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(b_f, b_t):  # running statistics and num_batches_tracked
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_cell_accepts_non_contiguous_input():
+    cell = GenerativeCell(4, 4).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64).transpose(2, 3)
+    y_f, _, _ = run_cell(cell, x, "fused", True)
+    y_t, _, _ = run_cell(cell, x, "torch", True)
+    torch.testing.assert_close(y_f, y_t)
+
+
+def test_one_value_per_channel_in_training_is_an_error_as_in_torch():
+    cell = set_cell_kernels(GenerativeCell(4, 4), "fused")
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        cell(torch.randn(1, 4, 1, 1))
+
+
+def test_kernel_switch_is_not_in_the_state_dict():
+    cell = set_cell_kernels(GenerativeCell(4, 4), "torch")
+    other = set_cell_kernels(GenerativeCell(4, 4), "fused")
+    other.load_state_dict(cell.state_dict())  # strict: same keys either way
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        set_cell_kernels(cell, "fast")
+
+
+def test_fused_mode_without_backend_is_a_clear_error():
+    cell = set_cell_kernels(GenerativeCell(4, 4), "fused").to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="no fused cell kernels for torch.bfloat16 on cpu"):
+        cell(torch.randn(1, 4, 4, 4, dtype=torch.bfloat16))
+    set_cell_kernels(cell, "auto")(torch.randn(1, 4, 4, 4, dtype=torch.bfloat16))  # auto falls back
+
+
+@cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_cuda_ops_match_twins(dtype, tol):
+    for shape in SHAPES + [(2, 8, 70, 33, 5)]:  # the last needs several row tiles
+        for name, _ in calls(make_inputs(shape, dtype, "cuda")):
+            i_f, i_t = make_inputs(shape, dtype, "cuda"), make_inputs(shape, torch.float64, "cpu")
+            fused = as_tuple(dict(calls(i_f))[name](ops))
+            twin = as_tuple(dict(calls(i_t))[name](ref))
+            for a, b in zip(fused, twin):
+                torch.testing.assert_close(a.double().cpu(), b.double(), rtol=tol, atol=tol * max(1, b.abs().max().item()))
+            weights = [torch.randn_like(o.double()) for o in twin]
+            gf = torch.autograd.grad(sum((o.float() * w.to(o.device).float()).sum() for o, w in zip(fused, weights)),
+                                     leaves(i_f), allow_unused=True)
+            gt = torch.autograd.grad(sum((o * w).sum() for o, w in zip(twin, weights)), leaves(i_t), allow_unused=True)
+            for a, b in zip(gf, gt):
+                if a is not None:
+                    torch.testing.assert_close(a.double().cpu(), b, rtol=tol, atol=tol * max(1, b.abs().max().item()))
+
+
+@cuda
+@pytest.mark.parametrize("make, shape", CELLS)
+def test_cuda_cells_fused_equal_torch(make, shape):
+    torch.manual_seed(0)
+    cell = make().cuda()
+    x = torch.randn(*shape, device="cuda")
+    y_f, g_f, _ = run_cell(cell, x, "fused", True)
+    y_t, g_t, _ = run_cell(cell, x, "torch", True)
+    torch.testing.assert_close(y_f, y_t, rtol=1e-3, atol=1e-4)
+    for a, b in zip(g_f, g_t):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y_f, _, _ = run_cell(cell, x, "fused", True)
+        y_t, _, _ = run_cell(cell, x, "torch", True)
+    torch.testing.assert_close(y_f.float(), y_t.float(), rtol=5e-2, atol=5e-2)

@@ -21,6 +21,11 @@ TORCH_LIBRARY(ncpfast, m) {
   // batch norm enters as (mean, invstd, weight, bias) per channel; reductions
   // come back per (image, channel) plane, [N, C], and are summed over the batch
   // in Python. Backward ops recompute from the saved input.
+  // The flat NCP classifier on [B, M, D] proposals: an MLP, SiLU between its
+  // linear layers (weights[l] [out, in], biases[l] [out]), one logit out.
+  // Returns the log-ratios [B, M] and each row's logsumexp [B] (float32).
+  m.def("mlp_log_ratio(Tensor z, Tensor[] weights, Tensor[] biases) -> (Tensor log_ratio, Tensor row_logsumexp)");
+
   m.def("plane_moments(Tensor x) -> (Tensor sum, Tensor sumsq)");
   m.def("plane_moments_backward(Tensor x, Tensor grad_sum, Tensor grad_sumsq) -> Tensor");
   m.def("bn_swish(Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias) -> Tensor");

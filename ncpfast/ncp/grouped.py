@@ -59,11 +59,50 @@ class GroupClassifier(nn.Module):
         if not self.spatial:
             return self.mlp(z).squeeze(-1)
         x = z if context is None else torch.cat([z, context], dim=1)
-        h = F.silu(self.cells(self.stem(x)))
+        return self._from_stem(self.stem(x))
+
+    def _from_stem(self, h: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.cells(h))
         return self.head(h.mean(dim=(2, 3))).squeeze(-1)
+
+    def proposal_log_ratios(self, proposals: torch.Tensor, context: Optional[torch.Tensor],
+                            fused: bool = True) -> torch.Tensor:
+        """Logits [b, M] of M proposals per image: proposals [b, M, *latent],
+        context [b, ...] (one per image, not repeated M times).
+
+        fused=True: the stem conv is linear in concat(z, context), so it splits
+        into conv_z(z) for every proposal plus conv_context(context) once per
+        image, broadcast over the M proposals: no M-fold copy of the context and
+        M-fold fewer context FLOPs, the same function. Flat groups run the fused
+        MLP op. fused=False: the module on repeated contexts (the reference)."""
+        b, M = proposals.shape[:2]
+        if not fused:
+            ctx = None if context is None else context.repeat_interleave(M, dim=0)
+            return self(proposals.flatten(0, 1), ctx).view(b, M)
+        if not self.spatial:
+            from ..ops import mlp_log_ratio, mlp_parameters
+            parameters = mlp_parameters(self.mlp)
+            if parameters is None or proposals.dtype != torch.float32:
+                return self.mlp(proposals).squeeze(-1)
+            return mlp_log_ratio(proposals, *parameters)[0]
+        weight = self.stem.normalized_weight()
+        latent_channels = proposals.shape[2]
+        h = F.conv2d(proposals.flatten(0, 1), weight[:, :latent_channels], None, padding=1)
+        h = h.view(b, M, *h.shape[1:])
+        if context is None:
+            h = h + self.stem.bias.view(1, 1, -1, 1, 1)
+        else:
+            shared = F.conv2d(context, weight[:, latent_channels:], self.stem.bias, padding=1)
+            h = h + shared[:, None]
+        return self._from_stem(h.flatten(0, 1)).view(b, M)
 
 
 class GroupedNCP(nn.Module):
+    """kernels: "auto" scores SIR proposals with the context shared across an
+    image's proposals (GroupClassifier.proposal_log_ratios); "torch" repeats the
+    context per proposal and runs the module (the reference path)."""
+    kernels = "auto"
+
     def __init__(self, vae: LatentVAE, hidden: int = 32, cells: int = 2):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
@@ -245,8 +284,8 @@ class GroupedNCP(nn.Module):
             b = mu.shape[0]
             eps = torch.randn((b, M, *mu.shape[1:]), device=mu.device, generator=generator)
             proposals = mu[:, None] + sigma[:, None] * eps
-            ctx = None if context is None else context[start:start + b].repeat_interleave(M, dim=0)
-            log_w = self.log_ratio(k, proposals.flatten(0, 1), ctx).view(b, M).float()
+            ctx = None if context is None else context[start:start + b]
+            log_w = self.classifiers[k].proposal_log_ratios(proposals, ctx, self.kernels != "torch").float()
             picked, _ = sir_resample(log_w, proposals, 1, generator=generator)
             chosen.append(picked[:, 0])
         return torch.cat(chosen)

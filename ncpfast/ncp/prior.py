@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..ops import sir_resample
+from .. import _extension
+from ..ops import mlp_log_ratio, mlp_parameters, sir_resample
 from .base_priors import GaussianMixture, StandardNormal
 
 SAMPLING_METHODS = ("sir", "langevin", "base")
@@ -68,7 +69,13 @@ class NCPPrior(nn.Module):
     base_prior: anything with sample(shape, generator) and log_prob(z), e.g.
         StandardNormal(dim) or GaussianMixture.fit(posterior_means).
     classifier: maps [N, dim] to [N, 1] logits (default: an MLP).
+    kernels: "auto" evaluates log r with the fused op ncpfast::mlp_log_ratio
+        whenever no gradient is needed and the classifier is an MLP of the
+        default shape (SIR weights, log Z, log_prob, evaluation); "torch"
+        always runs the classifier module. Gradients (fit, Langevin) always
+        run the module.
     """
+    kernels = "auto"
 
     def __init__(self, base_prior, classifier: Optional[nn.Module] = None, dim: Optional[int] = None,
                  hidden: int = 256, layers: int = 2):
@@ -83,7 +90,23 @@ class NCPPrior(nn.Module):
 
     def log_ratio(self, z: torch.Tensor) -> torch.Tensor:
         """log r(z): the classifier's logit, shape z.shape[:-1]."""
-        return self.classifier(z.reshape(-1, self.dim)).view(z.shape[:-1])
+        flat = z.reshape(-1, self.dim)
+        parameters = self._fused_parameters(z)
+        if parameters is not None:
+            return mlp_log_ratio(flat[None], *parameters)[0].view(z.shape[:-1])
+        return self.classifier(flat).view(z.shape[:-1])
+
+    def _fused_parameters(self, z: torch.Tensor):
+        """The classifier's layers for mlp_log_ratio, or None where the module must run:
+        kernels="torch", a gradient is needed, a dtype or device the op lacks, or
+        a classifier that is not the default MLP shape."""
+        if self.kernels == "torch" or z.dtype != torch.float32 or z.numel() == 0:
+            return None
+        if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.classifier.parameters())):
+            return None
+        if not _extension.has_backend(z.device):
+            return None
+        return mlp_parameters(self.classifier)
 
     def fit(self, posterior_samples: torch.Tensor, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
             weight_decay: float = 1e-5, validation_fraction: float = 0.1, patience: int = 5,

@@ -11,7 +11,8 @@ import torch
 
 from ._sir_args import bad_row_message, check_generator, check_method_and_count
 
-__all__ = ["sir_resample", "plane_moments", "bn_swish", "dwconv_bn_swish", "bn_gate_residual"]
+__all__ = ["sir_resample", "plane_moments", "bn_swish", "dwconv_bn_swish", "bn_gate_residual",
+           "mlp_log_ratio"]
 
 _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -105,3 +106,16 @@ def dwconv_bn_swish(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias)
 def bn_gate_residual(h, skip, mean, invstd, weight, bias, gate, residual_scale):
     v = (h.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd * weight) + _per_channel(bias)
     return (skip.to(mean.dtype) + residual_scale * gate[:, :, None, None] * v).to(h.dtype)
+
+
+# ------------------------------------------------------------ mlp_log_ratio
+
+def mlp_log_ratio(z, weights, biases):
+    """Twin of ncpfast.ops.mlp_log_ratio: the layers one at a time, then logsumexp."""
+    h = z.float()
+    for index, (w, b) in enumerate(zip(weights, biases)):
+        h = torch.nn.functional.linear(h, w, b)
+        if index + 1 < len(weights):
+            h = torch.nn.functional.silu(h)
+    log_ratio = h.squeeze(-1)
+    return log_ratio, torch.logsumexp(log_ratio, dim=1)

@@ -24,6 +24,21 @@ def include_compiled():
     return os.environ.get("NCPFAST_BENCH_COMPILE", "1") != "0"
 
 
+_compiled_twins = {}
+
+
+def pick_implementation(impl, fused, twin):
+    """fused, twin, or torch.compile(twin) (compiled once per twin) for impl
+    "fused", "torch" or "torch.compile"."""
+    if impl == "fused":
+        return fused
+    if impl == "torch":
+        return twin
+    if twin not in _compiled_twins:
+        _compiled_twins[twin] = torch.compile(twin, dynamic=False)
+    return _compiled_twins[twin]
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

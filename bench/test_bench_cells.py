@@ -7,7 +7,6 @@ memory (CUDA) in extra_info.
     bash scripts/dev.sh bench -k cells --benchmark-json=bench/results/cells-<machine>.json
     python bench/report.py bench/results/cells-<machine>.json
 """
-import copy
 
 import pytest
 import torch

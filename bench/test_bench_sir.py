@@ -7,26 +7,12 @@ and vs torch.compile of the twin.
 import pytest
 import torch
 
-from conftest import include_compiled, timed
+from conftest import include_compiled, pick_implementation, timed
 from ncpfast.ops import reference, sir_resample
 
 SIZES = [(B, M, D) for B in (64, 256) for M in (16, 512, 5000) for D in ((64,), (20, 8, 8))]
 MAX_PROPOSAL_BYTES = 2 * 2**30
 NUM_SAMPLES = 1
-
-_compiled_twin = None
-
-
-def _implementation(name):
-    global _compiled_twin
-    if name == "fused":
-        return sir_resample
-    if name == "torch":
-        return reference.sir_resample
-    if _compiled_twin is None:
-        _compiled_twin = torch.compile(reference.sir_resample, dynamic=False)
-    return _compiled_twin
-
 
 @pytest.mark.parametrize("impl", ["fused", "torch", "torch.compile"])
 @pytest.mark.parametrize("B,M,D", SIZES, ids=[f"B{b}-M{m}-D{'x'.join(map(str, d))}" for b, m, d in SIZES])
@@ -39,7 +25,7 @@ def test_sir_resample(benchmark, device, impl, B, M, D):
     g = torch.Generator().manual_seed(0)
     log_weights = torch.randn(B, M, generator=g).to(device)
     proposals = torch.randn(B, M, *D, generator=g).to(device)
-    fn = _implementation(impl)
+    fn = pick_implementation(impl, sir_resample, reference.sir_resample)
     call = timed(lambda: fn(log_weights, proposals, NUM_SAMPLES), device)
     for _ in range(3):  # warm-up (and compilation) outside the timings
         call()

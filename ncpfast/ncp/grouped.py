@@ -285,7 +285,12 @@ class GroupedNCP(nn.Module):
             eps = torch.randn((b, M, *mu.shape[1:]), device=mu.device, generator=generator)
             proposals = mu[:, None] + sigma[:, None] * eps
             ctx = None if context is None else context[start:start + b]
-            log_w = self.classifiers[k].proposal_log_ratios(proposals, ctx, self.kernels != "torch").float()
+            classifier = self.classifiers[k]
+            if hasattr(classifier, "proposal_log_ratios"):
+                log_w = classifier.proposal_log_ratios(proposals, ctx, self.kernels != "torch").float()
+            else:  # a user-supplied classifier module: score on repeated contexts
+                ctx = None if ctx is None else ctx.repeat_interleave(M, dim=0)
+                log_w = self.log_ratio(k, proposals.flatten(0, 1), ctx).view(b, M).float()
             picked, _ = sir_resample(log_w, proposals, 1, generator=generator)
             chosen.append(picked[:, 0])
         return torch.cat(chosen)

@@ -15,8 +15,13 @@
 namespace ncpfast {
 namespace ops {
 
-// x must be a contiguous 4-D floating tensor; returns the dtype its
-// parameters and reductions use (kDouble for double input, else kFloat).
+// The dtype of x's parameters and reductions: kDouble for double x, else kFloat.
+at::ScalarType accumulation_type(const at::Tensor& x);
+
+// An [N, C] tensor of per-plane reductions of x, uninitialised.
+at::Tensor plane_tensor(const at::Tensor& x, at::ScalarType dtype);
+
+// x must be a contiguous 4-D floating tensor; returns accumulation_type(x).
 at::ScalarType check_activation(const char* op, const char* name, const at::Tensor& x);
 
 // Another activation with exactly x's shape, dtype and device.
@@ -26,7 +31,7 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const at:
 void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
                  at::ScalarType dtype, const at::Tensor& x);
 
-// Checks the four batch-norm parameters [C] of x.
+// Checks the four batch-norm parameters [C] of x (x itself already checked).
 void check_bn_params(const char* op, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                      const at::Tensor& weight, const at::Tensor& bias);
 
@@ -36,6 +41,23 @@ int64_t check_depthwise_weight(const char* op, const at::Tensor& weight, const a
 // scale = invstd * weight and shift = bias - mean * scale, per channel.
 std::pair<at::Tensor, at::Tensor> folded_affine(const at::Tensor& mean, const at::Tensor& invstd,
                                                 const at::Tensor& weight, const at::Tensor& bias);
+
+// Whole-argument checks of each op, shared by the CPU and CUDA backends; each
+// returns accumulation_type of the activation (the depthwise ones: K).
+at::ScalarType check_plane_moments_backward(const char* op, const at::Tensor& x, const at::Tensor& grad_sum,
+                                            const at::Tensor& grad_sumsq);
+at::ScalarType check_bn_swish(const char* op, const at::Tensor& x, const at::Tensor& mean,
+                              const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias);
+at::ScalarType check_bn_swish_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                                       const at::Tensor& mean, const at::Tensor& invstd,
+                                       const at::Tensor& weight, const at::Tensor& bias);
+int64_t check_dwconv(const char* op, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+                     const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight,
+                     const at::Tensor& conv_bias);
+int64_t check_dwconv_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& grad_sum,
+                              const at::Tensor& grad_sumsq, const at::Tensor& out, const at::Tensor& x,
+                              const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
+                              const at::Tensor& bn_bias, const at::Tensor& conv_weight);
 
 // Checks bn_gate_residual's h, skip, gate [N, C] and BN parameters.
 void check_gate(const char* op, const at::Tensor& h, const at::Tensor& skip, const at::Tensor& mean,
@@ -47,8 +69,11 @@ at::ScalarType check_gate_backward(const char* op, const at::Tensor& grad_out, c
                                    const at::Tensor& mean, const at::Tensor& invstd,
                                    const at::Tensor& weight, const at::Tensor& gate);
 
+// Per-plane [N, C] factor residual_scale * gate * scale (scale per channel).
+at::Tensor gate_scale(const at::Tensor& scale, const at::Tensor& gate, double residual_scale);
+
 // Per-plane [N, C] coefficients of out = skip + a h + c:
-// a = residual_scale * gate * scale, c = residual_scale * gate * shift.
+// a = gate_scale(scale), c = gate_scale(shift).
 std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, const at::Tensor& shift,
                                                     const at::Tensor& gate, double residual_scale);
 

@@ -21,10 +21,6 @@ int64_t plane_grain(const at::Tensor& x) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.size(2) * x.size(3)));
 }
 
-at::Tensor plane_tensor(const at::Tensor& x, at::ScalarType dtype) {
-  return at::empty({x.size(0), x.size(1)}, x.options().dtype(dtype));
-}
-
 std::tuple<at::Tensor, at::Tensor> plane_moments_cpu(const at::Tensor& x) {
   const auto acc = check_activation("plane_moments", "x", x);
   at::Tensor sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
@@ -47,10 +43,7 @@ std::tuple<at::Tensor, at::Tensor> plane_moments_cpu(const at::Tensor& x) {
 
 at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& grad_sum,
                                       const at::Tensor& grad_sumsq) {
-  const char* op = "plane_moments_backward";
-  const auto acc = check_activation(op, "x", x);
-  check_param(op, "grad_sum", grad_sum, {x.size(0), x.size(1)}, acc, x);
-  check_param(op, "grad_sumsq", grad_sumsq, {x.size(0), x.size(1)}, acc, x);
+  check_plane_moments_backward("plane_moments_backward", x, grad_sum, grad_sumsq);
   at::Tensor grad_x = at::empty_like(x);
   const int64_t HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_moments_backward_cpu", [&] {
@@ -68,7 +61,7 @@ at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& gra
 
 at::Tensor bn_swish_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                         const at::Tensor& weight, const at::Tensor& bias) {
-  check_bn_params("bn_swish", x, mean, invstd, weight, bias);
+  check_bn_swish("bn_swish", x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor y = at::empty_like(x);
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
@@ -88,9 +81,7 @@ at::Tensor bn_swish_cpu(const at::Tensor& x, const at::Tensor& mean, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
-  const auto acc = check_activation("bn_swish_backward", "x", x);
-  check_bn_params("bn_swish_backward", x, mean, invstd, weight, bias);
-  check_like("bn_swish_backward", "grad_out", grad_out, x);
+  const auto acc = check_bn_swish_backward("bn_swish_backward", grad_out, x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
@@ -116,11 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cpu(
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& conv_weight, const at::Tensor& conv_bias) {
-  const char* op = "dwconv_bn_swish";
-  const auto acc = check_activation(op, "x", x);
-  check_bn_params(op, x, mean, invstd, bn_weight, bn_bias);
-  const int64_t K = check_depthwise_weight(op, conv_weight, x);
-  check_param(op, "conv_bias", conv_bias, {x.size(1)}, acc, x);
+  const int64_t K = check_dwconv("dwconv_bn_swish", x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias);
+  const auto acc = accumulation_type(x);
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
   at::Tensor y = at::empty_like(x), sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
   const core::DepthwisePlane geometry{x.size(2), x.size(3), K};
@@ -149,15 +137,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
     const at::Tensor& grad_out, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq,
     const at::Tensor& out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
-  const char* op = "dwconv_bn_swish_backward";
-  const auto acc = check_activation(op, "x", x);
-  check_bn_params(op, x, mean, invstd, bn_weight, bn_bias);
-  const int64_t K = check_depthwise_weight(op, conv_weight, x);
-  check_like(op, "grad_out", grad_out, x);
-  check_like(op, "out", out, x);
+  const int64_t K = check_dwconv_backward("dwconv_bn_swish_backward", grad_out, grad_sum, grad_sumsq, out, x,
+                                          mean, invstd, bn_weight, bn_bias, conv_weight);
+  const auto acc = accumulation_type(x);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  check_param(op, "grad_sum", grad_sum, {N, C}, acc, x);
-  check_param(op, "grad_sumsq", grad_sumsq, {N, C}, acc, x);
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   at::Tensor grad_w = at::empty({N, C, K, K}, x.options().dtype(acc)), grad_b = plane_tensor(x, acc);
@@ -219,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cpu(
     const at::Tensor& weight, const at::Tensor& gate, double residual_scale) {
   const char* op = "bn_gate_residual_backward";
   const auto acc = check_gate_backward(op, grad_out, h, mean, invstd, weight, gate);
-  at::Tensor coef_a = gate_coefficients(invstd * weight, mean, gate, residual_scale).first;
+  at::Tensor coef_a = gate_scale(invstd * weight, gate, residual_scale);
   at::Tensor grad_h = at::empty_like(h), sum_g = plane_tensor(h, acc), sum_gc = plane_tensor(h, acc);
   const int64_t C = h.size(1), HW = h.size(2) * h.size(3);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "bn_gate_residual_backward_cpu", [&] {

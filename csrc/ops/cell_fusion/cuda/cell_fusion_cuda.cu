@@ -251,10 +251,6 @@ dim3 plane_grid(const at::Tensor& x) {
   return dim3(static_cast<unsigned>(planes));
 }
 
-at::Tensor plane_tensor(const at::Tensor& x, at::ScalarType dtype) {
-  return at::empty({x.size(0), x.size(1)}, x.options().dtype(dtype));
-}
-
 #define NCP_CHECK_LAUNCH(op) C10_CUDA_KERNEL_LAUNCH_CHECK()
 #define NCP_DISPATCH(x, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), name, __VA_ARGS__)
@@ -275,9 +271,7 @@ std::tuple<at::Tensor, at::Tensor> plane_moments_cuda(const at::Tensor& x) {
 
 at::Tensor plane_moments_backward_cuda(const at::Tensor& x, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq) {
   const char* op = "plane_moments_backward";
-  const auto acc = check_activation(op, "x", x);
-  check_param(op, "grad_sum", grad_sum, {x.size(0), x.size(1)}, acc, x);
-  check_param(op, "grad_sumsq", grad_sumsq, {x.size(0), x.size(1)}, acc, x);
+  check_plane_moments_backward(op, x, grad_sum, grad_sumsq);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor grad_x = at::empty_like(x);
   if (x.numel() == 0) return grad_x;
@@ -293,7 +287,7 @@ at::Tensor plane_moments_backward_cuda(const at::Tensor& x, const at::Tensor& gr
 
 at::Tensor bn_swish_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                          const at::Tensor& weight, const at::Tensor& bias) {
-  check_bn_params("bn_swish", x, mean, invstd, weight, bias);
+  check_bn_swish("bn_swish", x, mean, invstd, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor y = at::empty_like(x);
@@ -312,9 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
   const char* op = "bn_swish_backward";
-  const auto acc = check_activation(op, "x", x);
-  check_bn_params(op, x, mean, invstd, weight, bias);
-  check_like(op, "grad_out", grad_out, x);
+  const auto acc = check_bn_swish_backward(op, grad_out, x, mean, invstd, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
@@ -334,10 +326,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cuda(
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& conv_weight, const at::Tensor& conv_bias) {
   const char* op = "dwconv_bn_swish";
-  const auto acc = check_activation(op, "x", x);
-  check_bn_params(op, x, mean, invstd, bn_weight, bn_bias);
-  const int64_t K = check_depthwise_weight(op, conv_weight, x);
-  check_param(op, "conv_bias", conv_bias, {x.size(1)}, acc, x);
+  const int64_t K = check_dwconv(op, x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias);
+  const auto acc = accumulation_type(x);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
   at::Tensor y = at::empty_like(x);
@@ -366,14 +356,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
   const char* op = "dwconv_bn_swish_backward";
-  const auto acc = check_activation(op, "x", x);
-  check_bn_params(op, x, mean, invstd, bn_weight, bn_bias);
-  const int64_t K = check_depthwise_weight(op, conv_weight, x);
-  check_like(op, "grad_out", grad_out, x);
-  check_like(op, "out", out, x);
+  const int64_t K = check_dwconv_backward(op, grad_out, grad_sum, grad_sumsq, out, x, mean, invstd, bn_weight,
+                                          bn_bias, conv_weight);
+  const auto acc = accumulation_type(x);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = K / 2;
-  check_param(op, "grad_sum", grad_sum, {N, C}, acc, x);
-  check_param(op, "grad_sumsq", grad_sumsq, {N, C}, acc, x);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
   at::Tensor grad_x = at::empty_like(x);
@@ -426,7 +412,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cuda(
   const char* op = "bn_gate_residual_backward";
   const auto acc = check_gate_backward(op, grad_out, h, mean, invstd, weight, gate);
   const c10::cuda::CUDAGuard guard(h.device());
-  at::Tensor coef_a = gate_coefficients(invstd * weight, mean, gate, residual_scale).first;
+  at::Tensor coef_a = gate_scale(invstd * weight, gate, residual_scale);
   at::Tensor grad_h = at::empty_like(h), sum_g = plane_tensor(h, acc), sum_gc = plane_tensor(h, acc);
   if (h.numel() == 0) return {grad_h, sum_g.zero_(), sum_gc.zero_()};
   NCP_DISPATCH(h, "bn_gate_residual_backward_cuda", [&] {

@@ -102,8 +102,7 @@ def _fused_chain(chain):
         mean1, invstd1 = _statistics_of(chain.bn1, x)
         y, s, q = ops.dwconv_bn_swish(x, mean1, invstd1, chain.bn1.weight, chain.bn1.bias,
                                       chain.dw.weight, chain.dw.bias)
-        stats = (batch_norm_statistics(chain.bn2, s, q, x.shape[0] * x.shape[2] * x.shape[3])
-                 if chain.bn2.training else batch_norm_statistics(chain.bn2))
+        stats = batch_norm_statistics(chain.bn2, s, q, x.shape[0] * x.shape[2] * x.shape[3])
         return ops.bn_swish(y, *stats, chain.bn2.weight, chain.bn2.bias)
     return forward
 

@@ -29,6 +29,10 @@ def build_info() -> dict:
     return info
 
 
+# Fixed at build time; read once, since every fused cell's forward asks.
+_BACKENDS = frozenset(_C.build_info()["backends"])
+
+
 def has_backend(device: torch.device) -> bool:
     """True when the extension has kernels for this device type."""
-    return torch.device(device).type in _C.build_info()["backends"]
+    return torch.device(device).type in _BACKENDS

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import cell as cell_ops
+from ..ops.cell import accumulation_dtype
 from .. import _extension
 from .cells import RESIDUAL_SCALE
 
@@ -35,14 +36,11 @@ def fused_kernels_apply(mode: str, x: torch.Tensor) -> bool:
     return supported
 
 
-def _accumulation_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def batch_norm_statistics(bn: nn.BatchNorm2d, sums=None, sumsqs=None, count: int = 0):
     """(mean, invstd) that bn normalises with. In training they come from the
-    per-plane sums (differentiable) and update the running statistics exactly
-    as nn.BatchNorm2d does; in evaluation they are the running statistics."""
+    per-plane sums of its input (differentiable; count values per channel) and
+    update the running statistics exactly as nn.BatchNorm2d does; in evaluation
+    they are the running statistics and the sums are not used."""
     if not bn.training:
         return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
     if count <= 1:  # the same rule (and message) as nn.BatchNorm2d
@@ -79,15 +77,14 @@ def _squeeze_excitation_gate(se, pooled):
 
 def _tail(cell, h, skip, bn=None):
     """skip + 0.1 * SE(BN(h)) (bn None: no batch norm before the SE)."""
-    acc = _accumulation_dtype(h)
+    acc = accumulation_dtype(h)
     sums, sumsqs = cell_ops.plane_moments(h)
     hw = h.shape[2] * h.shape[3]
     if bn is None:
         ones = torch.ones(h.shape[1], dtype=acc, device=h.device)
         mean, invstd, weight, bias = ones * 0, ones, ones, ones * 0
     else:
-        mean, invstd = (batch_norm_statistics(bn, sums, sumsqs, h.shape[0] * hw) if bn.training
-                        else batch_norm_statistics(bn))
+        mean, invstd = batch_norm_statistics(bn, sums, sumsqs, h.shape[0] * hw)
         weight, bias = _bn_params(bn, acc)
     pooled = (sums / hw - mean) * invstd * weight + bias  # mean over H, W of BN(h), [N, C]
     gate = _squeeze_excitation_gate(cell.se, pooled)
@@ -98,7 +95,7 @@ def _tail(cell, h, skip, bn=None):
 def encoder_cell_forward(cell, x):
     bn0, _, conv1, bn1, _, conv2 = cell.ops
     x = x.contiguous()
-    acc = _accumulation_dtype(x)
+    acc = accumulation_dtype(x)
     mean0, invstd0 = _statistics_of(bn0, x)
     a0 = cell_ops.bn_swish(x, mean0, invstd0, *_bn_params(bn0, acc))
     c1 = conv1(a0).contiguous()
@@ -112,7 +109,7 @@ def generative_cell_forward(cell, x):
     upsample, bn0, conv_in, bn1, _, depthwise, bn2, _, conv_out, bn3 = cell.ops
     skip = cell.skip(x)
     h = upsample(x).contiguous()
-    acc = _accumulation_dtype(h)
+    acc = accumulation_dtype(h)
     # BN0 (no activation after it) folds into the 1x1 conv that follows:
     # W (h * scale + shift) = (W * scale) h + W shift.
     mean0, invstd0 = _statistics_of(bn0, h)
@@ -124,10 +121,7 @@ def generative_cell_forward(cell, x):
     dw_bias = depthwise.bias if depthwise.bias is not None else torch.zeros_like(mean1)
     y, sums, sumsqs = cell_ops.dwconv_bn_swish(h1, mean1, invstd1, *_bn_params(bn1, acc),
                                                depthwise.normalized_weight().to(acc), dw_bias.to(acc))
-    if bn2.training:
-        mean2, invstd2 = batch_norm_statistics(bn2, sums, sumsqs, y.shape[0] * y.shape[2] * y.shape[3])
-    else:
-        mean2, invstd2 = batch_norm_statistics(bn2)
+    mean2, invstd2 = batch_norm_statistics(bn2, sums, sumsqs, y.shape[0] * y.shape[2] * y.shape[3])
     a = cell_ops.bn_swish(y, mean2, invstd2, *_bn_params(bn2, acc))
     out = F.conv2d(a, conv_out.normalized_weight()).contiguous()
     return _tail(cell, out, skip, bn3)

@@ -49,9 +49,14 @@ def bn_gate_residual(h: Tensor, skip: Tensor, mean: Tensor, invstd: Tensor, weig
 
 # ---------------------------------------------------------------- fake impls
 
-def _planes(x: Tensor, dtype=None) -> Tensor:
-    dtype = dtype or (torch.float64 if x.dtype == torch.float64 else torch.float32)
-    return x.new_empty((x.shape[0], x.shape[1]), dtype=dtype)
+def accumulation_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of x's batch-norm parameters and reductions in these ops:
+    float64 for float64 activations, float32 otherwise (half precision included)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _planes(x: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], x.shape[1]), dtype=accumulation_dtype(x))
 
 
 @torch.library.register_fake("ncpfast::plane_moments")

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._sir_args import bad_row_message, check_generator, check_method_and_count
+from .cell import accumulation_dtype
 
 __all__ = ["sir_resample", "plane_moments", "bn_swish", "dwconv_bn_swish", "bn_gate_residual",
            "mlp_log_ratio"]
@@ -78,16 +79,12 @@ def sir_resample(
 # ------------------------------------------------------------------ cell ops
 # Twins of ncpfast.ops.cell: eager PyTorch, differentiable by autograd.
 
-def _accumulation_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _per_channel(t):
     return t[:, None, None]
 
 
 def plane_moments(x):
-    xf = x.to(_accumulation_dtype(x))
+    xf = x.to(accumulation_dtype(x))
     return xf.sum((2, 3)), (xf * xf).sum((2, 3))
 
 

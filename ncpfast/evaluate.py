@@ -3,8 +3,10 @@
 NLL: the importance-weighted bound with K samples (nats, bits/dim), with log Z
 and its standard error folded in for the NCP prior. Frechet distance of
 generated vs held-out test images, on the features of a small classifier
-trained on the data set's labels (named as such; it is not FID). Results go to
-RUN_DIR/metrics.json ("evaluation") and print as a table.
+trained on the data set's labels (named as such; it is not FID), and FID
+proper when --fid-weights gives pytorch-fid's Inception weights file (it cannot
+be downloaded here). Results go to RUN_DIR/metrics.json ("evaluation") and
+print as a table.
 """
 import argparse
 import json
@@ -22,6 +24,10 @@ def build_parser():
     p.add_argument("--max-images", type=int, default=0, help="test images of the NLL (0: all)")
     p.add_argument("--iw-chunk", type=int, default=0, help="importance samples per pass (0: all; bounds memory)")
     p.add_argument("--num-generated", type=int, default=1000, help="images per prior for the Frechet distance")
+    p.add_argument("--num-real", type=int, default=0,
+                   help="test images of the Frechet distances' reference set (0: max(num-generated, 1000))")
+    p.add_argument("--fid-weights", default="",
+                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also compute FID with it")
     p.add_argument("--method", choices=["sir", "langevin"], default="sir", help="how the NCP prior is sampled")
     p.add_argument("--num-proposals", type=int, default=50, help="SIR proposals per latent group")
     p.add_argument("--steps", type=int, default=50, help="Langevin steps per latent group")
@@ -46,7 +52,8 @@ def main(argv=None) -> int:
             args.run_dir, pick_device(args.device), iw_samples=args.iw_samples, max_images=args.max_images,
             iw_chunk=args.iw_chunk, num_generated=args.num_generated, method=args.method,
             num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
-            temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed)
+            temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed,
+            fid_weights=args.fid_weights, num_real=args.num_real)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

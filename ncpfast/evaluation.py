@@ -1,10 +1,11 @@
 """Evaluation of a run: NLL (importance-weighted, base prior vs NCP prior with
 log Z folded in) and a Frechet distance of generated vs held-out images.
 
-The Frechet distance uses the features of a small classifier trained on the
-data set's labels (cached in the run directory) and is reported as
-"FD (small classifier)", never as FID: the FID Inception weights cannot be
-downloaded here.
+The Frechet distance always uses the features of a small classifier trained
+on the data set's labels (cached in the run directory), reported as
+"FD (small classifier features)", never as FID. When the user gives
+pytorch-fid's Inception weights file, FID proper is computed as well
+(ncpfast.fid_inception); those weights cannot be downloaded here.
 """
 import math
 import os
@@ -18,11 +19,13 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .data import load_dataset
+from .fid_inception import load_fid_inception
 from .models.base import iw_images_per_pass
 from .ncp.stage2 import image_reader, load_ncp, load_run
 
 FEATURE_NET = "fd_feature_net.pt"
 FD_NAME = "FD (small classifier features)"
+FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
 
 
 class FeatureNet(nn.Module):
@@ -84,18 +87,24 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _features(net, images, batch=500):
-    return torch.cat([net.features(images[i:i + batch]) for i in range(0, images.shape[0], batch)]).cpu()
+def _features(extract, images, batch=500):
+    """extract(images) a batch at a time (bounds memory), gathered on the CPU."""
+    return torch.cat([extract(images[i:i + batch]).cpu() for i in range(0, images.shape[0], batch)])
 
 
 @torch.no_grad()
 def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_images: int = 0,
                  iw_chunk: int = 0, num_generated: int = 1000, method: str = "sir", num_proposals: int = 50,
                  steps: int = 50, step_size: float = 1e-2, temperature: float = 1.0, log_z_samples: int = 10_000,
-                 seed: int = 0, progress: bool = True) -> dict:
-    """Base prior and NCP prior side by side: NLL and Frechet distance."""
-    if iw_samples < 1 or num_generated < 2:
-        raise ValueError(f"need iw_samples >= 1 and num_generated >= 2, got {iw_samples} and {num_generated}")
+                 seed: int = 0, progress: bool = True, fid_weights: str = "", num_real: int = 0) -> dict:
+    """Base prior and NCP prior side by side: NLL and Frechet distance (and FID given `fid_weights`).
+
+    `num_real` held-out images are the reference set of the Frechet distances
+    (0: max(num_generated, 1000), at most the whole test split)."""
+    if iw_samples < 1 or num_generated < 2 or num_real < 0 or num_real == 1:
+        raise ValueError(f"need iw_samples >= 1, num_generated >= 2 and num_real 0 or >= 2, got {iw_samples}, "
+                         f"{num_generated} and {num_real}")
+    inception = load_fid_inception(fid_weights, device) if fid_weights else None  # a bad path fails first
     config, vae = load_run(run_dir, device)
     ncp = load_ncp(run_dir, vae)
     _, test = load_dataset(config.dataset, config.data_dir)
@@ -117,8 +126,8 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     dims = vae.num_data_dims()
 
     net = feature_net_for(run_dir, config.dataset, config.data_dir, device, progress=progress)
-    real = test.batch(torch.arange(min(len(test), max(num_generated, 1000)))).to(device)
-    real_features = _features(net, real)
+    real = test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device)
+    real_features = _features(net.features, real)
     timings = {}
 
     def generate(name, **kw):
@@ -139,29 +148,37 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     result = {
         "iw_samples": iw_samples, "test_images": n, "temperature": temperature,
         "log_z": log_z, "log_z_stderr": log_z_stderr, "log_z_samples": log_z_samples,
-        "fd_name": FD_NAME, "generated_images": num_generated,
-        "base": {**nll_summary(base_ll), "fd": frechet_distance(_features(net, base_images), real_features),
+        "fd_name": FD_NAME, "generated_images": num_generated, "real_images": real.shape[0],
+        "base": {**nll_summary(base_ll), "fd": frechet_distance(_features(net.features, base_images), real_features),
                  "sampling_seconds": timings["base"]},
-        "ncp": {**nll_summary(ncp_ll), "fd": frechet_distance(_features(net, ncp_images), real_features),
+        "ncp": {**nll_summary(ncp_ll), "fd": frechet_distance(_features(net.features, ncp_images), real_features),
                 "sampling": method, "num_proposals": num_proposals if method == "sir" else None,
                 "langevin_steps": steps if method == "langevin" else None,
                 "sampling_seconds": timings[method]},
         "nll_difference_ncp_minus_base": float(-(ncp_ll - base_ll).mean()),
         "nll_difference_std_error": float((ncp_ll - base_ll).std() / math.sqrt(len(base_ll))),
     }
+    if inception is not None:
+        real_inception = _features(inception, real, batch=50)
+        result["fid_name"] = FID_NAME
+        for prior, images in (("base", base_images), ("ncp", ncp_images)):
+            result[prior]["fid"] = frechet_distance(_features(inception, images, batch=50), real_inception)
     return result, base_images, ncp_images
 
 
 def format_table(result: dict) -> str:
-    rows = [("prior", "NLL (nats)", "bits/dim", result["fd_name"]),
-            ("base", f"{result['base']['nll_nats']:.2f} +- {result['base']['nll_std_error']:.2f}",
-             f"{result['base']['bits_per_dim']:.4f}", f"{result['base']['fd']:.3f}"),
-            ("NCP", f"{result['ncp']['nll_nats']:.2f} +- {result['ncp']['nll_std_error']:.2f}",
-             f"{result['ncp']['bits_per_dim']:.4f}", f"{result['ncp']['fd']:.3f}")]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    with_fid = "fid_name" in result
+    rows = [("prior", "NLL (nats)", "bits/dim", result["fd_name"]) + ((result["fid_name"],) if with_fid else ())]
+    for label, key in (("base", "base"), ("NCP", "ncp")):
+        scores = result[key]
+        rows.append((label, f"{scores['nll_nats']:.2f} +- {scores['nll_std_error']:.2f}",
+                     f"{scores['bits_per_dim']:.4f}", f"{scores['fd']:.3f}")
+                    + ((f"{scores['fid']:.3f}",) if with_fid else ()))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.append(f"log Z = {result['log_z']:.4f} +- {result['log_z_stderr']:.4f} ({result['log_z_samples']} samples); "
                  f"K = {result['iw_samples']} on {result['test_images']} test images; NCP - base NLL = "
                  f"{result['nll_difference_ncp_minus_base']:.3f} +- {result['nll_difference_std_error']:.3f} nats; "
-                 f"temperature {result['temperature']}")
+                 f"temperature {result['temperature']}; Frechet distances: {result['generated_images']} generated vs "
+                 f"{result['real_images']} test images")
     return "\n".join(lines)

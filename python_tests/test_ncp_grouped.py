@@ -121,6 +121,20 @@ def test_both_stages_sample_and_evaluate_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ncp"]["num_proposals"] == 3
 
+    # FID with a weights file laid out like pytorch-fid's (random values: the real one cannot be downloaded)
+    from ncpfast.fid_inception import FIDInceptionV3
+    weights = tmp_path / "pt_inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    result = run("ncpfast.evaluate", str(run_dir), "--iw-samples", "2", "--max-images", "5", "--num-generated", "8",
+                 "--num-real", "12", "--num-proposals", "2", "--log-z-samples", "50", "--fid-weights", str(weights))
+    assert result.returncode == 0, result.stderr
+    assert "FID (pytorch-fid Inception V3" in result.stdout and "8 generated vs 12 test images" in result.stdout
+    evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
+    assert evaluation["base"]["fid"] >= 0 and evaluation["ncp"]["fid"] >= 0 and evaluation["real_images"] == 12
+    result = run("ncpfast.evaluate", str(run_dir), "--fid-weights", str(tmp_path / "missing.pth"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "FID weights file not found" in result.stderr and "pt_inception-2015-12-05" in result.stderr
+
     result = run("ncpfast.sample", str(run_dir), "--num-proposals", "-1")
     assert result.returncode == 2 and result.stderr.strip() == "error: num_proposals must be >= 1, got -1"
 
@@ -137,5 +151,7 @@ def test_commands_on_a_run_without_stage_two(tmp_path):
     assert result.returncode == 0 and (tmp_path / "b.png").is_file()
     result = run("ncpfast.train", "--stage", "2")
     assert result.returncode == 2 and "--stage 2 needs --from" in result.stderr
+    result = run("ncpfast.train", "--fid-weights", str(tmp_path / "missing.pth"))  # fails before any training
+    assert result.returncode == 2 and "fid_weights: no file at" in result.stderr
     result = run("ncpfast.evaluate", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "not a run directory" in result.stderr

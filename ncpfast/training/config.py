@@ -6,8 +6,11 @@ resolved config is saved as config.json in the run directory.
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Optional
+
+from ..fid_inception import WEIGHTS_FILE as FID_WEIGHTS_FILE
 
 
 def _f(default, help_text, **kw):
@@ -81,6 +84,8 @@ class TrainConfig:
     ncp_log_z_samples: int = _f(10000, "stage 2: prior samples of the log Z estimate")
     ncp_num_proposals: int = _f(50, "evaluation: SIR proposals per latent group")
     eval_generated: int = _f(1000, "evaluation: generated images for the Frechet distance")
+    fid_weights: str = _f("", "evaluation: path of pytorch-fid's Inception weights "
+                          "(pt_inception-2015-12-05-6726825d.pth); adds FID to the small-classifier FD")
     progress: bool = _f(True, "tqdm progress bars")
 
 
@@ -189,6 +194,9 @@ def validate_config(config: TrainConfig) -> None:
         problems.append(f"ncp_num_proposals must be >= 1, got {config.ncp_num_proposals}")
     if config.eval_iw_samples < 1:
         problems.append(f"eval_iw_samples must be >= 1, got {config.eval_iw_samples}")
+    if config.fid_weights and not os.path.isfile(config.fid_weights):
+        problems.append(f"fid_weights: no file at {config.fid_weights!r} (pytorch-fid's {FID_WEIGHTS_FILE} "
+                        "is expected; it cannot be downloaded here)")
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 

@@ -38,6 +38,7 @@ def main(argv=None) -> int:
         print(json.dumps(PRESETS, indent=2))
         return 0
     from .training import Trainer
+    from .training.distributed import init_distributed, shutdown_distributed
 
     try:
         if args.stage == "2":
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
                 raise ValueError("--stage 2 needs --from RUN_DIR (a stage-1 run directory)")
             config = load_config(_config_path(args.from_run))
             _apply_overrides(config, args)
-            run_stage2(config, args.from_run)
+            run_stage2(config, args.from_run, init_distributed(config.device))
             return 0
         if args.resume:
             config = load_config(_config_path(args.resume))
@@ -59,11 +60,15 @@ def main(argv=None) -> int:
         metrics = trainer.train()
         if trainer.ctx.is_main:
             print(_stage1_summary(run_dir, metrics))
-        if args.stage == "both" and metrics["status"] == "complete" and trainer.ctx.is_main:
-            run_stage2(config, run_dir)
+        if args.stage == "both" and metrics["status"] == "complete":
+            run_stage2(config, run_dir, trainer.ctx)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        # Gloo's threads must stop before the interpreter exits, or a rank can
+        # die in std::terminate after its work is done.
+        shutdown_distributed()
     return 0
 
 
@@ -92,8 +97,9 @@ def _stage1_summary(run_dir: str, metrics: dict) -> str:
     return text
 
 
-def run_stage2(config, run_dir: str) -> None:
-    """Stage 2 on a finished stage-1 run, then base-vs-NCP evaluation and the side-by-side samples."""
+def run_stage2(config, run_dir: str, distributed) -> None:
+    """Stage 2 on a finished stage-1 run (the classifiers data parallel under torchrun), then,
+    on rank 0, the base-vs-NCP evaluation and the side-by-side samples."""
     from torch.utils.tensorboard import SummaryWriter
 
     from .evaluation import evaluate_run, format_table
@@ -101,11 +107,17 @@ def run_stage2(config, run_dir: str) -> None:
     from .ncp.stage2 import train_stage2
     from .training.trainer import pick_device
 
-    device = pick_device(config.device)
-    with SummaryWriter(os.path.join(run_dir, "tensorboard")) as writer:
+    device = pick_device(config.device, distributed.local_rank)
+    writer = SummaryWriter(os.path.join(run_dir, "tensorboard")) if distributed.is_main else None
+    try:
         summary = train_stage2(run_dir, device, config.ncp_epochs, config.ncp_batch_size, config.ncp_lr,
                                config.ncp_hidden, config.ncp_cells, config.ncp_log_z_samples, config.seed,
-                               config.progress, writer)
+                               config.progress, writer, distributed)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not distributed.is_main:
+        return
     merge_metrics(run_dir, "ncp", summary)
     at_chance = summary["groups_at_chance"]
     print(f"stage 2: {summary['groups']} classifiers, held-out accuracy "

@@ -95,6 +95,18 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     # 4000 digits / (16 x 2 processes) steps per epoch.
     assert metrics["total_steps"] == 2 * (4000 // 32)
 
+    # Stage 2 data parallel on that run: the classifiers stay identical on both ranks, rank 0 evaluates.
+    cmd = [*cmd[:cmd.index("--master_port") + 1], str(_free_port()), "-m", "ncpfast.train", "--stage", "2",
+           "--from", str(run), "--device", "cpu", "--progress", "false", "--ncp-epochs", "1", "--ncp-batch-size", "32",
+           "--ncp-hidden", "8", "--ncp-cells", "1", "--ncp-log-z-samples", "100", "--ncp-num-proposals", "3",
+           "--eval-generated", "20", "--eval-iw-samples", "2", "--eval-max-images", "10"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("stage 2:") == 1  # rank 0 alone reports and evaluates
+    ncp = json.loads((run / "metrics.json").read_text())["ncp"]
+    assert ncp["world_size"] == 2 and ncp["replicas_identical"] is True
+    assert (run / "checkpoints" / "ncp.pt").is_file() and (run / "samples.png").is_file()
+
 
 def test_cli_help_and_errors(tmp_path):
     help_text = train("--help").stdout

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..models.base import LatentVAE
 from ..nn.cells import RESIDUAL_SCALE, SqueezeExcitation, WNConv2d
 from ..ops import sir_resample
+from ..training.distributed import DistributedContext, all_reduce_sum, average_gradients, broadcast_module
 from .prior import check_sampling_arguments, default_classifier, langevin, log_mean_exp_with_stderr
 
 CHANCE_ACCURACY = 0.55  # a group whose held-out accuracy stays below this is reported as at chance
@@ -150,12 +151,19 @@ class GroupedNCP(nn.Module):
 
     def fit(self, read_train, num_train: int, read_val, num_val: int, epochs: int = 10, batch_size: int = 64,
             lr: float = 1e-3, weight_decay: float = 0.0, generator: Optional[torch.Generator] = None,
-            progress: bool = True,
-            writer=None) -> dict:
+            progress: bool = True, writer=None,
+            distributed: DistributedContext = DistributedContext()) -> dict:
         """Trains every classifier in parallel. read_train(indices) / read_val(indices)
         return image batches. Each group keeps the weights of its own best held-out
         loss (groups overfit at different epochs); returns per-group curves and the
-        groups that stayed at chance."""
+        groups that stayed at chance.
+
+        Data parallel under torchrun (`distributed`): batch_size is per process,
+        every rank takes its slice of one shared order (the same `generator`
+        seed everywhere), gradients and held-out scores are averaged over ranks,
+        so every rank keeps the same weights and picks the same best epochs."""
+        world, rank = distributed.world_size, distributed.rank
+        broadcast_module(self.classifiers, distributed)
         optimizer = torch.optim.Adam(self.classifiers.parameters(), lr=lr, weight_decay=weight_decay)
         history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         best = [math.inf] * self.num_groups
@@ -165,13 +173,16 @@ class GroupedNCP(nn.Module):
         for epoch in range(epochs):
             self.classifiers.train()
             order = torch.randperm(num_train, generator=generator)
-            bar = tqdm(range(0, num_train - batch_size + 1, batch_size), desc=f"NCP epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False)
+            step_images = batch_size * world
+            bar = tqdm(range(0, num_train - step_images + 1, step_images), desc=f"NCP epoch {epoch + 1}/{epochs}",
+                       disable=not (progress and distributed.is_main), leave=False)
             totals = torch.zeros(self.num_groups)
             for start in bar:
-                losses, _ = self._group_losses(read_train(order[start:start + batch_size]))
+                mine = start + rank * batch_size
+                losses, _ = self._group_losses(read_train(order[mine:mine + batch_size]))
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
+                average_gradients(self.classifiers, distributed)
                 optimizer.step()
                 totals += losses.detach().cpu()
                 step += 1
@@ -179,7 +190,8 @@ class GroupedNCP(nn.Module):
                 if writer is not None and step % 20 == 0:
                     for k, value in enumerate(losses.detach().tolist()):
                         writer.add_scalar(f"ncp_train_loss/group_{k:02d}", value, step)
-            val_loss, val_acc = self.evaluate(read_val, num_val, batch_size)
+            val_loss, val_acc = self.evaluate(read_val, num_val, batch_size, distributed)
+            totals = all_reduce_sum(totals, distributed) / world
             history["train_loss"].append((totals / max(1, len(bar))).tolist())
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(val_acc)
@@ -203,16 +215,21 @@ class GroupedNCP(nn.Module):
         return history
 
     @torch.no_grad()
-    def evaluate(self, read, num_images: int, batch_size: int = 64):
-        """Per-group held-out BCE and accuracy."""
+    def evaluate(self, read, num_images: int, batch_size: int = 64,
+                 distributed: DistributedContext = DistributedContext()):
+        """Per-group held-out BCE and accuracy, image-weighted means (batches
+        shared out among the ranks under torchrun)."""
         self.classifiers.eval()
-        loss_sum, acc_sum, batches = torch.zeros(self.num_groups), torch.zeros(self.num_groups), 0
-        for start in range(0, num_images, batch_size):
-            losses, accuracies = self._group_losses(read(torch.arange(start, min(num_images, start + batch_size))))
-            loss_sum += losses.cpu()
-            acc_sum += accuracies.cpu()
-            batches += 1
-        return (loss_sum / batches).tolist(), (acc_sum / batches).tolist()
+        sums = torch.zeros(3, self.num_groups, dtype=torch.float64)  # loss, accuracy, images
+        starts = range(0, num_images, batch_size)
+        for start in starts[distributed.rank::distributed.world_size]:
+            indices = torch.arange(start, min(num_images, start + batch_size))
+            losses, accuracies = self._group_losses(read(indices))
+            sums[0] += losses.cpu().double() * len(indices)
+            sums[1] += accuracies.cpu().double() * len(indices)
+            sums[2] += len(indices)
+        sums = all_reduce_sum(sums, distributed)
+        return (sums[0] / sums[2]).tolist(), (sums[1] / sums[2]).tolist()
 
     # --- the partition function and the likelihood ------------------------------------------
 

@@ -10,6 +10,7 @@ from .. import checkpoint
 from ..data import load_dataset, read_batch
 from ..models import build_model
 from ..training.config import load_config
+from ..training.distributed import DistributedContext, replicas_identical
 from .grouped import GroupedNCP
 
 NCP_CHECKPOINT = "ncp.pt"
@@ -48,22 +49,36 @@ def image_reader(split, likelihood: str, device: torch.device, generator: Option
 
 
 def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
-                 cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None) -> dict:
+                 cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None,
+                 distributed: DistributedContext = DistributedContext()) -> Optional[dict]:
+    """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
+    estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None)."""
     config, vae = load_run(run_dir, device)
     train, _ = load_dataset(config.dataset, config.data_dir)
-    g = torch.Generator(device).manual_seed(seed)
-    torch.manual_seed(seed)
+    # Each rank draws its own posterior samples, negatives and binarisations;
+    # rank 0's streams are those of a single-process run.
+    g = torch.Generator(device).manual_seed(seed + 1000 * distributed.rank)
+    torch.manual_seed(seed)  # the same initial classifiers everywhere (rank 0's are broadcast anyway)
+    ncp = GroupedNCP(vae, hidden=hidden, cells=cells).to(device)
+    if distributed.rank:
+        torch.manual_seed(seed + 1000 * distributed.rank)
     n_val = max(batch_size, len(train) // 10)  # the last 10% of the training split is held out
     n_fit = len(train) - n_val
+    if n_fit < batch_size * distributed.world_size:
+        raise ValueError(f"stage 2: {n_fit} training images cannot fill one step of {batch_size} images x "
+                         f"{distributed.world_size} processes; lower --ncp-batch-size")
     read = image_reader(train, vae.likelihood, device, g)
-    ncp = GroupedNCP(vae, hidden=hidden, cells=cells).to(device)
     start = time.perf_counter()
     history = ncp.fit(read, n_fit, lambda idx: read(idx + n_fit), n_val, epochs=epochs, batch_size=batch_size,
-                      lr=lr, generator=torch.Generator().manual_seed(seed), progress=progress, writer=writer)
+                      lr=lr, generator=torch.Generator().manual_seed(seed), progress=progress, writer=writer,
+                      distributed=distributed)
     fit_seconds = time.perf_counter() - start
+    identical = replicas_identical(ncp.classifiers, distributed)  # collective: before rank 0 goes on alone
+    if not distributed.is_main:
+        return None
     log_z, stderr = ncp.log_partition(log_z_samples, generator=g)
     checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history},
                            os.path.join(run_dir, "checkpoints", NCP_CHECKPOINT))
-    return dict(groups=ncp.num_groups, epochs=epochs, fit_seconds=fit_seconds, log_z=log_z, log_z_stderr=stderr,
-                log_z_samples=log_z_samples, val_accuracy=history["best_val_accuracy"],
+    return dict(groups=ncp.num_groups, epochs=epochs, fit_seconds=fit_seconds, world_size=distributed.world_size,
+                replicas_identical=identical, log_z=log_z, log_z_stderr=stderr, log_z_samples=log_z_samples, val_accuracy=history["best_val_accuracy"],
                 groups_at_chance=history["groups_at_chance"])

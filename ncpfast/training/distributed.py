@@ -41,6 +41,44 @@ def shutdown_distributed() -> None:
 
 
 @torch.no_grad()
+def broadcast_module(module: torch.nn.Module, context: DistributedContext) -> None:
+    """Copies rank 0's parameters and buffers to every rank (a common start)."""
+    if context.enabled:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, 0)
+
+
+@torch.no_grad()
+def average_gradients(module: torch.nn.Module, context: DistributedContext) -> None:
+    """The mean gradient over ranks, in place: what DDP's reducer computes, for
+    loops (stage 2) whose forward is not a single module call. One flat
+    all-reduce instead of one per parameter."""
+    if not context.enabled:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.flatten() for p in params])
+    dist.all_reduce(flat)
+    flat /= context.world_size
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """The sum over ranks (a CPU tensor is reduced on the process group's device)."""
+    if not context.enabled:
+        return tensor
+    device = torch.device(f"cuda:{context.local_rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
+    reduced = tensor.to(device).clone()
+    dist.all_reduce(reduced)
+    return reduced.to(tensor.device)
+
+
+@torch.no_grad()
 def broadcast_buffers(module: torch.nn.Module, context: DistributedContext) -> None:
     """Copies rank 0's buffers (BatchNorm statistics) to every rank. DDP does
     this at the start of each forward, so after the last step of a run the

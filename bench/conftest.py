@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import torch
@@ -17,6 +18,34 @@ def timed(fn, device):
         return out
 
     return synchronised
+
+
+def peak_memory_bytes(fn, device):
+    """(fn's result, the peak memory fn adds): on CUDA the caching allocator's
+    peak above what was allocated before; on Linux CPUs the peak resident set
+    above the resident set before (the kernel's high-water mark VmHWM, reset
+    through /proc/self/clear_refs), which counts what torch's CPU allocator
+    takes from the system. None where neither is available."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, torch.cuda.max_memory_allocated() - base
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+        base = _proc_status_kib("VmRSS")
+    except OSError:
+        return fn(), None
+    out = fn()
+    return out, (_proc_status_kib("VmHWM") - base) * 1024
+
+
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
 def include_compiled():

@@ -14,8 +14,12 @@ def main(path):
     machine = data.get("machine_info", {})
     where = f"{machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}"
     groups = defaultdict(dict)
+    peaks = defaultdict(dict)
     for bench in data["benchmarks"]:
-        groups[bench["group"]][bench["extra_info"]["impl"]] = bench["stats"]["median"]
+        impl = bench["extra_info"]["impl"]
+        groups[bench["group"]][impl] = bench["stats"]["median"]
+        if bench["extra_info"].get("peak_bytes") is not None:
+            peaks[bench["group"]][impl] = bench["extra_info"]["peak_bytes"]
     print(f"machine: {where}, {machine.get('cpu', {}).get('count', '?')} cores\n")
     print("| op, size | torch (ms) | " + " | ".join(f"{n} (ms) | torch/{n}" for n in ("fused", "torch.compile")) + " |")
     print("|---|---|---|---|---|---|")
@@ -27,6 +31,18 @@ def main(path):
             t = times.get(name)
             cells += [_ms(t), f"{base / t:.1f}x" if base and t else "-"]
         print("| " + " | ".join(cells) + " |")
+    if peaks:
+        print("\npeak memory added by one call (MiB):\n")
+        print("| op, size | torch | fused | torch/fused |")
+        print("|---|---|---|---|")
+        for group in sorted(peaks, key=_sort_key):
+            torch_peak, fused_peak = peaks[group].get("torch"), peaks[group].get("fused")
+            ratio = f"{torch_peak / fused_peak:.2f}x" if torch_peak and fused_peak else "-"
+            print(f"| {group} | {_mib(torch_peak)} | {_mib(fused_peak)} | {ratio} |")
+
+
+def _mib(nbytes):
+    return f"{nbytes / 2**20:.1f}" if nbytes is not None else "-"
 
 
 def _ms(seconds):

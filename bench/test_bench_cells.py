@@ -2,7 +2,7 @@
 chain, whole generative / encoder cells, and one training step of the tiny and
 mnist models; fused vs eager PyTorch vs torch.compile of the eager code.
 Forward+backward in training mode, forward alone in evaluation mode; peak
-memory (CUDA) in extra_info.
+memory in extra_info (CUDA: allocator peak; CPU: resident-set peak).
 
     bash scripts/dev.sh bench -k cells --benchmark-json=bench/results/cells-<machine>.json
     python bench/report.py bench/results/cells-<machine>.json
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import include_compiled, timed
+from conftest import include_compiled, peak_memory_bytes, timed
 from ncpfast import ops
 from ncpfast.models import build_model
 from ncpfast.nn.cells import EncoderCell, GenerativeCell, set_cell_kernels
@@ -29,23 +29,12 @@ def _skip_compiled(impl):
         pytest.skip("NCPFAST_BENCH_COMPILE=0")
 
 
-def _peak_memory(fn, device):
-    if torch.device(device).type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
-
-
 def _run(benchmark, device, group, impl, fn, **info):
     call = timed(fn, device)
     for _ in range(3):  # warm-up (and compilation) outside the timings
         call()
     benchmark.group = f"{group} {device}"
-    benchmark.extra_info.update(device=device, impl=impl, peak_bytes=_peak_memory(fn, device), **info)
+    benchmark.extra_info.update(device=device, impl=impl, peak_bytes=peak_memory_bytes(fn, device)[1], **info)
     benchmark(call)
 
 

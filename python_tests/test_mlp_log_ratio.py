@@ -101,6 +101,11 @@ def test_grouped_context_shared_scoring_equals_the_module(make_vae):
             shared = classifier.proposal_log_ratios(proposals, context, fused=True)
             repeated = classifier.proposal_log_ratios(proposals, context, fused=False)
             torch.testing.assert_close(shared, repeated, rtol=1e-4, atol=1e-5)
+            with torch.enable_grad():  # the autograd path (no in-place cells) computes the same
+                torch.testing.assert_close(classifier.proposal_log_ratios(proposals, context, fused=True), repeated,
+                                           rtol=1e-4, atol=1e-5)
+        one_image_per_chunk = ncp.sample(4, method="sir", num_proposals=7, max_proposal_bytes=1)
+        assert one_image_per_chunk.shape[0] == 4 and torch.isfinite(one_image_per_chunk).all()
         outputs = {}
         for kernels in ("auto", "torch"):
             ncp.kernels = kernels

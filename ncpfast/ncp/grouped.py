@@ -41,6 +41,21 @@ class ResidualBlock(nn.Module):
     def forward(self, x):
         return x + RESIDUAL_SCALE * self.se(self.ops(x))
 
+    @torch.no_grad()
+    def forward_into(self, x):
+        """forward(x) written over x, for scoring proposals without autograd:
+        Swish in place and the SE tail as one multiply-add into x, so at most
+        three [N, C, H, W] tensors live at once instead of five."""
+        h = self.ops[1](F.silu(x))
+        F.silu(h, inplace=True)
+        h = self.ops[3](h)
+        return x.addcmul_(h, self.se.gate(h)[:, :, None, None], value=RESIDUAL_SCALE)
+
+
+# [N, hidden, H, W] tensors that ResidualBlock.forward_into keeps alive at once:
+# the sampler sizes its chunks of proposals by them.
+LIVE_ACTIVATIONS = 3
+
 
 class GroupClassifier(nn.Module):
     """D_k(z_k, context) -> logit. Spatial groups: a 3x3 conv of concat(z, context),
@@ -48,6 +63,7 @@ class GroupClassifier(nn.Module):
 
     def __init__(self, latent_shape, context_channels: int = 0, hidden: int = 32, cells: int = 2):
         super().__init__()
+        self.latent_shape = tuple(latent_shape)
         self.spatial = len(latent_shape) == 3
         if self.spatial:
             self.stem = WNConv2d(latent_shape[0] + context_channels, hidden, 3, padding=1)
@@ -65,6 +81,23 @@ class GroupClassifier(nn.Module):
     def _from_stem(self, h: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.cells(h))
         return self.head(h.mean(dim=(2, 3))).squeeze(-1)
+
+    @torch.no_grad()
+    def _from_stem_into(self, h: torch.Tensor) -> torch.Tensor:
+        """_from_stem, overwriting h (which the caller owns) instead of allocating per op."""
+        for cell in self.cells:
+            cell.forward_into(h)
+        return self.head(F.silu(h, inplace=True).mean(dim=(2, 3))).squeeze(-1)
+
+    def scoring_bytes_per_proposal(self) -> int:
+        """Memory proposal_log_ratios needs per proposal (float32): the proposal
+        and, for spatial groups, the live hidden activations (the flat-latent
+        evaluator keeps its activations in tiles)."""
+        latent = math.prod(self.latent_shape)
+        if not self.spatial:
+            return 4 * latent
+        height, width = self.latent_shape[1:]
+        return 4 * (latent + LIVE_ACTIVATIONS * self.stem.out_channels * height * width)
 
     def proposal_log_ratios(self, proposals: torch.Tensor, context: Optional[torch.Tensor],
                             fused: bool = True) -> torch.Tensor:
@@ -91,11 +124,11 @@ class GroupClassifier(nn.Module):
         h = F.conv2d(proposals.flatten(0, 1), weight[:, :latent_channels], None, padding=1)
         h = h.view(b, M, *h.shape[1:])
         if context is None:
-            h = h + self.stem.bias.view(1, 1, -1, 1, 1)
+            h += self.stem.bias.view(1, 1, -1, 1, 1)
         else:
-            shared = F.conv2d(context, weight[:, latent_channels:], self.stem.bias, padding=1)
-            h = h + shared[:, None]
-        return self._from_stem(h.flatten(0, 1)).view(b, M)
+            h += F.conv2d(context, weight[:, latent_channels:], self.stem.bias, padding=1)[:, None]
+        h = h.flatten(0, 1)
+        return (self._from_stem(h) if torch.is_grad_enabled() else self._from_stem_into(h)).view(b, M)
 
 
 class GroupedNCP(nn.Module):
@@ -279,7 +312,10 @@ class GroupedNCP(nn.Module):
                temperature: float = 1.0, generator: Optional[torch.Generator] = None,
                max_proposal_bytes: int = 512 * 2**20) -> torch.Tensor:
         """n images in [0, 1]: group by group, SIR (num_proposals per group given the
-        chosen z_<k), Langevin (steps on E_k = -log r_k - log p_k), or the base prior."""
+        chosen z_<k), Langevin (steps on E_k = -log r_k - log p_k), or the base prior.
+        SIR scores the n x num_proposals proposals of a group in chunks of images
+        whose scoring working set (proposals and classifier activations) stays
+        within max_proposal_bytes."""
         check_sampling_arguments(method, n, num_proposals, steps, step_size)
         if method == "base":
             return self.vae.sample(n, temperature, generator=generator)
@@ -293,8 +329,12 @@ class GroupedNCP(nn.Module):
 
     def _sir_group(self, k, context, prior, M, generator, max_proposal_bytes):
         n = prior.mu.shape[0]
-        per_row = M * (prior.mu[0].numel() + (context[0].numel() if context is not None else 0)) * 4
-        rows = max(1, max_proposal_bytes // max(1, per_row))  # bounded memory: chunk B x M
+        classifier = self.classifiers[k]
+        # Bounded memory: chunk the B x M proposals so that their scoring's
+        # working set fits max_proposal_bytes (the same chunks on both paths).
+        per_proposal = (classifier.scoring_bytes_per_proposal() if hasattr(classifier, "scoring_bytes_per_proposal")
+                        else 4 * (prior.mu[0].numel() + (context[0].numel() if context is not None else 0)))
+        rows = max(1, max_proposal_bytes // (M * per_proposal))
         chosen = []
         for start in range(0, n, rows):
             mu, sigma = prior.mu[start:start + rows], prior.sigma[start:start + rows]
@@ -302,7 +342,6 @@ class GroupedNCP(nn.Module):
             eps = torch.randn((b, M, *mu.shape[1:]), device=mu.device, generator=generator)
             proposals = mu[:, None] + sigma[:, None] * eps
             ctx = None if context is None else context[start:start + b]
-            classifier = self.classifiers[k]
             if hasattr(classifier, "proposal_log_ratios"):
                 log_w = classifier.proposal_log_ratios(proposals, ctx, self.kernels != "torch").float()
             else:  # a user-supplied classifier module: score on repeated contexts

@@ -42,9 +42,12 @@ class SqueezeExcitation(nn.Module):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 
+    def gate(self, x):
+        """[N, C] per-channel factors in (0, 1)."""
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))
+
     def forward(self, x):
-        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))
-        return x * gate[:, :, None, None]
+        return x * self.gate(x)[:, :, None, None]
 
 
 class FactorizedReduce(nn.Module):

@@ -1,0 +1,69 @@
+"""The whole hierarchical SIR sampler (GroupedNCP.sample, method "sir"): the
+default path (context shared across an image's proposals, fused flat-latent
+evaluator; impl "fused") vs the reference that repeats each image's context M
+times and runs the module (kernels="torch"; impl "torch"). `tiny` model,
+untrained (the weights do not change the work), 1,000 images
+(NCPFAST_BENCH_SAMPLER_IMAGES to change) generated 100 per call as a user
+would (the VAE decoder's activations for 1,000 images at once would dominate
+the peak memory of both paths), M in {5, 50, 500}; one timed round after a
+warm-up, peak memory of that round in extra_info, and whether both paths drew
+the same images for the same seed.
+
+    bash scripts/dev.sh bench -k sampler --benchmark-json=bench/results/sampler-<machine>.json
+    python bench/report.py bench/results/sampler-<machine>.json
+"""
+import os
+
+import pytest
+import torch
+
+from conftest import peak_memory_bytes, timed
+from ncpfast.models import build_model
+from ncpfast.ncp import GroupedNCP
+from ncpfast.training.config import PRESETS, TrainConfig
+
+IMAGES = int(os.environ.get("NCPFAST_BENCH_SAMPLER_IMAGES", "1000"))
+PER_CALL = 100
+_images_by_path = {}
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache = {}
+
+    def get(device):
+        if device not in cache:
+            torch.manual_seed(0)
+            vae = build_model(TrainConfig(**PRESETS["tiny"])).to(device).eval()
+            cache[device] = GroupedNCP(vae).to(device).eval()
+        return cache[device]
+    return get
+
+
+@pytest.mark.parametrize("M", [5, 50, 500])
+@pytest.mark.parametrize("impl", ["fused", "torch"])
+def test_grouped_sir_sampler(benchmark, models, device, M, impl):
+    ncp = models(device)
+    ncp.kernels = "auto" if impl == "fused" else "torch"
+
+    def sample(n=IMAGES):
+        g = torch.Generator(device).manual_seed(0)
+        with torch.no_grad():
+            return torch.cat([ncp.sample(min(PER_CALL, n - i), method="sir", num_proposals=M, generator=g)
+                              for i in range(0, n, PER_CALL)])
+
+    sample(min(IMAGES, PER_CALL))  # warm-up at the timed calls' size, outside the timing
+    holder = {}
+
+    def measured():
+        holder["images"], holder["peak"] = peak_memory_bytes(sample, device)
+
+    benchmark.group = f"grouped SIR sampler M={M} images={IMAGES} {device}"
+    benchmark.pedantic(timed(measured, device), rounds=1, iterations=1)
+    images = holder["images"].cpu()
+    other = _images_by_path.get((device, M, "torch" if impl == "fused" else "fused"))
+    benchmark.extra_info.update(op="grouped_sir_sampler", device=device, impl=impl, M=M, images=IMAGES,
+                                peak_bytes=holder["peak"],
+                                same_images_as_other_path=None if other is None else bool(
+                                    torch.allclose(images, other, atol=1e-4)))
+    _images_by_path[(device, M, impl)] = images

@@ -65,9 +65,13 @@ def test_cell_op_forward_backward(benchmark, device, impl, op):
     if fn is None:
         fn = torch.compile(getattr(reference, name), dynamic=False)
     def step():
+        # Every output gets a gradient, as in the cells (where the moments feed
+        # the batch statistics): backpropagating the first output alone would
+        # time plane_moments' backward as the broadcast that eager runs for a
+        # lone sum, which no cell ever needs.
         out = fn(*args)
-        first = out[0] if isinstance(out, tuple) else out
-        first.backward(torch.ones_like(first))
+        outs = out if isinstance(out, tuple) else (out,)
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
     _run(benchmark, device, f"{op} fwd+bwd {N}x{C}x{S}x{S}", impl, step, op=op, pass_="fwd+bwd")
 

@@ -176,6 +176,24 @@ def test_cells_fused_equal_torch(make, shape, train, dtype):
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("make, shape", CELLS)
+def test_cells_in_evaluation_without_autograd_equal_torch(make, shape):
+    """The no-grad evaluation path (batch norms folded into the convolutions, Swish in place)."""
+    torch.manual_seed(0)
+    cell = make().double()
+    with torch.no_grad():
+        for m in cell.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        x = torch.randn(*shape, dtype=torch.float64)
+        fused = set_cell_kernels(copy.deepcopy(cell), "fused").eval()(x)
+        eager = set_cell_kernels(copy.deepcopy(cell), "torch").eval()(x)
+    torch.testing.assert_close(fused, eager, rtol=1e-10, atol=1e-10)
+
+
 def test_cell_accepts_non_contiguous_input():
     cell = GenerativeCell(4, 4).double()
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64).transpose(2, 3)

@@ -7,7 +7,8 @@ ncpfast/nn/cells.py: these functions only change how a cell is computed.
                      -> SE on the moments -> bn_gate_residual
     encoder cell:    moments -> bn_swish -> 3x3 conv -> moments -> bn_swish
                      -> 3x3 conv -> moments -> SE -> bn_gate_residual
-The full convolutions (1x1, 3x3) stay with torch (oneDNN / cuDNN GEMMs).
+The full convolutions (1x1, 3x3) stay with torch (oneDNN / cuDNN GEMMs). In
+evaluation mode the batch norms next to convolutions fold into them instead.
 """
 import torch
 import torch.nn as nn
@@ -93,6 +94,8 @@ def _tail(cell, h, skip, bn=None):
 
 
 def encoder_cell_forward(cell, x):
+    if not cell.training:
+        return _encoder_cell_eval(cell, x)
     bn0, _, conv1, bn1, _, conv2 = cell.ops
     x = x.contiguous()
     acc = accumulation_dtype(x)
@@ -106,6 +109,8 @@ def encoder_cell_forward(cell, x):
 
 
 def generative_cell_forward(cell, x):
+    if not cell.training:
+        return _generative_cell_eval(cell, x)
     upsample, bn0, conv_in, bn1, _, depthwise, bn2, _, conv_out, bn3 = cell.ops
     skip = cell.skip(x)
     h = upsample(x).contiguous()
@@ -125,3 +130,49 @@ def generative_cell_forward(cell, x):
     a = cell_ops.bn_swish(y, mean2, invstd2, *_bn_params(bn2, acc))
     out = F.conv2d(a, conv_out.normalized_weight()).contiguous()
     return _tail(cell, out, skip, bn3)
+
+
+# --- evaluation mode -----------------------------------------------------------------------
+# With running statistics every batch norm is a fixed per-channel affine, so the
+# ones next to a convolution fold into its weights and bias and cost nothing;
+# what remains is the encoder cell's first BN + Swish (one fused pass), the
+# convolutions, Swish in place, and the fused SE tail.
+
+def _eval_affine(bn):
+    """(scale, shift) with bn(x) = x * scale + shift per channel (running statistics)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _conv_then_bn(conv, bn, x, weight=None, bias=None):
+    """bn(conv(x)) as one convolution (weight/bias: the conv's own unless given)."""
+    scale, shift = _eval_affine(bn)
+    weight = conv.normalized_weight() if weight is None else weight
+    bias = conv.bias if bias is None else bias
+    bias = shift if bias is None else bias * scale + shift
+    return F.conv2d(x, weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _swish(x):
+    # In place unless autograd may need the input (a conv's output, used by nothing else).
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def _encoder_cell_eval(cell, x):
+    bn0, _, conv1, bn1, _, conv2 = cell.ops
+    x = x.contiguous()
+    a0 = cell_ops.bn_swish(x, *batch_norm_statistics(bn0), *_bn_params(bn0, accumulation_dtype(x)))
+    a1 = _swish(_conv_then_bn(conv1, bn1, a0))
+    return _tail(cell, conv2(a1).contiguous(), cell.skip(x))
+
+
+def _generative_cell_eval(cell, x):
+    upsample, bn0, conv_in, bn1, _, depthwise, bn2, _, conv_out, bn3 = cell.ops
+    skip = cell.skip(x)
+    scale0, shift0 = _eval_affine(bn0)
+    w_in = conv_in.normalized_weight()
+    # BN0 before the 1x1 conv and BN1 after it both fold into it.
+    h = _swish(_conv_then_bn(conv_in, bn1, upsample(x), weight=w_in * scale0.view(1, -1, 1, 1),
+                             bias=w_in.flatten(1) @ shift0))
+    h = _swish(_conv_then_bn(depthwise, bn2, h))
+    return _tail(cell, _conv_then_bn(conv_out, bn3, h).contiguous(), skip)

@@ -8,6 +8,9 @@ Environment:
     TORCH_CUDA_ARCH_LIST    architectures to compile for (default "8.0;9.0").
     CUDA_HOME               the CUDA toolkit root; found from nvcc when unset.
     MAX_JOBS                parallel compile jobs (ninja).
+    NCPFAST_PREBUILT=1      register the package without building: ncpfast/_C*.so was
+                            built in place (`python setup.py build_ext --inplace`, which
+                            scripts/dev.sh uses because ninja then rebuilds only what changed).
 """
 import glob
 import os
@@ -140,6 +143,6 @@ setup(
     packages=find_packages(include=["ncpfast", "ncpfast.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "tqdm", "tensorboard", "pillow", "mlxtend"],
-    ext_modules=_extensions(),
+    ext_modules=[] if os.environ.get("NCPFAST_PREBUILT") == "1" else _extensions(),
     cmdclass={"build_ext": _build_ext()},
 )

@@ -57,6 +57,16 @@ class ResidualBlock(nn.Module):
 LIVE_ACTIVATIONS = 3
 
 
+def default_proposal_bytes(device: torch.device) -> int:
+    """The SIR scoring working set per chunk when the caller sets none. CPU: 32 MiB,
+    because larger chunks were slower there, not faster (a `tiny` M = 500 call:
+    5.3 s at 512 MiB vs 3.3 s at 32 MiB, 11.1 vs 5.2 s on the repeated-context
+    path): each chunk's tensors above glibc's mmap threshold are fresh pages,
+    faulted in on every chunk, and fall out of the caches. CUDA: 512 MiB, to
+    give the GPU enough proposals per launch."""
+    return 512 * 2**20 if device.type == "cuda" else 32 * 2**20
+
+
 class GroupClassifier(nn.Module):
     """D_k(z_k, context) -> logit. Spatial groups: a 3x3 conv of concat(z, context),
     residual blocks, global mean, linear. Flat groups: an MLP."""
@@ -121,7 +131,11 @@ class GroupClassifier(nn.Module):
             return mlp_log_ratio(proposals, *parameters)[0]
         weight = self.stem.normalized_weight()
         latent_channels = proposals.shape[2]
-        h = F.conv2d(proposals.flatten(0, 1), weight[:, :latent_channels], None, padding=1)
+        # Channels-last: oneDNN's 3x3 convolutions over these many small maps run
+        # 1.6-1.8x faster in NHWC on the CPU (measured: [10000, 32, 8, 8]); the
+        # layout carries through every op below (convs, Swish, the SE tail).
+        z = proposals.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        h = F.conv2d(z, weight[:, :latent_channels], None, padding=1)
         h = h.view(b, M, *h.shape[1:])
         if context is None:
             h += self.stem.bias.view(1, 1, -1, 1, 1)
@@ -310,13 +324,17 @@ class GroupedNCP(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, method: str = "sir", num_proposals: int = 50, steps: int = 50, step_size: float = 1e-2,
                temperature: float = 1.0, generator: Optional[torch.Generator] = None,
-               max_proposal_bytes: int = 512 * 2**20) -> torch.Tensor:
+               max_proposal_bytes: Optional[int] = None) -> torch.Tensor:
         """n images in [0, 1]: group by group, SIR (num_proposals per group given the
         chosen z_<k), Langevin (steps on E_k = -log r_k - log p_k), or the base prior.
         SIR scores the n x num_proposals proposals of a group in chunks of images
         whose scoring working set (proposals and classifier activations) stays
-        within max_proposal_bytes."""
+        within max_proposal_bytes (default: default_proposal_bytes(device))."""
         check_sampling_arguments(method, n, num_proposals, steps, step_size)
+        if max_proposal_bytes is None:
+            max_proposal_bytes = default_proposal_bytes(self._device())
+        elif max_proposal_bytes < 1:
+            raise ValueError(f"max_proposal_bytes must be >= 1, got {max_proposal_bytes}")
         if method == "base":
             return self.vae.sample(n, temperature, generator=generator)
         if method == "sir":

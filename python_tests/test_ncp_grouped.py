@@ -84,6 +84,8 @@ def test_fit_reports_groups_and_round_trips(tmp_path):
         assert ncp.sample(3, method=method, num_proposals=4, steps=2, generator=torch.Generator().manual_seed(0)).shape == (3, 1, 32, 32)
     with pytest.raises(ValueError, match="num_proposals must be >= 1"):
         ncp.sample(3, num_proposals=0)
+    with pytest.raises(ValueError, match="max_proposal_bytes must be >= 1"):
+        ncp.sample(3, max_proposal_bytes=0)
 
 
 SMALL = ["--channels", "4", "--latent-channels", "2", "--progress", "false", "--batch-size", "250", "--epochs", "1",

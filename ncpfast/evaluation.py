@@ -114,7 +114,7 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     log_z, log_z_stderr = ncp.log_partition(log_z_samples, generator=g)
 
     read = image_reader(test, vae.likelihood, device, g)
-    batch = iw_images_per_pass(iw_samples, iw_chunk, most=100)
+    batch = iw_images_per_pass(iw_samples, iw_chunk, device, most=100)
     base_ll, ncp_ll = [], []
     for start in tqdm(range(0, n, batch), desc=f"NLL (K={iw_samples})", disable=not progress, leave=False):
         x = read(torch.arange(start, min(n, start + batch)))

@@ -339,7 +339,7 @@ class Trainer:
         c = self.config
         model = self._eval_model().eval()
         n = len(self.test_set) if c.eval_max_images <= 0 else min(c.eval_max_images, len(self.test_set))
-        batch = iw_images_per_pass(c.eval_iw_samples, c.eval_chunk)
+        batch = iw_images_per_pass(c.eval_iw_samples, c.eval_chunk, self.device)
         with self._forked_rng():
             torch.manual_seed(c.seed + 13)
             g = torch.Generator(self.device).manual_seed(c.seed + 13)

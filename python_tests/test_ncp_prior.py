@@ -99,6 +99,8 @@ def test_bad_arguments():
     prior = NCPPrior(StandardNormal(2))
     with pytest.raises(ValueError, match="num_proposals must be >= 1"):
         prior.sample(3, num_proposals=-5)
+    with pytest.raises(ValueError, match="max_proposal_bytes must be >= 1"):
+        prior.sample(3, max_proposal_bytes=0)
     with pytest.raises(ValueError, match="sampling method"):
         prior.sample(3, method="mcmc")
     with pytest.raises(ValueError, match="at least 10"):

@@ -330,11 +330,9 @@ class GroupedNCP(nn.Module):
         SIR scores the n x num_proposals proposals of a group in chunks of images
         whose scoring working set (proposals and classifier activations) stays
         within max_proposal_bytes (default: default_proposal_bytes(device))."""
-        check_sampling_arguments(method, n, num_proposals, steps, step_size)
+        check_sampling_arguments(method, n, num_proposals, steps, step_size, max_proposal_bytes)
         if max_proposal_bytes is None:
             max_proposal_bytes = default_proposal_bytes(self._device())
-        elif max_proposal_bytes < 1:
-            raise ValueError(f"max_proposal_bytes must be >= 1, got {max_proposal_bytes}")
         if method == "base":
             return self.vae.sample(n, temperature, generator=generator)
         if method == "sir":

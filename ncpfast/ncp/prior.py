@@ -52,7 +52,8 @@ def langevin(z: torch.Tensor, energy, steps: int, step_size: float,
     return z.detach()
 
 
-def check_sampling_arguments(method: str, num_samples: int, num_proposals: int, steps: int, step_size: float):
+def check_sampling_arguments(method: str, num_samples: int, num_proposals: int, steps: int, step_size: float,
+                             max_proposal_bytes: Optional[int] = None):
     if method not in SAMPLING_METHODS:
         raise ValueError(f"sampling method must be one of {SAMPLING_METHODS}, got {method!r}")
     if num_samples < 1:
@@ -61,6 +62,8 @@ def check_sampling_arguments(method: str, num_samples: int, num_proposals: int, 
         raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
     if method == "langevin" and (steps < 0 or not step_size > 0):
         raise ValueError(f"Langevin needs steps >= 0 and step_size > 0, got {steps} and {step_size}")
+    if max_proposal_bytes is not None and max_proposal_bytes < 1:
+        raise ValueError(f"max_proposal_bytes must be >= 1, got {max_proposal_bytes}")
 
 
 class NCPPrior(nn.Module):
@@ -197,7 +200,7 @@ class NCPPrior(nn.Module):
                max_proposal_bytes: int = 256 * 2**20) -> torch.Tensor:
         """n samples [n, dim] from p_NCP: "sir" (num_proposals per sample, the fused SIR
         op), "langevin" (steps of size step_size on E), or "base" (p itself)."""
-        check_sampling_arguments(method, n, num_proposals, steps, step_size)
+        check_sampling_arguments(method, n, num_proposals, steps, step_size, max_proposal_bytes)
         if method == "base":
             return self.base.sample(n, generator=generator)
         if method == "langevin":

@@ -3,7 +3,7 @@
 // exactly, and every sample must be the proposal its index names. Exits 77
 // (skipped) when no CUDA device is present; on a GPU machine run it under
 // compute-sanitizer (memcheck, racecheck) as well.
-#include <cuda_runtime.h>
+#include "cuda_compat.h"
 
 #include <cmath>
 #include <random>
@@ -58,32 +58,58 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
   for (int64_t b = 0; b < B; ++b) {
     const float cpu_lz = sir_resample_row_cpu(w.data() + b * M, M, S, systematic, static_cast<uint64_t>(seed),
                                               b, cdf.data(), cpu_idx.data());
+    if (cpu_lz == -INFINITY) {  // every weight -inf: nothing to draw, indices 0, no gather
+      NCP_EXPECT(lz[b] == -INFINITY, "row %lld: lz %g for a row of -inf weights", static_cast<long long>(b), lz[b]);
+      for (int64_t j = 0; j < S; ++j) NCP_EXPECT(idx[b * S + j] == 0, "row %lld: index of an empty row", static_cast<long long>(b));
+      continue;
+    }
     NCP_EXPECT(std::fabs(cpu_lz - lz[b]) < 1e-4f * (1 + std::fabs(cpu_lz)), "row %lld lz %g vs %g",
                static_cast<long long>(b), lz[b], cpu_lz);
+    // The two sides sum the CDF in different orders (the CPU sequentially, the
+    // GPU by tiles and a block scan), so a target within rounding of a CDF step
+    // may land on the neighbouring index. Every GPU index must therefore be a
+    // valid inverse-CDF draw of the CPU's CDF up to that rounding: a few
+    // sqrt(M) float epsilons of the total (the sequential sum's typical error).
+    const float total = cdf[M - 1];
+    const float tolerance = 8.f * std::sqrt(static_cast<float>(M)) * 1.2e-7f * total;
     for (int64_t j = 0; j < S; ++j) {
       const int64_t k = idx[b * S + j];
       NCP_EXPECT(k >= 0 && k < M && std::isfinite(w[b * M + k]), "row %lld: bad index %lld",
                  static_cast<long long>(b), static_cast<long long>(k));
-      mismatches += k != cpu_idx[j];
       if (k < 0 || k >= M) continue;
+      if (k != cpu_idx[j]) {
+        ++mismatches;
+        const float target = sir_target_fraction(static_cast<uint64_t>(seed), static_cast<uint64_t>(b), j, S,
+                                                 systematic) * total;
+        const float below = k == 0 ? 0.f : cdf[k - 1];
+        NCP_EXPECT(below - tolerance <= target && target < cdf[k] + tolerance,
+                   "row %lld sample %lld: GPU index %lld (CDF %g..%g) vs CPU %lld for target %g",
+                   static_cast<long long>(b), static_cast<long long>(j), static_cast<long long>(k), below, cdf[k],
+                   static_cast<long long>(cpu_idx[j]), target);
+      }
       for (int64_t d = 0; d < D; ++d) {
         NCP_EXPECT(out[(b * S + j) * D + d] == proposals[(b * M + k) * D + d], "gather row %lld", static_cast<long long>(b));
       }
     }
   }
-  // Different summation order can move a target across a boundary only when
-  // it lies within float rounding of it: allow a tiny fraction.
-  NCP_EXPECT(mismatches <= (B * S) / 1000 + 1, "B=%lld M=%lld S=%lld: %lld CPU/GPU index mismatches",
+  // Rounding moves few targets (about 1% at M = 20,000); a wrong index moves most.
+  NCP_EXPECT(mismatches <= (B * S) / 20 + 1, "B=%lld M=%lld S=%lld: %lld CPU/GPU index mismatches",
              static_cast<long long>(B), static_cast<long long>(M), static_cast<long long>(S),
              static_cast<long long>(mismatches));
   cudaFree(d_w); cudaFree(d_p); cudaFree(d_out); cudaFree(d_lz); cudaFree(d_idx); cudaFree(d_seed);
   return true;
 }
 
+#if defined(NCPFAST_CUDA_EMULATION)
+constexpr const char* kTestName = "test_sir_cuda (CPU emulation)";
+#else
+constexpr const char* kTestName = "test_sir_cuda";
+#endif
+
 int main() {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("test_sir_cuda: no CUDA device, skipped\n");
+    std::printf("%s: no CUDA device, skipped\n", kTestName);
     return 77;
   }
   const int64_t shapes[][4] = {{1, 1, 1, 1}, {3, 16, 5, 64}, {4, 4096, 300, 3}, {2, 5000, 7, 1280},
@@ -94,5 +120,5 @@ int main() {
                  static_cast<long long>(s[1]));
     }
   }
-  return finish("test_sir_cuda");
+  return finish(kTestName);
 }

@@ -1,0 +1,15 @@
+// What the CUDA kernel headers (*.cuh) take from the CUDA toolkit. The native
+// tests instead include csrc/tests/cuda_emulation.h first, which defines the
+// same names for a CPU emulation of the execution model, so the kernels'
+// logic is tested on machines without a GPU.
+#pragma once
+
+#if !defined(NCPFAST_CUDA_EMULATION)
+#include <cuda_runtime.h>
+
+// A kernel's dynamic shared memory (the launch's shared-memory bytes), 16-byte aligned.
+#define NCP_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+// kernel<<<grid, block, shared_bytes, stream>>>(args...)
+#define NCP_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)
+#endif

@@ -1,0 +1,262 @@
+// A CPU emulation of the CUDA execution model, for testing the logic of the
+// project's CUDA kernels on machines without a GPU (CI has none).
+//
+// Include this before a kernel header (*.cuh); the kernels then compile as
+// plain C++ and emu::launch runs them. Every CUDA thread of a block is an OS
+// thread; blocks run one after another, so a kernel's static __shared__
+// arrays (function statics here) are shared by exactly one block at a time,
+// as on the device. __syncthreads is a barrier over the block's threads, and
+// the warp shuffles exchange values through a per-warp barrier, so a thread
+// reads what another thread wrote only across a barrier, as on the device.
+// Built under ThreadSanitizer, an access to shared or global memory that no
+// barrier orders is reported as a data race: the analogue of
+// compute-sanitizer's racecheck. Built under AddressSanitizer, an out-of-range
+// access is reported: the analogue of memcheck (for host-allocated buffers).
+//
+// What it does not emulate: the device's floating point (__expf is exp here),
+// the memory model beyond barriers (no warp-synchronous code without
+// __syncwarp / shuffles is tolerated, by design), timing and occupancy. A
+// divergent __syncthreads (some threads of a block at a barrier, others at a
+// different barrier or finished) and a barrier that is never completed abort
+// with a message instead of hanging.
+#pragma once
+
+#define NCPFAST_CUDA_EMULATION 1
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+// ---------------------------------------------------------------- the dialect
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__
+#define __align__(n) alignas(n)
+// A kernel's static shared memory: one copy, used by one block at a time.
+#define __shared__ static
+// A kernel's dynamic shared memory (the launch's shared_bytes).
+#define NCP_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::ncpfast::emu::dynamic_shared())
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+using cudaError_t = int;
+constexpr cudaError_t cudaSuccess = 0;
+using cudaStream_t = void*;
+
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+using std::isnan;
+using std::max;
+using std::min;
+
+inline float __int_as_float(int bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+inline float __expf(float x) { return std::exp(x); }
+
+// ---------------------------------------------------------------- the runtime
+
+namespace ncpfast {
+namespace emu {
+
+// A reusable barrier for `count` threads. Every arrival names what it is
+// (a __syncthreads, a shuffle, the end of a block); arrivals of different
+// kinds at one barrier mean the kernel diverged around a barrier, which is
+// undefined behaviour on the device: report it and abort.
+class Barrier {
+ public:
+  explicit Barrier(unsigned count) : count_(count) {}
+
+  void arrive_and_wait(const char* kind) {
+    const unsigned long generation = generation_.load(std::memory_order_acquire);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (waiting_ == 0) {
+        kind_ = kind;
+      } else if (std::strcmp(kind_, kind) != 0) {
+        std::fprintf(stderr, "cuda emulation: block (%u, %u) thread %u reached %s while other threads wait at %s\n",
+                     blockIdx.x, blockIdx.y, threadIdx.x, kind, kind_);
+        std::abort();
+      }
+      if (++waiting_ == count_) {
+        waiting_ = 0;
+        generation_.store(generation + 1, std::memory_order_release);
+        return;
+      }
+    }
+    // Yield rather than sleep: with a block's threads on a few cores, every
+    // waiter is woken within one round of the scheduler.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(300);
+    for (unsigned spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      std::this_thread::yield();
+      if (spins % 4096 == 0 && std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr, "cuda emulation: block (%u, %u): threads waited 300 s at %s\n", blockIdx.x,
+                     blockIdx.y, kind);
+        std::abort();
+      }
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::atomic<unsigned long> generation_{0};
+  const unsigned count_;
+  unsigned waiting_ = 0;
+  const char* kind_ = "";
+};
+
+constexpr unsigned kWarpSize = 32;
+constexpr unsigned char kPoison = 0xff;  // unwritten shared memory reads as NaN (floats) or -1
+
+struct Launch {
+  unsigned threads;
+  Barrier block;
+  std::vector<Barrier*> warps;
+  std::vector<std::array<unsigned char, 16>> lanes;  // one shuffle slot per thread
+  // Exactly the launch's bytes (16-byte aligned, as on the device), so that
+  // AddressSanitizer reports any access past them.
+  size_t shared_bytes;
+  unsigned char* dynamic_shared;
+
+  Launch(unsigned threads_, size_t shared_bytes_)
+      : threads(threads_), block(threads_), lanes(threads_), shared_bytes(shared_bytes_),
+        dynamic_shared(static_cast<unsigned char*>(::operator new(shared_bytes_ + (shared_bytes_ == 0),
+                                                                  std::align_val_t(16)))) {
+    poison_shared();
+    for (unsigned first = 0; first < threads; first += kWarpSize)
+      warps.push_back(new Barrier(std::min(kWarpSize, threads - first)));
+  }
+  ~Launch() {
+    for (Barrier* warp : warps) delete warp;
+    ::operator delete(dynamic_shared, std::align_val_t(16));
+  }
+  void poison_shared() { std::memset(dynamic_shared, kPoison, shared_bytes); }
+};
+
+inline Launch* current = nullptr;
+
+inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+inline void* dynamic_shared() { return current->dynamic_shared; }
+
+template <typename T>
+T shuffle(unsigned mask, T value, int source_lane) {
+  static_assert(sizeof(T) <= 16, "shuffled values are at most 16 bytes");
+  if (mask != 0xffffffffu) {
+    std::fprintf(stderr, "cuda emulation: only full-warp shuffles are emulated (mask %#x)\n", mask);
+    std::abort();
+  }
+  const unsigned thread = linear_thread(), warp = thread / kWarpSize;
+  const unsigned first = warp * kWarpSize, width = std::min(kWarpSize, current->threads - first);
+  std::memcpy(current->lanes[thread].data(), &value, sizeof(T));
+  current->warps[warp]->arrive_and_wait("a warp shuffle");
+  T result = value;
+  if (source_lane >= 0 && static_cast<unsigned>(source_lane) < width)
+    std::memcpy(&result, current->lanes[first + source_lane].data(), sizeof(T));
+  current->warps[warp]->arrive_and_wait("a warp shuffle");  // slots are rewritten by the next shuffle
+  return result;
+}
+
+// Runs kernel<<<grid, block, shared_bytes>>>(args...) and returns when it has finished.
+template <typename... Params, typename... Args>
+void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...), Args&&... args) {
+  const std::tuple<Params...> params(std::forward<Args>(args)...);
+  const unsigned threads = block.x * block.y * block.z;
+  Launch state(threads, shared_bytes);
+  current = &state;
+  gridDim = grid;
+  blockDim = block;
+  std::vector<std::thread> workers;
+  for (unsigned t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      threadIdx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+      for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+          for (unsigned x = 0; x < grid.x; ++x) {
+            blockIdx = dim3(x, y, z);
+            std::apply(kernel, params);
+            state.block.arrive_and_wait("the end of the block");
+            if (t == 0) state.poison_shared();  // a block never sees its predecessor's data
+            state.block.arrive_and_wait("the end of the block");
+          }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  current = nullptr;
+}
+
+}  // namespace emu
+}  // namespace ncpfast
+
+inline void __syncthreads() { ::ncpfast::emu::current->block.arrive_and_wait("__syncthreads"); }
+
+template <typename T>
+T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
+  const int lane = static_cast<int>(::ncpfast::emu::linear_thread() % ::ncpfast::emu::kWarpSize);
+  const int source = lane + static_cast<int>(delta);
+  return ::ncpfast::emu::shuffle(mask, value, source < 32 ? source : lane);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
+  const int lane = static_cast<int>(::ncpfast::emu::linear_thread() % ::ncpfast::emu::kWarpSize);
+  const int source = lane - static_cast<int>(delta);
+  return ::ncpfast::emu::shuffle(mask, value, source >= 0 ? source : lane);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  const int lane = static_cast<int>(::ncpfast::emu::linear_thread() % ::ncpfast::emu::kWarpSize);
+  return ::ncpfast::emu::shuffle(mask, value, lane ^ lane_mask);
+}
+
+#define NCP_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  ((void)(stream), ::ncpfast::emu::launch(dim3(grid), dim3(block), (shared_bytes), kernel, __VA_ARGS__))
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+// The runtime API the native CUDA tests use: "device" memory is host memory,
+// filled with kPoison at allocation as device memory is not initialised.
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+template <typename T>
+cudaError_t cudaMalloc(T** pointer, size_t bytes) {
+  void* memory = std::malloc(bytes);
+  if (memory == nullptr) return 2;
+  std::memset(memory, ::ncpfast::emu::kPoison, bytes);
+  *pointer = static_cast<T*>(memory);
+  return cudaSuccess;
+}
+inline cudaError_t cudaFree(void* pointer) {
+  std::free(pointer);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+inline const char* cudaGetErrorString(cudaError_t) { return "cuda emulation error"; }

@@ -1,0 +1,186 @@
+// The fused residual-cell CUDA kernels (cell_fusion_kernels.cuh), run on the
+// CPU emulation of the CUDA execution model (cuda_emulation.h), against the
+// CPU cores (csrc/core/cell_fusion.h) that test_cell_core.cpp checks against
+// the formulas. Per kernel: odd plane sizes, 1x1 planes, kernel sizes 1, 3, 5,
+// and depthwise tiles of fewer rows than the plane (the per-tile partial sums
+// and the halo rows between tiles). Buffers are exactly the sizes the
+// launchers allocate, so under ASan an out-of-range access fails here; under
+// TSan an access no barrier orders does.
+#include "cuda_emulation.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "../ops/cell_fusion/cuda/cell_fusion_kernels.cuh"
+#include "cell_fusion.h"
+#include "check.h"
+
+using namespace ncpfast;
+using ops::cell_kernels::kThreads;
+
+namespace {
+
+std::mt19937 rng(4321);
+
+std::vector<float> random_values(int64_t n, float scale = 1.f) {
+  std::normal_distribution<float> normal(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
+
+// Largest |got - want| / (1 + |want|).
+template <typename A, typename B>
+double worst_error(const std::vector<A>& got, const std::vector<B>& want) {
+  double worst = 0;
+  for (size_t i = 0; i < want.size(); ++i)
+    worst = std::max(worst, std::fabs(double(got[i]) - double(want[i])) / (1 + std::fabs(double(want[i]))));
+  return worst;
+}
+
+constexpr double kTolerance = 2e-5;  // float kernels vs float cores: summation order only
+
+struct Shape {
+  int64_t N, C, H, W;
+  int64_t planes() const { return N * C; }
+  int64_t plane_size() const { return H * W; }
+  int64_t numel() const { return N * C * H * W; }
+};
+
+const Shape kShapes[] = {{1, 1, 1, 1}, {2, 3, 1, 1}, {2, 3, 7, 5}, {1, 2, 16, 16}, {3, 1, 5, 33}};
+
+void test_elementwise(const Shape& s) {
+  const int64_t P = s.planes(), n = s.plane_size();
+  const auto x = random_values(s.numel(), 2.f), grad = random_values(s.numel());
+  const auto scale = random_values(s.C), shift = random_values(s.C), mean = random_values(s.C);
+  const auto per_plane_a = random_values(P), per_plane_c = random_values(P), skip = random_values(s.numel());
+  const auto grad_sum = random_values(P), grad_sumsq = random_values(P, 0.1f);
+
+  // plane_moments and its backward
+  std::vector<float> sum(P), sumsq(P), grad_x(s.numel());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_kernel<float, float>, x.data(), n,
+              sum.data(), sumsq.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_backward_kernel<float, float>, x.data(),
+              n, grad_sum.data(), grad_sumsq.data(), grad_x.data());
+  std::vector<double> want_sum(P), want_sumsq(P);
+  std::vector<float> want_grad_x(s.numel());
+  for (int64_t p = 0; p < P; ++p) {
+    core::plane_moments(x.data() + p * n, n, want_sum[p], want_sumsq[p]);
+    core::plane_moments_backward_plane(x.data() + p * n, n, grad_sum[p], grad_sumsq[p], want_grad_x.data() + p * n);
+  }
+  NCP_EXPECT(worst_error(sum, want_sum) < kTolerance && worst_error(sumsq, want_sumsq) < kTolerance,
+             "plane_moments %lldx%lldx%lldx%lld", (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W);
+  NCP_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "plane_moments_backward");
+
+  // bn_swish and its backward
+  std::vector<float> y(s.numel()), want_y(s.numel()), sum_g(P), sum_gc(P);
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::bn_swish_kernel<float, float>, x.data(), s.C, n,
+              scale.data(), shift.data(), y.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::bn_swish_backward_kernel<float, float>, grad.data(),
+              x.data(), s.C, n, scale.data(), shift.data(), mean.data(), grad_x.data(), sum_g.data(), sum_gc.data());
+  std::vector<double> want_sum_g(P), want_sum_gc(P);
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t c = p % s.C;
+    core::bn_swish_plane(x.data() + p * n, n, scale[c], shift[c], want_y.data() + p * n);
+    core::bn_swish_backward_plane(grad.data() + p * n, x.data() + p * n, n, scale[c], shift[c], mean[c],
+                                  want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
+  }
+  NCP_EXPECT(worst_error(y, want_y) < kTolerance, "bn_swish");
+  NCP_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "bn_swish_backward grad_x");
+  NCP_EXPECT(worst_error(sum_g, want_sum_g) < kTolerance && worst_error(sum_gc, want_sum_gc) < kTolerance,
+             "bn_swish_backward sums");
+
+  // gate_residual and its backward
+  std::vector<float> out(s.numel()), want_out(s.numel());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_kernel<float, float>, x.data(),
+              skip.data(), n, per_plane_a.data(), per_plane_c.data(), out.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_backward_kernel<float, float>,
+              grad.data(), x.data(), s.C, n, per_plane_a.data(), mean.data(), grad_x.data(), sum_g.data(),
+              sum_gc.data());
+  for (int64_t p = 0; p < P; ++p) {
+    core::gate_residual_plane(x.data() + p * n, skip.data() + p * n, n, per_plane_a[p], per_plane_c[p],
+                              want_out.data() + p * n);
+    core::gate_residual_backward_plane(grad.data() + p * n, x.data() + p * n, n, per_plane_a[p], mean[p % s.C],
+                                       want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
+  }
+  NCP_EXPECT(worst_error(out, want_out) < kTolerance, "gate_residual");
+  NCP_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "gate_residual_backward grad_h");
+  NCP_EXPECT(worst_error(sum_g, want_sum_g) < kTolerance && worst_error(sum_gc, want_sum_gc) < kTolerance,
+             "gate_residual_backward sums");
+}
+
+// Sums per-tile partials [P, tiles, width] over the tiles: [P, width].
+std::vector<double> over_tiles(const std::vector<float>& partial, int64_t P, int64_t tiles, int64_t width = 1) {
+  std::vector<double> total(P * width, 0.0);
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t t = 0; t < tiles; ++t)
+      for (int64_t k = 0; k < width; ++k) total[p * width + k] += partial[(p * tiles + t) * width + k];
+  return total;
+}
+
+void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
+  const int64_t P = s.planes(), n = s.plane_size(), pad = K / 2, Wp = s.W + 2 * pad, KK = K * K;
+  const int64_t tiles = (s.H + tile_rows - 1) / tile_rows;
+  const auto x = random_values(s.numel(), 2.f), grad = random_values(s.numel());
+  const auto scale = random_values(s.C), shift = random_values(s.C), mean = random_values(s.C);
+  const auto weight = random_values(s.C * KK, 0.3f), bias = random_values(s.C);
+  const auto grad_sum = random_values(P), grad_sumsq = random_values(P, 0.1f);
+
+  std::vector<float> y(s.numel()), tile_sum(P * tiles), tile_sumsq(P * tiles);
+  const size_t forward_shared = (tile_rows + 2 * pad) * Wp * sizeof(float);
+  emu::launch(dim3(P, tiles), dim3(kThreads), forward_shared, ops::cell_kernels::dwconv_kernel<float, float>,
+              x.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(), weight.data(), bias.data(),
+              y.data(), tile_sum.data(), tile_sumsq.data());
+
+  std::vector<float> grad_x(s.numel()), tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK),
+      tile_grad_b(P * tiles);
+  emu::launch(dim3(P, tiles), dim3(kThreads), 2 * forward_shared,
+              ops::cell_kernels::dwconv_backward_kernel<float, float>, grad.data(), grad_sum.data(),
+              grad_sumsq.data(), y.data(), x.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(),
+              mean.data(), weight.data(), grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(),
+              tile_grad_b.data());
+
+  const core::DepthwisePlane g{s.H, s.W, K};
+  std::vector<float> padded_a(g.padded_size(), 0.f), padded_g(g.padded_size(), 0.f), grad_a(n), flipped(KK),
+      tap_acc(KK * core::kDepthwiseBlock);
+  std::vector<float> want_y(s.numel()), want_grad_x(s.numel()), want_grad_w(P * KK);
+  std::vector<double> want_sum(P), want_sumsq(P), want_sum_g(P), want_sum_gc(P), want_grad_b(P);
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t c = p % s.C;
+    core::dwconv_bn_swish_plane(g, x.data() + p * n, scale[c], shift[c], weight.data() + c * KK, bias[c],
+                                padded_a.data(), want_y.data() + p * n, want_sum[p], want_sumsq[p]);
+    core::dwconv_bn_swish_backward_plane(g, grad.data() + p * n, grad_sum[p], grad_sumsq[p], y.data() + p * n,
+                                         x.data() + p * n, scale[c], shift[c], mean[c], weight.data() + c * KK,
+                                         padded_a.data(), padded_g.data(), grad_a.data(), flipped.data(),
+                                         tap_acc.data(), want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p],
+                                         want_grad_w.data() + p * KK, want_grad_b[p]);
+  }
+  const char* what = "depthwise %lldx%lldx%lldx%lld K=%lld tile_rows=%lld: %s";
+#define DEPTHWISE_EXPECT(cond, name)                                                                          \
+  NCP_EXPECT(cond, what, (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)K, \
+             (long long)tile_rows, name)
+  DEPTHWISE_EXPECT(worst_error(y, want_y) < kTolerance, "y");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum, P, tiles), want_sum) < kTolerance &&
+                       worst_error(over_tiles(tile_sumsq, P, tiles), want_sumsq) < kTolerance,
+                   "moments of y");
+  DEPTHWISE_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "grad_x");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum_g, P, tiles), want_sum_g) < kTolerance &&
+                       worst_error(over_tiles(tile_sum_gc, P, tiles), want_sum_gc) < kTolerance,
+                   "sums of the input gradient");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_w, P, tiles, KK), want_grad_w) < kTolerance, "grad_w");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_b, P, tiles), want_grad_b) < kTolerance, "grad_b");
+#undef DEPTHWISE_EXPECT
+}
+
+}  // namespace
+
+int main() {
+  for (const Shape& s : kShapes) test_elementwise(s);
+  for (const Shape& s : kShapes)
+    for (int64_t K : {1, 3, 5}) {
+      test_depthwise(s, K, s.H);  // one tile per plane
+      if (s.H > 2) test_depthwise(s, K, 3);  // several tiles, the last one partial when H % 3 != 0
+    }
+  return finish("test_cell_cuda_emulated");
+}

@@ -1,0 +1,80 @@
+// The flat-latent log-ratio CUDA kernel (mlp_log_ratio_kernel.cuh), run on the
+// CPU emulation of the CUDA execution model (cuda_emulation.h), against the
+// MLP evaluated directly in double precision. Cases: a row count that is not
+// a multiple of the kernel's row tile, hidden widths below, at and above the
+// block's thread count, one to three hidden layers, D = 1.
+#include "cuda_emulation.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "../ops/mlp_log_ratio/cuda/mlp_log_ratio_kernel.cuh"
+#include "check.h"
+
+using namespace ncpfast::ops::mlp_kernels;
+
+namespace {
+
+std::mt19937 rng(99);
+
+std::vector<float> random_values(int64_t n, float scale) {
+  std::normal_distribution<float> normal(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
+
+double swish_ref(double u) { return u / (1 + std::exp(-u)); }
+
+// widths: D, hidden..., 1.
+void run_case(int64_t rows, const std::vector<int>& widths) {
+  const int layers_count = static_cast<int>(widths.size()) - 1;
+  const int D = widths[0];
+  std::vector<std::vector<float>> weight_t(layers_count), bias(layers_count);
+  int widest = 0;
+  Layers layers{};
+  layers.count = layers_count;
+  for (int l = 0; l < layers_count; ++l) {
+    weight_t[l] = random_values(int64_t(widths[l]) * widths[l + 1], 1.f / std::sqrt(float(widths[l])));
+    bias[l] = random_values(widths[l + 1], 0.1f);
+    layers.weight_t[l] = weight_t[l].data();
+    layers.bias[l] = bias[l].data();
+    layers.in[l] = widths[l];
+    layers.out[l] = widths[l + 1];
+    if (l + 1 < layers_count) widest = std::max(widest, widths[l + 1]);
+  }
+  const auto z = random_values(rows * D, 1.f);
+  std::vector<float> logits(rows);
+  const unsigned blocks = static_cast<unsigned>((rows + kTileRows - 1) / kTileRows);
+  ncpfast::emu::launch(dim3(blocks), dim3(kThreads), 2 * kTileRows * widest * sizeof(float),
+                       mlp_log_ratio_kernel<float>, z.data(), rows, layers, widest, logits.data());
+
+  double worst = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<double> h(z.begin() + r * D, z.begin() + (r + 1) * D);
+    for (int l = 0; l < layers_count; ++l) {
+      std::vector<double> next(widths[l + 1]);
+      for (int o = 0; o < widths[l + 1]; ++o) {
+        double acc = bias[l][o];
+        for (int k = 0; k < widths[l]; ++k) acc += h[k] * weight_t[l][int64_t(k) * widths[l + 1] + o];
+        next[o] = l + 1 < layers_count ? swish_ref(acc) : acc;
+      }
+      h.swap(next);
+    }
+    worst = std::max(worst, std::fabs(logits[r] - h[0]) / (1 + std::fabs(h[0])));
+  }
+  NCP_EXPECT(worst < 1e-4, "rows=%lld D=%d layers=%d widest=%d: worst relative error %g", (long long)rows, D,
+             layers_count, widest, worst);
+}
+
+}  // namespace
+
+int main() {
+  run_case(1, {1, 3, 1});
+  run_case(21, {5, 20, 1});              // a partial row tile
+  run_case(40, {50, 256, 256, 1});       // the default classifier's widths
+  run_case(33, {7, 300, 64, 1});         // wider than the block: threads own two units
+  run_case(17, {3, 16, 24, 8, 1});       // three hidden layers: the ping-pong buffers swap twice
+  return finish("test_mlp_cuda_emulated");
+}

@@ -59,6 +59,9 @@ struct dim3 {
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
 using cudaStream_t = void*;

@@ -2,7 +2,9 @@
 // CPU emulation of the CUDA execution model (cuda_emulation.h), against the
 // MLP evaluated directly in double precision. Cases: a row count that is not
 // a multiple of the kernel's row tile, hidden widths below, at and above the
-// block's thread count, one to three hidden layers, D = 1.
+// block's thread count (up to the shared-memory limit), widths that are and
+// are not multiples of the 4-column vector path, one to three hidden layers,
+// D from 1 to 1,280 (one to twenty staged chunks, a partial last chunk).
 #include "cuda_emulation.h"
 
 #include <cmath>
@@ -47,7 +49,7 @@ void run_case(int64_t rows, const std::vector<int>& widths) {
   const auto z = random_values(rows * D, 1.f);
   std::vector<float> logits(rows);
   const unsigned blocks = static_cast<unsigned>((rows + kTileRows - 1) / kTileRows);
-  ncpfast::emu::launch(dim3(blocks), dim3(kThreads), 2 * kTileRows * widest * sizeof(float),
+  ncpfast::emu::launch(dim3(blocks), dim3(kThreads), mlp_shared_bytes(widest),
                        mlp_log_ratio_kernel<float>, z.data(), rows, layers, widest, logits.data());
 
   double worst = 0;
@@ -76,5 +78,8 @@ int main() {
   run_case(40, {50, 256, 256, 1});       // the default classifier's widths
   run_case(33, {7, 300, 64, 1});         // wider than the block: threads own two units
   run_case(17, {3, 16, 24, 8, 1});       // three hidden layers: the ping-pong buffers swap twice
+  run_case(20, {1280, 64, 64, 1});       // D = 20x8x8: proposals staged in 20 chunks of columns
+  run_case(35, {130, 30, 44, 1});        // a partial last chunk; widths not multiples of 4 (scalar path)
+  run_case(16, {66, 352, 8, 1});         // the widest hidden layer the shared memory allows
   return finish("test_mlp_cuda_emulated");
 }

@@ -24,9 +24,11 @@ std::tuple<at::Tensor, at::Tensor> mlp_log_ratio_cuda(const at::Tensor& z, at::T
   const int64_t widest = check_mlp_inputs(z, weights, biases);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) <= kMaxLayers, "mlp_log_ratio: at most ", kMaxLayers,
                     " layers on CUDA, got ", weights.size());
-  const size_t shared = 2 * kTileRows * widest * sizeof(float);
-  TORCH_CHECK_VALUE(shared <= 48 * 1024, "mlp_log_ratio: hidden width ", widest,
-                    " exceeds the CUDA kernel's shared-memory tile (at most ", 48 * 1024 / (8 * kTileRows), ")");
+  const size_t shared = mlp_shared_bytes(static_cast<int>(widest));
+  constexpr size_t kSharedLimit = 48 * 1024;  // without opting in to more per block
+  TORCH_CHECK_VALUE(shared <= kSharedLimit, "mlp_log_ratio: hidden width ", widest,
+                    " exceeds the CUDA kernel's shared-memory tiles (at most ",
+                    (kSharedLimit / sizeof(float) / kTileRows - kStageColumns) / 2, ")");
   const c10::cuda::CUDAGuard guard(z.device());
   const int64_t B = z.size(0), M = z.size(1), rows = B * M;
   at::Tensor logits = at::empty({B, M}, z.options().dtype(at::kFloat));

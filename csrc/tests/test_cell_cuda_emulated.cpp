@@ -120,7 +120,7 @@ std::vector<double> over_tiles(const std::vector<float>& partial, int64_t P, int
 }
 
 void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
-  const int64_t P = s.planes(), n = s.plane_size(), pad = K / 2, Wp = s.W + 2 * pad, KK = K * K;
+  const int64_t P = s.planes(), n = s.plane_size(), KK = K * K;
   const int64_t tiles = (s.H + tile_rows - 1) / tile_rows;
   const auto x = random_values(s.numel(), 2.f), grad = random_values(s.numel());
   const auto scale = random_values(s.C), shift = random_values(s.C), mean = random_values(s.C);
@@ -128,14 +128,15 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
   const auto grad_sum = random_values(P), grad_sumsq = random_values(P, 0.1f);
 
   std::vector<float> y(s.numel()), tile_sum(P * tiles), tile_sumsq(P * tiles);
-  const size_t forward_shared = (tile_rows + 2 * pad) * Wp * sizeof(float);
-  emu::launch(dim3(P, tiles), dim3(kThreads), forward_shared, ops::cell_kernels::dwconv_kernel<float, float>,
+  emu::launch(dim3(P, tiles), dim3(kThreads), ops::cell_kernels::dwconv_shared_bytes(tile_rows, s.W, K, sizeof(float)),
+              ops::cell_kernels::dwconv_kernel<float, float>,
               x.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(), weight.data(), bias.data(),
               y.data(), tile_sum.data(), tile_sumsq.data());
 
   std::vector<float> grad_x(s.numel()), tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK),
       tile_grad_b(P * tiles);
-  emu::launch(dim3(P, tiles), dim3(kThreads), 2 * forward_shared,
+  emu::launch(dim3(P, tiles), dim3(kThreads),
+              ops::cell_kernels::dwconv_backward_shared_bytes(tile_rows, s.W, K, sizeof(float)),
               ops::cell_kernels::dwconv_backward_kernel<float, float>, grad.data(), grad_sum.data(),
               grad_sumsq.data(), y.data(), x.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(),
               mean.data(), weight.data(), grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(),

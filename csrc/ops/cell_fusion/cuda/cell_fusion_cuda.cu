@@ -19,6 +19,8 @@ using namespace cell_kernels;
 
 // Shared memory one depthwise block may use for its padded tiles.
 constexpr int64_t kTileBytes = 32 * 1024;
+// What a block may use without opting in to more.
+constexpr size_t kSharedLimit = 48 * 1024;
 
 // Rows per depthwise tile so that `buffers` padded tiles fit in kTileBytes.
 int64_t depthwise_tile_rows(const char* op, int64_t H, int64_t W, int64_t K, int64_t element_bytes,
@@ -117,14 +119,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cuda(
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return {y, plane_tensor(x, acc).zero_(), plane_tensor(x, acc).zero_()};
-  const int64_t H = x.size(2), W = x.size(3), P = K / 2;
+  const int64_t H = x.size(2), W = x.size(3);
   const int64_t element_bytes = acc == at::kDouble ? 8 : 4;
   const int64_t tile_rows = depthwise_tile_rows(op, H, W, K, element_bytes, 1);
   const int64_t tiles = (H + tile_rows - 1) / tile_rows;
   at::Tensor tile_sum = at::empty({x.size(0), x.size(1), tiles}, x.options().dtype(acc));
   at::Tensor tile_sumsq = at::empty_like(tile_sum);
   const dim3 grid(plane_grid(x).x, static_cast<unsigned>(tiles));
-  const size_t shared = (tile_rows + 2 * P) * (W + 2 * P) * element_bytes;
+  const size_t shared = dwconv_shared_bytes(tile_rows, W, K, element_bytes);
   NCP_DISPATCH(x, "dwconv_bn_swish_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     dwconv_kernel<scalar_t, A><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
@@ -144,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
   const int64_t K = check_dwconv_backward(op, grad_out, grad_sum, grad_sumsq, out, x, mean, invstd, bn_weight,
                                           bn_bias, conv_weight);
   const auto acc = accumulation_type(x);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = K / 2;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
   at::Tensor grad_x = at::empty_like(x);
@@ -159,7 +161,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
   at::Tensor sum_g = at::empty({N, C, tiles}, options), sum_gc = at::empty({N, C, tiles}, options);
   at::Tensor grad_w = at::empty({N, C, tiles, K, K}, options), grad_b = at::empty({N, C, tiles}, options);
   const dim3 grid(plane_grid(x).x, static_cast<unsigned>(tiles));
-  const size_t shared = 2 * (tile_rows + 2 * P) * (W + 2 * P) * element_bytes;
+  const size_t shared = dwconv_backward_shared_bytes(tile_rows, W, K, element_bytes);
+  TORCH_CHECK_VALUE(shared <= kSharedLimit, op, ": a ", K, "x", K,
+                    " kernel needs more shared memory than the CUDA kernel may use (", shared, " bytes)");
   NCP_DISPATCH(x, "dwconv_bn_swish_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     dwconv_backward_kernel<scalar_t, A><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(

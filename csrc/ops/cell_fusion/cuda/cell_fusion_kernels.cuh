@@ -11,6 +11,7 @@
 // A the arithmetic type (float for float16/bfloat16/float32 storage).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "../../../core/cuda_compat.h"
@@ -21,11 +22,12 @@ namespace ops {
 namespace cell_kernels {
 
 constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
 
 // Sum over the block of each of the NV values per thread; every thread gets the totals.
 template <typename T, int NV>
 __device__ void block_sum(T (&v)[NV]) {
-  __shared__ T partial[NV][kThreads / 32];
+  __shared__ T partial[NV][kWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
@@ -36,7 +38,7 @@ __device__ void block_sum(T (&v)[NV]) {
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
     T total = 0;
-    for (int w = 0; w < kThreads / 32; ++w) total += partial[k][w];
+    for (int w = 0; w < kWarps; ++w) total += partial[k][w];
     v[k] = total;
   }
   __syncthreads();  // partial may be reused by the next call
@@ -132,6 +134,18 @@ __global__ void gate_residual_backward_kernel(const T* grad_out, const T* h, int
 
 // ------------------------------------------------------------ depthwise conv
 
+// Dynamic shared memory of the depthwise kernels for tiles of `tile_rows`
+// output rows of width W, kernel K, arithmetic type of `element_bytes`: the
+// forward holds one padded tile, the backward two and the per-warp partial
+// sums of the K * K + 1 weight and bias gradients.
+inline size_t dwconv_shared_bytes(int64_t tile_rows, int64_t W, int64_t K, int64_t element_bytes) {
+  return static_cast<size_t>((tile_rows + 2 * (K / 2)) * (W + 2 * (K / 2)) * element_bytes);
+}
+inline size_t dwconv_backward_shared_bytes(int64_t tile_rows, int64_t W, int64_t K, int64_t element_bytes) {
+  return 2 * dwconv_shared_bytes(tile_rows, W, K, element_bytes) +
+         static_cast<size_t>((K * K + 1) * kWarps * element_bytes);
+}
+
 // Rows [r0 - P, r0 + rows + P) of a plane, zero-padded by P columns, into
 // shared memory; value(i, j) gives the unpadded element (i, j) of the plane.
 template <typename A, typename F>
@@ -186,6 +200,7 @@ __global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const
   const int64_t tile_index = p * gridDim.y + blockIdx.y;
   A* a_tile = reinterpret_cast<A*>(shared_bytes);
   A* g_tile = a_tile + tile_size;
+  A* warp_partials = g_tile + tile_size;  // [K * K + 1][kWarps]
   const T* xp = x + p * H * W;
   const T* gyp = grad_y + p * H * W;
   const T* yp = y + p * H * W;
@@ -197,20 +212,27 @@ __global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const
   });
   __syncthreads();
   const A* w = weight + c * K * K;
-  // Weight and bias gradients from this tile's output rows r0 .. r0 + rows.
+  // Weight and bias gradients from this tile's output rows r0 .. r0 + rows:
+  // per tap, a warp reduction into warp_partials; one barrier for all taps
+  // (not two per tap, as a block reduction per tap would need).
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int64_t tap = 0; tap <= K * K; ++tap) {  // tap == K * K: the bias
     const int64_t ki = tap / K, kj = tap % K;
-    A v[1] = {0};
+    A v = 0;
     for (int64_t t = threadIdx.x; t < rows * W; t += kThreads) {
       const int64_t i = t / W, j = t % W;
       const A g = g_tile[(i + P) * Wp + j + P];
-      v[0] += tap == K * K ? g : g * a_tile[(i + ki) * Wp + j + kj];
+      v += tap == K * K ? g : g * a_tile[(i + ki) * Wp + j + kj];
     }
-    block_sum(v);
-    if (threadIdx.x == 0) {
-      if (tap == K * K) tile_grad_b[tile_index] = v[0];
-      else tile_grad_w[tile_index * K * K + tap] = v[0];
-    }
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (lane == 0) warp_partials[tap * kWarps + warp] = v;
+  }
+  __syncthreads();
+  for (int64_t tap = threadIdx.x; tap <= K * K; tap += kThreads) {
+    A total = 0;
+    for (int k = 0; k < kWarps; ++k) total += warp_partials[tap * kWarps + k];
+    if (tap == K * K) tile_grad_b[tile_index] = total;
+    else tile_grad_w[tile_index * K * K + tap] = total;
   }
   // Input gradient: correlation with the flipped kernel, then swish' and the affine.
   A v[2] = {0, 0};

@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cpu(
     scalar_t *yp = y.data_ptr<scalar_t>(), *sp = sum.data_ptr<scalar_t>(), *qp = sumsq.data_ptr<scalar_t>();
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> padded(geometry.padded_size(), scalar_t(0));
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         const int64_t c = p % C;
         double s, q;
         core::dwconv_bn_swish_plane(geometry, xp + p * HW, sc[c], sh[c], wp + c * K * K, bp[c],
@@ -158,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
       std::vector<scalar_t> padded_a(geometry.padded_size(), scalar_t(0));
       std::vector<scalar_t> padded_g(geometry.padded_size(), scalar_t(0));
       std::vector<scalar_t> grad_a(HW), flipped(K * K), tap_acc(K * K * core::kDepthwiseBlock);
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         const int64_t c = p % C;
         double a, b, bias_grad;
         core::dwconv_bn_swish_backward_plane(geometry, gp + p * HW, gs[p], gq[p], yp + p * HW, xp + p * HW,

@@ -3,9 +3,13 @@
 // CPU cores (csrc/core/cell_fusion.h) that test_cell_core.cpp checks against
 // the formulas. Per kernel: odd plane sizes, 1x1 planes, kernel sizes 1, 3, 5,
 // and depthwise tiles of fewer rows than the plane (the per-tile partial sums
-// and the halo rows between tiles). Buffers are exactly the sizes the
-// launchers allocate, so under ASan an out-of-range access fails here; under
-// TSan an access no barrier orders does.
+// and the halo rows between tiles). Storage in float and in float16
+// (_Float16, the compiler's IEEE half, standing in for c10::Half; arithmetic
+// stays float as in the extension): inputs are rounded to the storage type and
+// the cores get the rounded values, outputs stored in half are compared to
+// half precision, sums kept in float to float precision. Buffers are exactly
+// the sizes the launchers allocate, so under ASan an out-of-range access fails
+// here; under TSan an access no barrier orders does.
 #include "cuda_emulation.h"
 
 #include <cmath>
@@ -39,7 +43,37 @@ double worst_error(const std::vector<A>& got, const std::vector<B>& want) {
   return worst;
 }
 
-constexpr double kTolerance = 2e-5;  // float kernels vs float cores: summation order only
+// What a kernel with storage type T may differ from the float cores by:
+// values it stores in T (one rounding to T), and sums it keeps in float
+// (summation order only).
+template <typename T>
+struct Tolerance;
+template <>
+struct Tolerance<float> {
+  static constexpr double stored = 2e-5, sums = 2e-5;
+};
+template <>
+struct Tolerance<_Float16> {
+  static constexpr double stored = 2e-3, sums = 2e-5;  // half: 11-bit significand
+};
+
+// Values rounded to the storage type T, and the same values as float for the cores.
+template <typename T>
+struct Stored {
+  std::vector<T> data;
+  std::vector<float> as_float;
+  explicit Stored(const std::vector<float>& values) : data(values.size()), as_float(values.size()) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      data[i] = static_cast<T>(values[i]);
+      as_float[i] = static_cast<float>(data[i]);
+    }
+  }
+};
+
+template <typename T>
+std::vector<float> to_float(const std::vector<T>& v) {
+  return std::vector<float>(v.begin(), v.end());
+}
 
 struct Shape {
   int64_t N, C, H, W;
@@ -50,63 +84,71 @@ struct Shape {
 
 const Shape kShapes[] = {{1, 1, 1, 1}, {2, 3, 1, 1}, {2, 3, 7, 5}, {1, 2, 16, 16}, {3, 1, 5, 33}};
 
+template <typename T>
 void test_elementwise(const Shape& s) {
+  using Tol = Tolerance<T>;
   const int64_t P = s.planes(), n = s.plane_size();
-  const auto x = random_values(s.numel(), 2.f), grad = random_values(s.numel());
+  const Stored<T> x(random_values(s.numel(), 2.f)), grad(random_values(s.numel())), skip(random_values(s.numel()));
   const auto scale = random_values(s.C), shift = random_values(s.C), mean = random_values(s.C);
-  const auto per_plane_a = random_values(P), per_plane_c = random_values(P), skip = random_values(s.numel());
+  const auto per_plane_a = random_values(P), per_plane_c = random_values(P);
   const auto grad_sum = random_values(P), grad_sumsq = random_values(P, 0.1f);
 
   // plane_moments and its backward
-  std::vector<float> sum(P), sumsq(P), grad_x(s.numel());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_kernel<float, float>, x.data(), n,
+  std::vector<float> sum(P), sumsq(P);
+  std::vector<T> grad_x(s.numel());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_kernel<T, float>, x.data.data(), n,
               sum.data(), sumsq.data());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_backward_kernel<float, float>, x.data(),
-              n, grad_sum.data(), grad_sumsq.data(), grad_x.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_backward_kernel<T, float>,
+              x.data.data(), n, grad_sum.data(), grad_sumsq.data(), grad_x.data());
   std::vector<double> want_sum(P), want_sumsq(P);
   std::vector<float> want_grad_x(s.numel());
   for (int64_t p = 0; p < P; ++p) {
-    core::plane_moments(x.data() + p * n, n, want_sum[p], want_sumsq[p]);
-    core::plane_moments_backward_plane(x.data() + p * n, n, grad_sum[p], grad_sumsq[p], want_grad_x.data() + p * n);
+    core::plane_moments(x.as_float.data() + p * n, n, want_sum[p], want_sumsq[p]);
+    core::plane_moments_backward_plane(x.as_float.data() + p * n, n, grad_sum[p], grad_sumsq[p],
+                                       want_grad_x.data() + p * n);
   }
-  NCP_EXPECT(worst_error(sum, want_sum) < kTolerance && worst_error(sumsq, want_sumsq) < kTolerance,
-             "plane_moments %lldx%lldx%lldx%lld", (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W);
-  NCP_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "plane_moments_backward");
+  NCP_EXPECT(worst_error(sum, want_sum) < Tol::sums && worst_error(sumsq, want_sumsq) < Tol::sums,
+             "plane_moments %lldx%lldx%lldx%lld, %zu-byte storage", (long long)s.N, (long long)s.C, (long long)s.H,
+             (long long)s.W, sizeof(T));
+  NCP_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "plane_moments_backward");
 
   // bn_swish and its backward
-  std::vector<float> y(s.numel()), want_y(s.numel()), sum_g(P), sum_gc(P);
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::bn_swish_kernel<float, float>, x.data(), s.C, n,
+  std::vector<T> y(s.numel());
+  std::vector<float> want_y(s.numel()), sum_g(P), sum_gc(P);
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::bn_swish_kernel<T, float>, x.data.data(), s.C, n,
               scale.data(), shift.data(), y.data());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::bn_swish_backward_kernel<float, float>, grad.data(),
-              x.data(), s.C, n, scale.data(), shift.data(), mean.data(), grad_x.data(), sum_g.data(), sum_gc.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::bn_swish_backward_kernel<T, float>, grad.data.data(),
+              x.data.data(), s.C, n, scale.data(), shift.data(), mean.data(), grad_x.data(), sum_g.data(),
+              sum_gc.data());
   std::vector<double> want_sum_g(P), want_sum_gc(P);
   for (int64_t p = 0; p < P; ++p) {
     const int64_t c = p % s.C;
-    core::bn_swish_plane(x.data() + p * n, n, scale[c], shift[c], want_y.data() + p * n);
-    core::bn_swish_backward_plane(grad.data() + p * n, x.data() + p * n, n, scale[c], shift[c], mean[c],
-                                  want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
+    core::bn_swish_plane(x.as_float.data() + p * n, n, scale[c], shift[c], want_y.data() + p * n);
+    core::bn_swish_backward_plane(grad.as_float.data() + p * n, x.as_float.data() + p * n, n, scale[c], shift[c],
+                                  mean[c], want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
   }
-  NCP_EXPECT(worst_error(y, want_y) < kTolerance, "bn_swish");
-  NCP_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "bn_swish_backward grad_x");
-  NCP_EXPECT(worst_error(sum_g, want_sum_g) < kTolerance && worst_error(sum_gc, want_sum_gc) < kTolerance,
+  NCP_EXPECT(worst_error(to_float(y), want_y) < Tol::stored, "bn_swish, %zu-byte storage", sizeof(T));
+  NCP_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "bn_swish_backward grad_x");
+  NCP_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
              "bn_swish_backward sums");
 
   // gate_residual and its backward
-  std::vector<float> out(s.numel()), want_out(s.numel());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_kernel<float, float>, x.data(),
-              skip.data(), n, per_plane_a.data(), per_plane_c.data(), out.data());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_backward_kernel<float, float>,
-              grad.data(), x.data(), s.C, n, per_plane_a.data(), mean.data(), grad_x.data(), sum_g.data(),
+  std::vector<T> out(s.numel());
+  std::vector<float> want_out(s.numel());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_kernel<T, float>, x.data.data(),
+              skip.data.data(), n, per_plane_a.data(), per_plane_c.data(), out.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_backward_kernel<T, float>,
+              grad.data.data(), x.data.data(), s.C, n, per_plane_a.data(), mean.data(), grad_x.data(), sum_g.data(),
               sum_gc.data());
   for (int64_t p = 0; p < P; ++p) {
-    core::gate_residual_plane(x.data() + p * n, skip.data() + p * n, n, per_plane_a[p], per_plane_c[p],
-                              want_out.data() + p * n);
-    core::gate_residual_backward_plane(grad.data() + p * n, x.data() + p * n, n, per_plane_a[p], mean[p % s.C],
-                                       want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
+    core::gate_residual_plane(x.as_float.data() + p * n, skip.as_float.data() + p * n, n, per_plane_a[p],
+                              per_plane_c[p], want_out.data() + p * n);
+    core::gate_residual_backward_plane(grad.as_float.data() + p * n, x.as_float.data() + p * n, n, per_plane_a[p],
+                                       mean[p % s.C], want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
   }
-  NCP_EXPECT(worst_error(out, want_out) < kTolerance, "gate_residual");
-  NCP_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "gate_residual_backward grad_h");
-  NCP_EXPECT(worst_error(sum_g, want_sum_g) < kTolerance && worst_error(sum_gc, want_sum_gc) < kTolerance,
+  NCP_EXPECT(worst_error(to_float(out), want_out) < Tol::stored, "gate_residual, %zu-byte storage", sizeof(T));
+  NCP_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "gate_residual_backward grad_h");
+  NCP_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
              "gate_residual_backward sums");
 }
 
@@ -119,69 +161,83 @@ std::vector<double> over_tiles(const std::vector<float>& partial, int64_t P, int
   return total;
 }
 
+template <typename T>
 void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
+  using Tol = Tolerance<T>;
   const int64_t P = s.planes(), n = s.plane_size(), KK = K * K;
   const int64_t tiles = (s.H + tile_rows - 1) / tile_rows;
-  const auto x = random_values(s.numel(), 2.f), grad = random_values(s.numel());
+  const Stored<T> x(random_values(s.numel(), 2.f)), grad(random_values(s.numel()));
   const auto scale = random_values(s.C), shift = random_values(s.C), mean = random_values(s.C);
   const auto weight = random_values(s.C * KK, 0.3f), bias = random_values(s.C);
   const auto grad_sum = random_values(P), grad_sumsq = random_values(P, 0.1f);
 
-  std::vector<float> y(s.numel()), tile_sum(P * tiles), tile_sumsq(P * tiles);
+  std::vector<T> y(s.numel());
+  std::vector<float> tile_sum(P * tiles), tile_sumsq(P * tiles);
   emu::launch(dim3(P, tiles), dim3(kThreads), ops::cell_kernels::dwconv_shared_bytes(tile_rows, s.W, K, sizeof(float)),
-              ops::cell_kernels::dwconv_kernel<float, float>,
-              x.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(), weight.data(), bias.data(),
-              y.data(), tile_sum.data(), tile_sumsq.data());
+              ops::cell_kernels::dwconv_kernel<T, float>, x.data.data(), s.C, s.H, s.W, K, tile_rows, scale.data(),
+              shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
 
-  std::vector<float> grad_x(s.numel()), tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK),
+  std::vector<T> grad_x(s.numel());
+  std::vector<float> tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK),
       tile_grad_b(P * tiles);
   emu::launch(dim3(P, tiles), dim3(kThreads),
               ops::cell_kernels::dwconv_backward_shared_bytes(tile_rows, s.W, K, sizeof(float)),
-              ops::cell_kernels::dwconv_backward_kernel<float, float>, grad.data(), grad_sum.data(),
-              grad_sumsq.data(), y.data(), x.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(),
+              ops::cell_kernels::dwconv_backward_kernel<T, float>, grad.data.data(), grad_sum.data(),
+              grad_sumsq.data(), y.data(), x.data.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(),
               mean.data(), weight.data(), grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(),
               tile_grad_b.data());
 
+  // The references: the forward from the rounded input; the moments of the y
+  // the kernel stored (what the next op reads); the backward from that y.
+  const std::vector<float> stored_y = to_float(y);
   const core::DepthwisePlane g{s.H, s.W, K};
   std::vector<float> padded_a(g.padded_size(), 0.f), padded_g(g.padded_size(), 0.f), grad_a(n), flipped(KK),
       tap_acc(KK * core::kDepthwiseBlock);
   std::vector<float> want_y(s.numel()), want_grad_x(s.numel()), want_grad_w(P * KK);
-  std::vector<double> want_sum(P), want_sumsq(P), want_sum_g(P), want_sum_gc(P), want_grad_b(P);
+  std::vector<double> unused_sum(P), unused_sumsq(P), want_sum(P), want_sumsq(P), want_sum_g(P), want_sum_gc(P),
+      want_grad_b(P);
   for (int64_t p = 0; p < P; ++p) {
     const int64_t c = p % s.C;
-    core::dwconv_bn_swish_plane(g, x.data() + p * n, scale[c], shift[c], weight.data() + c * KK, bias[c],
-                                padded_a.data(), want_y.data() + p * n, want_sum[p], want_sumsq[p]);
-    core::dwconv_bn_swish_backward_plane(g, grad.data() + p * n, grad_sum[p], grad_sumsq[p], y.data() + p * n,
-                                         x.data() + p * n, scale[c], shift[c], mean[c], weight.data() + c * KK,
-                                         padded_a.data(), padded_g.data(), grad_a.data(), flipped.data(),
-                                         tap_acc.data(), want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p],
-                                         want_grad_w.data() + p * KK, want_grad_b[p]);
+    core::dwconv_bn_swish_plane(g, x.as_float.data() + p * n, scale[c], shift[c], weight.data() + c * KK, bias[c],
+                                padded_a.data(), want_y.data() + p * n, unused_sum[p], unused_sumsq[p]);
+    core::plane_moments(stored_y.data() + p * n, n, want_sum[p], want_sumsq[p]);
+    core::dwconv_bn_swish_backward_plane(g, grad.as_float.data() + p * n, grad_sum[p], grad_sumsq[p],
+                                         stored_y.data() + p * n, x.as_float.data() + p * n, scale[c], shift[c],
+                                         mean[c], weight.data() + c * KK, padded_a.data(), padded_g.data(),
+                                         grad_a.data(), flipped.data(), tap_acc.data(), want_grad_x.data() + p * n,
+                                         want_sum_g[p], want_sum_gc[p], want_grad_w.data() + p * KK, want_grad_b[p]);
   }
-  const char* what = "depthwise %lldx%lldx%lldx%lld K=%lld tile_rows=%lld: %s";
+  const char* what = "depthwise %lldx%lldx%lldx%lld K=%lld tile_rows=%lld, %zu-byte storage: %s";
 #define DEPTHWISE_EXPECT(cond, name)                                                                          \
   NCP_EXPECT(cond, what, (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)K, \
-             (long long)tile_rows, name)
-  DEPTHWISE_EXPECT(worst_error(y, want_y) < kTolerance, "y");
-  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum, P, tiles), want_sum) < kTolerance &&
-                       worst_error(over_tiles(tile_sumsq, P, tiles), want_sumsq) < kTolerance,
+             (long long)tile_rows, sizeof(T), name)
+  DEPTHWISE_EXPECT(worst_error(stored_y, want_y) < Tol::stored, "y");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum, P, tiles), want_sum) < Tol::sums &&
+                       worst_error(over_tiles(tile_sumsq, P, tiles), want_sumsq) < Tol::sums,
                    "moments of y");
-  DEPTHWISE_EXPECT(worst_error(grad_x, want_grad_x) < kTolerance, "grad_x");
-  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum_g, P, tiles), want_sum_g) < kTolerance &&
-                       worst_error(over_tiles(tile_sum_gc, P, tiles), want_sum_gc) < kTolerance,
+  DEPTHWISE_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "grad_x");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum_g, P, tiles), want_sum_g) < Tol::sums &&
+                       worst_error(over_tiles(tile_sum_gc, P, tiles), want_sum_gc) < Tol::sums,
                    "sums of the input gradient");
-  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_w, P, tiles, KK), want_grad_w) < kTolerance, "grad_w");
-  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_b, P, tiles), want_grad_b) < kTolerance, "grad_b");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_w, P, tiles, KK), want_grad_w) < Tol::sums, "grad_w");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_b, P, tiles), want_grad_b) < Tol::sums, "grad_b");
 #undef DEPTHWISE_EXPECT
+}
+
+template <typename T>
+void test_storage_type() {
+  for (const Shape& s : kShapes) test_elementwise<T>(s);
+  for (const Shape& s : kShapes)
+    for (int64_t K : {1, 3, 5}) {
+      test_depthwise<T>(s, K, s.H);  // one tile per plane
+      if (s.H > 2) test_depthwise<T>(s, K, 3);  // several tiles, the last one partial when H % 3 != 0
+    }
 }
 
 }  // namespace
 
 int main() {
-  for (const Shape& s : kShapes) test_elementwise(s);
-  for (const Shape& s : kShapes)
-    for (int64_t K : {1, 3, 5}) {
-      test_depthwise(s, K, s.H);  // one tile per plane
-      if (s.H > 2) test_depthwise(s, K, 3);  // several tiles, the last one partial when H % 3 != 0
-    }
+  test_storage_type<float>();
+  test_storage_type<_Float16>();
   return finish("test_cell_cuda_emulated");
 }

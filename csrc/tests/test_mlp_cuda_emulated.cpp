@@ -29,7 +29,10 @@ std::vector<float> random_values(int64_t n, float scale) {
 
 double swish_ref(double u) { return u / (1 + std::exp(-u)); }
 
-// widths: D, hidden..., 1.
+// widths: D, hidden..., 1. T: the proposals' storage type (float, or the
+// compiler's IEEE half standing in for c10::Half; the reference uses the
+// rounded proposals, the kernel computes in float either way).
+template <typename T = float>
 void run_case(int64_t rows, const std::vector<int>& widths) {
   const int layers_count = static_cast<int>(widths.size()) - 1;
   const int D = widths[0];
@@ -46,11 +49,13 @@ void run_case(int64_t rows, const std::vector<int>& widths) {
     layers.out[l] = widths[l + 1];
     if (l + 1 < layers_count) widest = std::max(widest, widths[l + 1]);
   }
-  const auto z = random_values(rows * D, 1.f);
+  std::vector<float> z = random_values(rows * D, 1.f);
+  std::vector<T> z_stored(z.begin(), z.end());
+  z.assign(z_stored.begin(), z_stored.end());
   std::vector<float> logits(rows);
   const unsigned blocks = static_cast<unsigned>((rows + kTileRows - 1) / kTileRows);
   ncpfast::emu::launch(dim3(blocks), dim3(kThreads), mlp_shared_bytes(widest),
-                       mlp_log_ratio_kernel<float>, z.data(), rows, layers, widest, logits.data());
+                       mlp_log_ratio_kernel<T>, z_stored.data(), rows, layers, widest, logits.data());
 
   double worst = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -66,8 +71,8 @@ void run_case(int64_t rows, const std::vector<int>& widths) {
     }
     worst = std::max(worst, std::fabs(logits[r] - h[0]) / (1 + std::fabs(h[0])));
   }
-  NCP_EXPECT(worst < 1e-4, "rows=%lld D=%d layers=%d widest=%d: worst relative error %g", (long long)rows, D,
-             layers_count, widest, worst);
+  NCP_EXPECT(worst < 1e-4, "rows=%lld D=%d layers=%d widest=%d, %zu-byte proposals: worst relative error %g",
+             (long long)rows, D, layers_count, widest, sizeof(T), worst);
 }
 
 }  // namespace
@@ -81,5 +86,6 @@ int main() {
   run_case(20, {1280, 64, 64, 1});       // D = 20x8x8: proposals staged in 20 chunks of columns
   run_case(35, {130, 30, 44, 1});        // a partial last chunk; widths not multiples of 4 (scalar path)
   run_case(16, {66, 352, 8, 1});         // the widest hidden layer the shared memory allows
+  run_case<_Float16>(21, {130, 64, 64, 1});  // half proposals, converted as they are staged
   return finish("test_mlp_cuda_emulated");
 }

@@ -2,7 +2,8 @@
 // CPU emulation of the CUDA execution model (cuda_emulation.h), against the
 // MLP evaluated directly in double precision. Cases: a row count that is not
 // a multiple of the kernel's row tile, hidden widths below, at and above the
-// block's thread count (up to the shared-memory limit), widths that are and
+// block's thread count (up to the shared-memory limit), each row-group
+// instantiation (widest layer <= 32, 64, 128, above), widths that are and
 // are not multiples of the 4-column vector path, one to three hidden layers,
 // D from 1 to 1,280 (one to twenty staged chunks, a partial last chunk).
 #include "cuda_emulation.h"
@@ -54,8 +55,10 @@ void run_case(int64_t rows, const std::vector<int>& widths) {
   z.assign(z_stored.begin(), z_stored.end());
   std::vector<float> logits(rows);
   const unsigned blocks = static_cast<unsigned>((rows + kTileRows - 1) / kTileRows);
-  ncpfast::emu::launch(dim3(blocks), dim3(kThreads), mlp_shared_bytes(widest),
-                       mlp_log_ratio_kernel<T>, z_stored.data(), rows, layers, widest, logits.data());
+  with_mlp_kernel<T>(widest, [&](auto kernel) {
+    ncpfast::emu::launch(dim3(blocks), dim3(kThreads), mlp_shared_bytes(widest), kernel, z_stored.data(), rows,
+                         layers, widest, logits.data());
+  });
 
   double worst = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -87,5 +90,10 @@ int main() {
   run_case(35, {130, 30, 44, 1});        // a partial last chunk; widths not multiples of 4 (scalar path)
   run_case(16, {66, 352, 8, 1});         // the widest hidden layer the shared memory allows
   run_case<_Float16>(21, {130, 64, 64, 1});  // half proposals, converted as they are staged
+  // Narrow layers run in row groups: 8 groups of 32 units, 4 of 64, 2 of 128
+  // (with a layer narrower than the group's units, and rows not a multiple of the groups).
+  run_case(13, {9, 32, 20, 1});
+  run_case(30, {50, 64, 64, 1});
+  run_case(27, {12, 100, 128, 1});
   return finish("test_mlp_cuda_emulated");
 }

@@ -46,9 +46,10 @@ std::tuple<at::Tensor, at::Tensor> mlp_log_ratio_cuda(const at::Tensor& z, at::T
   const int64_t blocks = (rows + kTileRows - 1) / kTileRows;
   TORCH_CHECK_VALUE(blocks < (int64_t(1) << 31), "mlp_log_ratio: B * M = ", rows, " exceeds the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "mlp_log_ratio_cuda", [&] {
-    mlp_log_ratio_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, shared,
-                                     at::cuda::getCurrentCUDAStream()>>>(
-        z.data_ptr<scalar_t>(), rows, layers, static_cast<int>(widest), logits.data_ptr<float>());
+    with_mlp_kernel<scalar_t>(static_cast<int>(widest), [&](auto kernel) {
+      kernel<<<static_cast<unsigned>(blocks), kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
+          z.data_ptr<scalar_t>(), rows, layers, static_cast<int>(widest), logits.data_ptr<float>());
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {logits, at::logsumexp(logits, {1})};

@@ -40,22 +40,24 @@ inline size_t mlp_shared_bytes(int widest) {
   return sizeof(float) * kTileRows * (2 * static_cast<size_t>(widest) + kStageColumns);
 }
 
-// acc[r] += sum_k src[r * ld + k] * w[k * H] for k < width and rows r < count.
-// src is shared memory; w points at one output unit's column of W^T (global).
-// With ld a multiple of 4 (and src 16-byte aligned) the activations are read
-// 4 columns at a time: one 16-byte shared load serves 4 FMAs, instead of a
-// load per FMA.
+// acc[i] += sum_k src[r * ld + k] * w[k * H] for k < width and the rows
+// r = first_row + i * row_stride < count that this thread owns. src is shared
+// memory; w points at one output unit's column of W^T (global). With ld a
+// multiple of 4 (and src 16-byte aligned) the activations are read 4 columns
+// at a time: one 16-byte shared load serves 4 FMAs, instead of a load per FMA.
+template <int kRows>
 __device__ __forceinline__ void accumulate_columns(const float* src, int ld, int width, const float* w, int H,
-                                                   int count, float (&acc)[kTileRows]) {
+                                                   int first_row, int row_stride, int count, float (&acc)[kRows]) {
   int k = 0;
   if (ld % 4 == 0) {
     for (; k + 4 <= width; k += 4) {
       const float w0 = w[k * H], w1 = w[(k + 1) * H], w2 = w[(k + 2) * H], w3 = w[(k + 3) * H];
 #pragma unroll
-      for (int r = 0; r < kTileRows; ++r) {
+      for (int i = 0; i < kRows; ++i) {
+        const int r = first_row + i * row_stride;
         if (r < count) {
           const float4 a = *reinterpret_cast<const float4*>(src + r * ld + k);
-          acc[r] += a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
+          acc[i] += a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
         }
       }
     }
@@ -63,15 +65,26 @@ __device__ __forceinline__ void accumulate_columns(const float* src, int ld, int
   for (; k < width; ++k) {
     const float wk = w[k * H];
 #pragma unroll
-    for (int r = 0; r < kTileRows; ++r)
-      if (r < count) acc[r] += src[r * ld + k] * wk;
+    for (int i = 0; i < kRows; ++i) {
+      const int r = first_row + i * row_stride;
+      if (r < count) acc[i] += src[r * ld + k] * wk;
+    }
   }
 }
 
 // One block runs kTileRows proposals through the whole MLP; shared memory
-// holds mlp_shared_bytes(widest), widest = the widest hidden layer.
-template <typename T>
+// holds mlp_shared_bytes(widest), widest = the widest hidden layer. The
+// block's threads form kTileRows / kRowsPerThread groups; a group computes
+// kThreads / groups output units at a time, each thread for its kRowsPerThread
+// rows (r = group, group + groups, ...). One group of 256 units suits wide
+// layers; narrow ones (the group classifiers' 64 units) would leave most
+// threads idle, so they use more groups with fewer rows each
+// (with_mlp_kernel picks).
+template <typename T, int kRowsPerThread>
 __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, int widest, float* logits) {
+  static_assert(kTileRows % kRowsPerThread == 0, "row groups must tile the block's rows");
+  constexpr int kGroups = kTileRows / kRowsPerThread;
+  constexpr int kUnits = kThreads / kGroups;  // output units a pass computes
   NCP_DYNAMIC_SHARED(float, shared);
   float* const tile_a = shared;                             // outputs of even layers
   float* const tile_b = shared + kTileRows * widest;        // outputs of odd layers
@@ -79,15 +92,16 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   const int count = static_cast<int>(rows - r0 < kTileRows ? rows - r0 : kTileRows);
   const int D = layers.in[0];
+  const int group = static_cast<int>(threadIdx.x) / kUnits, unit = static_cast<int>(threadIdx.x) % kUnits;
   for (int l = 0; l + 1 < layers.count; ++l) {
     const int K = layers.in[l], H = layers.out[l];
     const float* in = l % 2 == 1 ? tile_a : tile_b;  // unused for l == 0
     float* out = l % 2 == 0 ? tile_a : tile_b;
-    for (int h0 = 0; h0 < H; h0 += kThreads) {  // block-uniform: the barriers below are reached by all
-      const int h = h0 + static_cast<int>(threadIdx.x);
-      float acc[kTileRows];
+    for (int h0 = 0; h0 < H; h0 += kUnits) {  // block-uniform: the barriers below are reached by all
+      const int h = h0 + unit;
+      float acc[kRowsPerThread];
 #pragma unroll
-      for (int r = 0; r < kTileRows; ++r) acc[r] = 0.f;
+      for (int i = 0; i < kRowsPerThread; ++i) acc[i] = 0.f;
       if (l == 0) {
         // The proposals, kStageColumns columns at a time, converted to float in shared memory.
         for (int k0 = 0; k0 < D; k0 += kStageColumns) {
@@ -98,16 +112,20 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
             staged[r * kStageColumns + k] = static_cast<float>(z[(r0 + r) * D + k0 + k]);
           }
           __syncthreads();
-          if (h < H) accumulate_columns(staged, kStageColumns, width, layers.weight_t[0] + k0 * H + h, H, count, acc);
+          if (h < H)
+            accumulate_columns(staged, kStageColumns, width, layers.weight_t[0] + k0 * H + h, H, group, kGroups,
+                               count, acc);
         }
       } else if (h < H) {
-        accumulate_columns(in, K, K, layers.weight_t[l] + h, H, count, acc);
+        accumulate_columns(in, K, K, layers.weight_t[l] + h, H, group, kGroups, count, acc);
       }
       if (h < H) {
         const float b = layers.bias[l][h];
 #pragma unroll
-        for (int r = 0; r < kTileRows; ++r)
-          if (r < count) out[r * H + h] = core::swish(acc[r] + b);
+        for (int i = 0; i < kRowsPerThread; ++i) {
+          const int r = group + i * kGroups;
+          if (r < count) out[r * H + h] = core::swish(acc[i] + b);
+        }
       }
     }
     __syncthreads();
@@ -121,6 +139,21 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
     for (int k = lane; k < K; k += 32) acc += in[r * K + k] * layers.weight_t[last][k];
     for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
     if (lane == 0) logits[r0 + r] = acc + layers.bias[last][0];
+  }
+}
+
+// Calls launch(kernel) with the instantiation for hidden layers at most
+// `widest` wide: as many row groups as keep a pass's output units busy.
+template <typename T, typename Launch>
+void with_mlp_kernel(int widest, Launch&& launch) {
+  if (widest <= 32) {
+    launch(mlp_log_ratio_kernel<T, 2>);  // 8 groups of 32 units
+  } else if (widest <= 64) {
+    launch(mlp_log_ratio_kernel<T, 4>);  // 4 groups of 64
+  } else if (widest <= 128) {
+    launch(mlp_log_ratio_kernel<T, 8>);  // 2 groups of 128
+  } else {
+    launch(mlp_log_ratio_kernel<T, 16>);  // 1 group of 256
   }
 }
 

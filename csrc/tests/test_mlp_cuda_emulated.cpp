@@ -89,7 +89,9 @@ int main() {
   run_case(20, {1280, 64, 64, 1});       // D = 20x8x8: proposals staged in 20 chunks of columns
   run_case(35, {130, 30, 44, 1});        // a partial last chunk; widths not multiples of 4 (scalar path)
   run_case(16, {66, 352, 8, 1});         // the widest hidden layer the shared memory allows
+#if NCP_HAVE_FLOAT16
   run_case<_Float16>(21, {130, 64, 64, 1});  // half proposals, converted as they are staged
+#endif
   // Narrow layers run in row groups: 8 groups of 32 units, 4 of 64, 2 of 128
   // (with a layer narrower than the group's units, and rows not a multiple of the groups).
   run_case(13, {9, 32, 20, 1});

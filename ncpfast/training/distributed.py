@@ -2,6 +2,7 @@
 (NCCL on GPU, gloo on CPU). Without torchrun's environment it is a no-op."""
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -35,8 +36,26 @@ def init_distributed(device_request: str) -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+# How long the other ranks wait at the end for rank 0, which evaluates alone.
+FINAL_BARRIER_TIMEOUT = timedelta(hours=24)
+
+
 def shutdown_distributed() -> None:
-    if dist.is_initialized():
+    """Waits until every rank is here, then tears the process group down.
+    Rank 0 evaluates alone after training; a rank that destroyed its gloo
+    context while rank 0 still held the connection sometimes died in
+    std::terminate ("terminate called without an active exception", seen in
+    CI on the two-process stage-2 test). The wait gets its own long timeout
+    (gloo's monitored_barrier) because that evaluation can take longer than
+    the process group's default."""
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
+        else:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 

@@ -13,3 +13,12 @@
 #define NCP_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)
 #endif
+
+#include <cstddef>
+
+namespace ncpfast {
+namespace core {
+// Shared memory a block may use without opting in to more (cudaFuncSetAttribute).
+constexpr size_t kDefaultSharedBytesPerBlock = 48 * 1024;
+}  // namespace core
+}  // namespace ncpfast

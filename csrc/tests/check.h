@@ -1,7 +1,11 @@
-// A minimal assertion helper for the native tests: report and count failures.
+// Helpers for the native tests: an assertion that reports and counts
+// failures, and their random inputs.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
+#include <random>
+#include <vector>
 
 static int g_failures = 0;
 
@@ -14,6 +18,15 @@ static int g_failures = 0;
       std::fprintf(stderr, "\n");                                       \
     }                                                                   \
   } while (0)
+
+// n values from N(0, scale^2), from one fixed-seed generator per test program.
+inline std::vector<float> random_values(int64_t n, float scale = 1.f) {
+  static std::mt19937 rng(1234);
+  std::normal_distribution<float> normal(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
 
 inline int finish(const char* name) {
   if (g_failures) {

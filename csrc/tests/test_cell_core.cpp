@@ -15,15 +15,6 @@ using namespace ncpfast::core;
 
 namespace {
 
-std::mt19937 rng(1234);
-
-std::vector<float> random_values(int64_t n, float scale = 1.f) {
-  std::normal_distribution<float> normal(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(rng);
-  return v;
-}
-
 double sigmoid_ref(double u) { return 1.0 / (1.0 + std::exp(-u)); }
 double swish_ref(double u) { return u * sigmoid_ref(u); }
 double swish_grad_ref(double u) {

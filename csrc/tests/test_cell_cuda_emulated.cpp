@@ -25,15 +25,6 @@ using ops::cell_kernels::kThreads;
 
 namespace {
 
-std::mt19937 rng(4321);
-
-std::vector<float> random_values(int64_t n, float scale = 1.f) {
-  std::normal_distribution<float> normal(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(rng);
-  return v;
-}
-
 // Largest |got - want| / (1 + |want|).
 template <typename A, typename B>
 double worst_error(const std::vector<A>& got, const std::vector<B>& want) {

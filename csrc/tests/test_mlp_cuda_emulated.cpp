@@ -19,15 +19,6 @@ using namespace ncpfast::ops::mlp_kernels;
 
 namespace {
 
-std::mt19937 rng(99);
-
-std::vector<float> random_values(int64_t n, float scale) {
-  std::normal_distribution<float> normal(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(rng);
-  return v;
-}
-
 double swish_ref(double u) { return u / (1 + std::exp(-u)); }
 
 // widths: D, hidden..., 1. T: the proposals' storage type (float, or the

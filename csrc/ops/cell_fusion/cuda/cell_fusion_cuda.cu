@@ -19,8 +19,7 @@ using namespace cell_kernels;
 
 // Shared memory one depthwise block may use for its padded tiles.
 constexpr int64_t kTileBytes = 32 * 1024;
-// What a block may use without opting in to more.
-constexpr size_t kSharedLimit = 48 * 1024;
+constexpr size_t kSharedLimit = core::kDefaultSharedBytesPerBlock;
 
 // Rows per depthwise tile so that `buffers` padded tiles fit in kTileBytes.
 int64_t depthwise_tile_rows(const char* op, int64_t H, int64_t W, int64_t K, int64_t element_bytes,

@@ -51,6 +51,19 @@ __device__ __forceinline__ A load(const T* p, int64_t i) {
 
 // ------------------------------------------------------------ elementwise ops
 
+// Backward through a = swish(u), u = x * scale + shift, for one element:
+// given grad_a, stores grad_x = g * scale (g = dL/du, recomputed from x) and
+// adds g and g * (x - mean) to v, the batch-norm statistics' share (the CPU
+// core's bn_swish_backward_plane, per element).
+template <typename T, typename A>
+__device__ __forceinline__ void swish_affine_backward(A grad_a, A xv, A sc, A sh, A m, T& grad_x, A (&v)[2]) {
+  const A g = grad_a * core::swish_grad(xv * sc + sh);
+  grad_x = static_cast<T>(g * sc);
+  v[0] += g;
+  v[1] += g * (xv - m);
+}
+
+
 template <typename T, typename A>
 __global__ void plane_moments_kernel(const T* x, int64_t HW, A* sum, A* sumsq) {
   const int64_t p = blockIdx.x;
@@ -90,13 +103,8 @@ __global__ void bn_swish_backward_kernel(const T* grad_y, const T* x, int64_t C,
   const int64_t p = blockIdx.x, c = p % C;
   const A sc = scale[c], sh = shift[c], m = mean[c];
   A v[2] = {0, 0};
-  for (int64_t i = threadIdx.x; i < HW; i += kThreads) {
-    const A xv = load<T, A>(x, p * HW + i);
-    const A g = load<T, A>(grad_y, p * HW + i) * core::swish_grad(xv * sc + sh);
-    grad_x[p * HW + i] = static_cast<T>(g * sc);
-    v[0] += g;
-    v[1] += g * (xv - m);
-  }
+  for (int64_t i = threadIdx.x; i < HW; i += kThreads)
+    swish_affine_backward(load<T, A>(grad_y, p * HW + i), load<T, A>(x, p * HW + i), sc, sh, m, grad_x[p * HW + i], v);
   block_sum(v);
   if (threadIdx.x == 0) {
     sum_g[p] = v[0];
@@ -242,11 +250,7 @@ __global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const
     for (int64_t ki = 0; ki < K; ++ki)
       for (int64_t kj = 0; kj < K; ++kj) grad_a += w[ki * K + kj] * g_tile[(i + 2 * P - ki) * Wp + j + 2 * P - kj];
     const int64_t index = (r0 + i) * W + j;
-    const A xv = load<T, A>(xp, index);
-    const A g = grad_a * core::swish_grad(xv * sc + sh);
-    grad_x[p * H * W + index] = static_cast<T>(g * sc);
-    v[0] += g;
-    v[1] += g * (xv - m);
+    swish_affine_backward(grad_a, load<T, A>(xp, index), sc, sh, m, grad_x[p * H * W + index], v);
   }
   block_sum(v);
   if (threadIdx.x == 0) {

@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> mlp_log_ratio_cuda(const at::Tensor& z, at::T
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) <= kMaxLayers, "mlp_log_ratio: at most ", kMaxLayers,
                     " layers on CUDA, got ", weights.size());
   const size_t shared = mlp_shared_bytes(static_cast<int>(widest));
-  constexpr size_t kSharedLimit = 48 * 1024;  // without opting in to more per block
+  constexpr size_t kSharedLimit = core::kDefaultSharedBytesPerBlock;
   TORCH_CHECK_VALUE(shared <= kSharedLimit, "mlp_log_ratio: hidden width ", widest,
                     " exceeds the CUDA kernel's shared-memory tiles (at most ",
                     (kSharedLimit / sizeof(float) / kTileRows - kStageColumns) / 2, ")");

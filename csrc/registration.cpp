@@ -17,21 +17,31 @@ TORCH_LIBRARY(ncpfast, m) {
       "sir_resample(Tensor log_weights, Tensor proposals, int num_samples, bool systematic, "
       "Tensor seed) -> (Tensor samples, Tensor indices, Tensor log_normalizer)");
 
-  // Fused residual-cell ops (csrc/ops/cell_fusion). Activations NCHW; the
-  // batch norm enters as (mean, invstd, weight, bias) per channel; reductions
-  // come back per (image, channel) plane, [N, C], and are summed over the batch
-  // in Python. Backward ops recompute from the saved input.
   // The flat NCP classifier on [B, M, D] proposals: an MLP, SiLU between its
   // linear layers (weights[l] [out, in], biases[l] [out]), one logit out.
   // Returns the log-ratios [B, M] and each row's logsumexp [B] (float32).
   m.def("mlp_log_ratio(Tensor z, Tensor[] weights, Tensor[] biases) -> (Tensor log_ratio, Tensor row_logsumexp)");
 
+  // Fused residual-cell ops (csrc/ops/cell_fusion). Activations NCHW (or
+  // channels_last on the CPU, but for the depthwise conv); the batch norm
+  // enters as (mean, invstd, weight, bias) per channel; reductions come back
+  // per (image, channel) plane, [N, C], and are summed over the batch in
+  // Python. Backward ops recompute from the saved input.
   m.def("plane_moments(Tensor x) -> (Tensor sum, Tensor sumsq)");
   m.def("plane_moments_backward(Tensor x, Tensor grad_sum, Tensor grad_sumsq) -> Tensor");
   m.def("bn_swish(Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias) -> Tensor");
   m.def(
       "bn_swish_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor weight, "
       "Tensor bias) -> (Tensor grad_x, Tensor sum_grad, Tensor sum_grad_centered)");
+  // Batch norm with batch statistics (training) + Swish in one op: y and the
+  // batch mean and biased variance [C] (statistics for the running averages,
+  // not differentiated). Its backward folds the gradient that reaches x through
+  // the statistics into grad_x: plane_moments + bn_swish would leave autograd
+  // a second full-size gradient to compute and add.
+  m.def("batch_norm_swish(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor y, Tensor mean, Tensor var)");
+  m.def(
+      "batch_norm_swish_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor invstd, Tensor weight, "
+      "Tensor bias) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "dwconv_bn_swish(Tensor x, Tensor mean, Tensor invstd, Tensor bn_weight, Tensor bn_bias, "
       "Tensor conv_weight, Tensor conv_bias) -> (Tensor out, Tensor sum, Tensor sumsq)");

@@ -15,7 +15,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 SHAPES = [(3, 5, 7, 6, 5), (1, 3, 1, 1, 5), (2, 7, 9, 17, 3), (2, 4, 12, 12, 7), (4, 16, 8, 8, 5)]
 
 
-def make_inputs(shape, dtype=torch.float64, device="cpu", seed=0, grad=True):
+def make_inputs(shape, dtype=torch.float64, device="cpu", seed=0, grad=True, layout=torch.contiguous_format):
+    """Random inputs of every op; layout: the activations' memory format."""
     N, C, H, W, K = shape
     g = torch.Generator().manual_seed(seed)
     param = torch.float64 if dtype == torch.float64 else torch.float32
@@ -24,8 +25,8 @@ def make_inputs(shape, dtype=torch.float64, device="cpu", seed=0, grad=True):
         v = torch.rand(size, generator=g, dtype=torch.float64) + 0.5 if positive else torch.randn(size, generator=g, dtype=torch.float64)
         return v
 
-    x = t(N, C, H, W).to(device, dtype).requires_grad_(grad)
-    skip = t(N, C, H, W).to(device, dtype).requires_grad_(grad)
+    x = t(N, C, H, W).to(device, dtype).contiguous(memory_format=layout).requires_grad_(grad)
+    skip = t(N, C, H, W).to(device, dtype).contiguous(memory_format=layout).requires_grad_(grad)
     bn = [t(C), t(C, positive=True), t(C), t(C)]
     bn = [p.to(device, param).requires_grad_(grad) for p in bn]
     conv_w = (t(C, 1, K, K) / K).to(device, param).requires_grad_(grad)
@@ -39,6 +40,7 @@ def calls(i):
     return [
         ("plane_moments", lambda m: m.plane_moments(i["x"])),
         ("bn_swish", lambda m: m.bn_swish(i["x"], *i["bn"])),
+        ("batch_norm_swish", lambda m: m.batch_norm_swish(i["x"], i["bn"][2], i["bn"][3], 1e-3)),
         ("dwconv_bn_swish", lambda m: m.dwconv_bn_swish(i["x"], *i["bn"], i["conv_w"], i["conv_b"])),
         ("bn_gate_residual", lambda m: m.bn_gate_residual(i["x"], i["skip"], *i["bn"], i["gate"], 0.1)),
     ]
@@ -52,12 +54,27 @@ def leaves(i):
     return [i["x"], i["skip"], *i["bn"], i["conv_w"], i["conv_b"], i["gate"]]
 
 
+# The ops the CPU backend also runs on channels_last activations (all but the depthwise conv).
+CHANNELS_LAST_OPS = ("plane_moments", "bn_swish", "batch_norm_swish", "bn_gate_residual")
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+def layout_ops(layout, shape=SHAPES[0]):
+    """The ops to test on activations of this layout and shape (batch
+    statistics need more than one value per channel: see the error test)."""
+    N, _, H, W, _ = shape
+    return [name for name, _ in calls(make_inputs(SHAPES[0]))
+            if (layout == torch.contiguous_format or name in CHANNELS_LAST_OPS)
+            and (name != "batch_norm_swish" or N * H * W > 1)]
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_ops_match_twins_values_and_gradients(shape, dtype):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ops_match_twins_values_and_gradients(shape, dtype, layout):
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
-    for k, (name, call) in enumerate(calls(make_inputs(shape, dtype))):
-        i_fused, i_twin = make_inputs(shape, dtype, seed=k), make_inputs(shape, dtype, seed=k)
+    for k, name in enumerate(layout_ops(layout, shape)):
+        i_fused, i_twin = make_inputs(shape, dtype, seed=k, layout=layout), make_inputs(shape, dtype, seed=k)
         fused = as_tuple(dict(calls(i_fused))[name](ops))
         twin = as_tuple(dict(calls(i_twin))[name](ref))
         weights = [torch.randn_like(o) for o in twin]
@@ -74,29 +91,49 @@ def test_ops_match_twins_values_and_gradients(shape, dtype):
 
 
 @pytest.mark.parametrize("shape", SHAPES[:3])
-def test_gradcheck(shape):
-    i = make_inputs(shape)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradcheck(shape, layout):
+    i = make_inputs(shape, layout=layout)
     checks = {
         "plane_moments": (lambda x: ops.plane_moments(x), [i["x"]]),
         "bn_swish": (ops.bn_swish, [i["x"], *i["bn"]]),
+        "batch_norm_swish": (lambda x, w, b: ops.batch_norm_swish(x, w, b, 1e-3)[0], [i["x"], *i["bn"][2:]]),
         "dwconv_bn_swish": (ops.dwconv_bn_swish, [i["x"], *i["bn"], i["conv_w"], i["conv_b"]]),
         "bn_gate_residual": (lambda *a: ops.bn_gate_residual(*a, 0.1), [i["x"], i["skip"], *i["bn"], i["gate"]]),
     }
-    for name, (fn, args) in checks.items():
+    for name in layout_ops(layout, shape):
+        fn, args = checks[name]
         assert torch.autograd.gradcheck(fn, args), name
 
 
+def test_moments_gradient_of_sums_alone_is_a_broadcast_view():
+    """When only the sums are used (the SE mean pool), plane_moments' backward
+    returns a broadcast view instead of a full-size tensor; values as the twin's."""
+    i = make_inputs(SHAPES[0])
+    x = i["x"]
+    captured = []
+    x.register_hook(lambda g: captured.append(g))
+    weights = torch.randn(x.shape[:2], dtype=x.dtype)
+    (ops.plane_moments(x)[0] * weights).sum().backward()
+    assert captured[0].stride()[2:] == (0, 0)
+    torch.testing.assert_close(x.grad, weights[:, :, None, None].expand(x.shape))
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
-def test_opcheck(device):
-    i = make_inputs((2, 3, 5, 4, 3), torch.float32, device)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck(device, layout):
+    if device == "cuda" and layout == torch.channels_last:
+        pytest.skip("the CUDA backend takes NCHW only")
+    i = make_inputs((2, 3, 5, 4, 3), torch.float32, device, layout=layout)
     samples = {
         "plane_moments": (i["x"],),
         "bn_swish": (i["x"], *i["bn"]),
+        "batch_norm_swish": (i["x"], i["bn"][2], i["bn"][3], 1e-5),
         "dwconv_bn_swish": (i["x"], *i["bn"], i["conv_w"], i["conv_b"]),
         "bn_gate_residual": (i["x"], i["skip"], *i["bn"], i["gate"], 0.1),
     }
-    for name, args in samples.items():
-        torch.library.opcheck(getattr(torch.ops.ncpfast, name).default, args)
+    for name in layout_ops(layout):
+        torch.library.opcheck(getattr(torch.ops.ncpfast, name).default, samples[name])
 
 
 def test_torch_compile_fullgraph():
@@ -125,8 +162,21 @@ def test_errors_name_the_argument():
         ops.bn_swish(x, mean, invstd[:2], w, b)
     with pytest.raises(TypeError, match="weight must be Float"):
         ops.bn_swish(x, mean, invstd, w.double(), b)
-    with pytest.raises(ValueError, match="x must be contiguous"):
+    with pytest.raises(ValueError, match="x must be contiguous \\(NCHW\\) or channels_last"):
         ops.bn_swish(x.transpose(2, 3), mean, invstd, w, b)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="x is channels_last, but the depthwise conv takes NCHW"):
+        ops.dwconv_bn_swish(x_nhwc, mean, invstd, w, b, i["conv_w"], i["conv_b"])
+    with pytest.raises(ValueError, match="skip must be channels_last-contiguous like"):
+        ops.bn_gate_residual(x_nhwc, x, mean, invstd, w, b, i["gate"], 0.1)
+    with pytest.raises(ValueError, match="grad_out must be contiguous \\(NCHW\\) like"):
+        torch.ops.ncpfast.bn_swish_backward(x_nhwc, x, mean, invstd, w, b)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ops.batch_norm_swish(x[:1, :, :1, :1].contiguous(), w, b, 1e-5)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        ops.batch_norm_swish(x, w, b, 0.0)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ops.batch_norm_swish(x, w, b[:2], 1e-5)
     with pytest.raises(ValueError, match="conv_weight must be \\[C, 1, K, K\\].*K odd"):
         ops.dwconv_bn_swish(x, mean, invstd, w, b, torch.zeros(3, 1, 4, 4), b)
     with pytest.raises(ValueError, match="gate must have shape"):
@@ -194,6 +244,27 @@ def test_cells_in_evaluation_without_autograd_equal_torch(make, shape):
     torch.testing.assert_close(fused, eager, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("make, shape", CELLS)
+def test_cells_take_channels_last_input(make, shape):
+    torch.manual_seed(0)
+    cell = make().double()
+    x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    y_f, g_f, _ = run_cell(cell, x, "fused", True)
+    y_t, g_t, _ = run_cell(cell, x, "torch", True)
+    torch.testing.assert_close(y_f, y_t, rtol=1e-9, atol=1e-9)
+    for a, b in zip(g_f, g_t):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_cpu_encoder_cell_computes_and_returns_channels_last(train):
+    cell = EncoderCell(8, 8).train(train)
+    y, _, _ = run_cell(cell, torch.randn(2, 8, 5, 5), "fused", train)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    y_torch, _, _ = run_cell(cell, torch.randn(2, 8, 5, 5), "torch", train)
+    assert y_torch.is_contiguous()  # the eager path keeps torch's layout rules
+
+
 def test_cell_accepts_non_contiguous_input():
     cell = GenerativeCell(4, 4).double()
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64).transpose(2, 3)
@@ -227,7 +298,7 @@ def test_fused_mode_without_backend_is_a_clear_error():
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
 def test_cuda_ops_match_twins(dtype, tol):
     for shape in SHAPES + [(2, 8, 70, 33, 5)]:  # the last needs several row tiles
-        for name, _ in calls(make_inputs(shape, dtype, "cuda")):
+        for name in layout_ops(torch.contiguous_format, shape):
             i_f, i_t = make_inputs(shape, dtype, "cuda"), make_inputs(shape, torch.float64, "cpu")
             fused = as_tuple(dict(calls(i_f))[name](ops))
             twin = as_tuple(dict(calls(i_t))[name](ref))

@@ -39,6 +39,14 @@ NCP_HD void plane_moments_backward_plane(const T* x, int64_t n, T grad_sum, T gr
   for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_sum + T(2) * grad_sumsq * x[i];
 }
 
+// grad_x += alpha + beta x: the gradient that reaches x through batch
+// statistics computed from it (a per-channel affine of x), added in place.
+template <typename T>
+NCP_HD void add_affine_plane(const T* x, int64_t n, T alpha, T beta, T* grad_x) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) grad_x[i] += alpha + beta * x[i];
+}
+
 template <typename T>
 NCP_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
 #pragma omp simd
@@ -204,6 +212,102 @@ NCP_HD void gate_residual_backward_plane(const T* grad_out, const T* h, int64_t 
   }
   sum_g = s1;
   sum_gc = s2;
+}
+
+// --- Channels-last (NHWC) images --------------------------------------------
+// In NHWC an image is H*W "rows" (pixels) of C contiguous channel values, so a
+// plane's values are C apart. These routines handle one image: per-channel
+// parameters are arrays of C, loops run over the channels of a row (the vector
+// dimension), and the per-plane reductions of the image accumulate in double
+// arrays of C that the caller provides. They compute exactly what the plane
+// routines above compute on the same values, in another order.
+
+NCP_HD void zero_channels(int64_t C, double* a, double* b) {
+  for (int64_t c = 0; c < C; ++c) a[c] = b[c] = 0;
+}
+
+// sum[c], sumsq[c] = plane_moments of channel c.
+template <typename T>
+NCP_HD void channel_moments(const T* x, int64_t rows, int64_t C, double* sum, double* sumsq) {
+  zero_channels(C, sum, sumsq);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const double v = xr[c];
+      sum[c] += v;
+      sumsq[c] += v * v;
+    }
+  }
+}
+
+template <typename T>
+NCP_HD void channel_moments_backward(const T* x, int64_t rows, int64_t C, const T* grad_sum,
+                                     const T* grad_sumsq, T* grad_x) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) grad_x[r * C + c] = grad_sum[c] + T(2) * grad_sumsq[c] * x[r * C + c];
+  }
+}
+
+template <typename T>
+NCP_HD void add_affine_channels(const T* x, int64_t rows, int64_t C, const T* alpha, const T* beta, T* grad_x) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) grad_x[r * C + c] += alpha[c] + beta[c] * x[r * C + c];
+  }
+}
+
+template <typename T>
+NCP_HD void bn_swish_channels(const T* x, int64_t rows, int64_t C, const T* scale, const T* shift, T* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) y[r * C + c] = swish(x[r * C + c] * scale[c] + shift[c]);
+  }
+}
+
+// bn_swish_backward_plane for every channel of an image.
+template <typename T>
+NCP_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
+                                       const T* shift, const T* mean, T* grad_x, double* sum_g,
+                                       double* sum_gc) {
+  zero_channels(C, sum_g, sum_gc);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const T g = grad_y[o + c] * swish_grad(x[o + c] * scale[c] + shift[c]);
+      grad_x[o + c] = g * scale[c];
+      sum_g[c] += g;
+      sum_gc[c] += g * (x[o + c] - mean[c]);
+    }
+  }
+}
+
+// gate_residual_plane with per-channel coefficients a[c], cc[c] of one image.
+template <typename T>
+NCP_HD void gate_residual_channels(const T* h, const T* skip, int64_t rows, int64_t C, const T* a,
+                                   const T* cc, T* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) out[r * C + c] = skip[r * C + c] + a[c] * h[r * C + c] + cc[c];
+  }
+}
+
+template <typename T>
+NCP_HD void gate_residual_backward_channels(const T* grad_out, const T* h, int64_t rows, int64_t C,
+                                            const T* a, const T* mean, T* grad_h, double* sum_g,
+                                            double* sum_gc) {
+  zero_channels(C, sum_g, sum_gc);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      grad_h[o + c] = a[c] * grad_out[o + c];
+      sum_g[c] += grad_out[o + c];
+      sum_gc[c] += grad_out[o + c] * (h[o + c] - mean[c]);
+    }
+  }
 }
 
 }  // namespace core

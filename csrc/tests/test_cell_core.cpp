@@ -3,7 +3,9 @@
 // evaluation of its formula, on odd plane sizes (1x1, rows narrower than and
 // not a multiple of the 8-wide register block) and kernel sizes 1, 3, 5, 7.
 // Workspaces are allocated at exactly the documented sizes, so under ASan a
-// routine that reads or writes past them fails here.
+// routine that reads or writes past them fails here. The channels-last
+// routines are checked against the plane routines on the same values.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -48,6 +50,12 @@ void test_moments_and_bn_swish() {
     std::vector<double> want(n);
     for (int64_t i = 0; i < n; ++i) want[i] = 0.25 - 1.0 * x[i];
     NCP_EXPECT(worst_error(grad.data(), want) < 1e-6, "moments backward n=%ld", long(n));
+
+    std::vector<float> acc = random_values(n);
+    const std::vector<float> before = acc;
+    add_affine_plane(x.data(), n, 0.25f, -0.5f, acc.data());
+    for (int64_t i = 0; i < n; ++i) want[i] = before[i] + 0.25 - 0.5 * x[i];
+    NCP_EXPECT(worst_error(acc.data(), want) < 1e-6, "add_affine n=%ld", long(n));
 
     const float scale = 1.3f, shift = -0.2f, mean = 0.1f;
     std::vector<float> y(n);
@@ -182,11 +190,99 @@ void test_gate_residual() {
   }
 }
 
+// The channels-last (NHWC) routines against the plane routines (tested above)
+// on the same values: an image of `rows` pixels x C channels, each channel's
+// plane gathered from it with stride C.
+void test_channels_last_routines_equal_plane_routines() {
+  const int64_t kImages[][2] = {{1, 1}, {1, 3}, {9, 5}, {7, 17}, {64, 32}, {5, 40}};
+  for (const auto& shape : kImages) {
+    const int64_t rows = shape[0], C = shape[1], n = rows * C;
+    const auto x = random_values(n, 2.f), g = random_values(n), skip = random_values(n);
+    const auto scale = random_values(C), shift = random_values(C), mean = random_values(C);
+    const auto a = random_values(C, 0.1f), cc = random_values(C, 0.1f);
+    const auto grad_sum = random_values(C), grad_sumsq = random_values(C);
+    std::vector<double> r1(C), r2(C);
+    std::vector<float> out1(n), out2(n);
+    std::vector<float> plane_x(rows), plane_g(rows), plane_skip(rows), plane_out(rows);
+    auto gather = [&](const std::vector<float>& from, int64_t c, std::vector<float>& to) {
+      for (int64_t r = 0; r < rows; ++r) to[r] = from[r * C + c];
+    };
+    // Largest relative difference between channel c of an NHWC image and a plane.
+    auto plane_error = [&](const std::vector<float>& image, int64_t c, const std::vector<float>& plane) {
+      std::vector<double> want(plane.begin(), plane.end());
+      std::vector<float> got(rows);
+      gather(image, c, got);
+      return worst_error(got.data(), want);
+    };
+    double worst = 0, worst_sum = 0;
+    channel_moments(x.data(), rows, C, r1.data(), r2.data());
+    channel_moments_backward(x.data(), rows, C, grad_sum.data(), grad_sumsq.data(), out1.data());
+    bn_swish_channels(x.data(), rows, C, scale.data(), shift.data(), out2.data());
+    for (int64_t c = 0; c < C; ++c) {
+      gather(x, c, plane_x);
+      double s, q;
+      plane_moments(plane_x.data(), rows, s, q);
+      worst_sum = std::max({worst_sum, relative(r1[c], s), relative(r2[c], q)});
+      plane_moments_backward_plane(plane_x.data(), rows, grad_sum[c], grad_sumsq[c], plane_out.data());
+      worst = std::max(worst, plane_error(out1, c, plane_out));
+      bn_swish_plane(plane_x.data(), rows, scale[c], shift[c], plane_out.data());
+      worst = std::max(worst, plane_error(out2, c, plane_out));
+    }
+    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-12, "moments/bn_swish channels %ldx%ld: %g %g", long(rows),
+               long(C), worst, worst_sum);
+
+    worst = 0;
+    out1 = g;
+    add_affine_channels(x.data(), rows, C, grad_sum.data(), grad_sumsq.data(), out1.data());
+    for (int64_t c = 0; c < C; ++c) {
+      gather(x, c, plane_x);
+      gather(g, c, plane_out);
+      add_affine_plane(plane_x.data(), rows, grad_sum[c], grad_sumsq[c], plane_out.data());
+      worst = std::max(worst, plane_error(out1, c, plane_out));
+    }
+    NCP_EXPECT(worst < 1e-6, "add_affine channels %ldx%ld: %g", long(rows), long(C), worst);
+
+    worst = worst_sum = 0;
+    bn_swish_backward_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(), out1.data(),
+                               r1.data(), r2.data());
+    for (int64_t c = 0; c < C; ++c) {
+      gather(x, c, plane_x);
+      gather(g, c, plane_g);
+      double s1, s2;
+      bn_swish_backward_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], plane_out.data(),
+                              s1, s2);
+      worst = std::max(worst, plane_error(out1, c, plane_out));
+      worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
+    }
+    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "bn_swish backward channels %ldx%ld: %g %g", long(rows), long(C),
+               worst, worst_sum);
+
+    worst = worst_sum = 0;
+    gate_residual_channels(x.data(), skip.data(), rows, C, a.data(), cc.data(), out1.data());
+    gate_residual_backward_channels(g.data(), x.data(), rows, C, a.data(), mean.data(), out2.data(), r1.data(),
+                                    r2.data());
+    for (int64_t c = 0; c < C; ++c) {
+      gather(x, c, plane_x);
+      gather(g, c, plane_g);
+      gather(skip, c, plane_skip);
+      gate_residual_plane(plane_x.data(), plane_skip.data(), rows, a[c], cc[c], plane_out.data());
+      worst = std::max(worst, plane_error(out1, c, plane_out));
+      double s1, s2;
+      gate_residual_backward_plane(plane_g.data(), plane_x.data(), rows, a[c], mean[c], plane_out.data(), s1, s2);
+      worst = std::max(worst, plane_error(out2, c, plane_out));
+      worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
+    }
+    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "gate_residual channels %ldx%ld: %g %g", long(rows), long(C),
+               worst, worst_sum);
+  }
+}
+
 }  // namespace
 
 int main() {
   test_moments_and_bn_swish();
   test_depthwise_forward_and_backward();
   test_gate_residual();
+  test_channels_last_routines_equal_plane_routines();
   return finish("test_cell_core");
 }

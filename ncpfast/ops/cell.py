@@ -14,7 +14,7 @@ import torch
 
 from .. import _extension  # noqa: F401  (loads the operator library)
 
-__all__ = ["plane_moments", "bn_swish", "dwconv_bn_swish", "bn_gate_residual"]
+__all__ = ["plane_moments", "bn_swish", "batch_norm_swish", "dwconv_bn_swish", "bn_gate_residual"]
 
 Tensor = torch.Tensor
 
@@ -30,6 +30,15 @@ def bn_swish(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor, bias: Tens
     """swish((x - mean) * invstd * weight + bias), per channel, in one pass.
     The backward recomputes the normalised input from x instead of storing it."""
     return torch.ops.ncpfast.bn_swish(x, mean, invstd, weight, bias)
+
+
+def batch_norm_swish(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Training-mode batch norm (statistics of this batch) followed by Swish:
+    (y, mean, var), mean and biased var per channel, as plane_moments + bn_swish
+    would give. mean and var are statistics (for the running averages) and are
+    not differentiable; the gradient through them reaches x inside this op's
+    backward, which needs one full-size pass fewer than the two ops'."""
+    return torch.ops.ncpfast.batch_norm_swish(x, weight, bias, float(eps))
 
 
 def dwconv_bn_swish(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor,
@@ -55,6 +64,21 @@ def accumulation_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """The layout these ops read x in: channels_last where x is NHWC-contiguous
+    and not NCHW-contiguous (the CPU kernels take both; CUDA and the depthwise
+    conv take NCHW), contiguous_format otherwise."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def contiguous_like(t: Tensor, x: Tensor) -> Tensor:
+    """t, contiguous in x's layout (memory_format_of): what an op that takes
+    both t and x expects, e.g. an incoming gradient and the saved input."""
+    return t.contiguous(memory_format=memory_format_of(x))
+
+
 def _planes(x: Tensor) -> Tensor:
     return x.new_empty((x.shape[0], x.shape[1]), dtype=accumulation_dtype(x))
 
@@ -77,6 +101,16 @@ def _(x, mean, invstd, weight, bias):
 @torch.library.register_fake("ncpfast::bn_swish_backward")
 def _(grad_out, x, mean, invstd, weight, bias):
     return torch.empty_like(x), _planes(x), _planes(x)
+
+
+@torch.library.register_fake("ncpfast::batch_norm_swish")
+def _(x, weight, bias, eps):
+    return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("ncpfast::batch_norm_swish_backward")
+def _(grad_y, x, mean, invstd, weight, bias):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
 
 
 @torch.library.register_fake("ncpfast::dwconv_bn_swish")
@@ -113,11 +147,17 @@ def _affine_grads(sum_grad: Tensor, sum_grad_centered: Tensor, invstd: Tensor, w
 
 
 def _plane_moments_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (see the backward)
     ctx.save_for_backward(inputs[0])
 
 
 def _plane_moments_backward(ctx, grad_sum, grad_sumsq):
     (x,) = ctx.saved_tensors
+    if grad_sumsq is None and grad_sum is not None:
+        # Only the sums are used (e.g. a mean pool): the gradient is constant
+        # over each plane, so a broadcast view stands for it instead of a new
+        # full-size tensor that autograd would then have to add.
+        return grad_sum.to(x.dtype)[:, :, None, None].expand(x.shape)
     grad_sum = _planes(x).zero_() if grad_sum is None else grad_sum.contiguous()
     grad_sumsq = _planes(x).zero_() if grad_sumsq is None else grad_sumsq.contiguous()
     return torch.ops.ncpfast.plane_moments_backward(x, grad_sum, grad_sumsq)
@@ -133,11 +173,32 @@ def _bn_swish_setup(ctx, inputs, output):
 
 def _bn_swish_backward(ctx, grad_out):
     x, mean, invstd, weight, bias = ctx.saved_tensors
-    grad_x, s1, s2 = torch.ops.ncpfast.bn_swish_backward(grad_out.contiguous(), x, mean, invstd, weight, bias)
+    grad_x, s1, s2 = torch.ops.ncpfast.bn_swish_backward(contiguous_like(grad_out, x), x, mean, invstd, weight,
+                                                         bias)
     return (grad_x, *_affine_grads(s1, s2, invstd, weight))
 
 
 torch.library.register_autograd("ncpfast::bn_swish", _bn_swish_backward, setup_context=_bn_swish_setup)
+
+
+def _batch_norm_swish_setup(ctx, inputs, output):
+    x, weight, bias, eps = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.eps = eps
+
+
+def _batch_norm_swish_backward(ctx, grad_y, _grad_mean, _grad_var):
+    x, weight, bias, mean, var = ctx.saved_tensors
+    grad_y = torch.zeros_like(x) if grad_y is None else contiguous_like(grad_y, x)
+    grad_x, grad_weight, grad_bias = torch.ops.ncpfast.batch_norm_swish_backward(
+        grad_y, x, mean, torch.rsqrt(var + ctx.eps), weight, bias)
+    return grad_x, grad_weight, grad_bias, None
+
+
+torch.library.register_autograd("ncpfast::batch_norm_swish", _batch_norm_swish_backward,
+                                setup_context=_batch_norm_swish_setup)
 
 
 def _dwconv_setup(ctx, inputs, output):
@@ -166,7 +227,7 @@ def _gate_setup(ctx, inputs, output):
 def _gate_backward(ctx, grad_out):
     h, mean, invstd, weight, bias, gate = ctx.saved_tensors
     rs = ctx.residual_scale
-    grad_out = grad_out.contiguous()
+    grad_out = contiguous_like(grad_out, h)
     grad_h, t1, t2 = torch.ops.ncpfast.bn_gate_residual_backward(grad_out, h, mean, invstd, weight, gate, rs)
     # The BN output v receives rs * gate * grad_out; the gate receives rs * sum(grad_out * v).
     param_grads = _affine_grads(rs * gate * t1, rs * gate * t2, invstd, weight)

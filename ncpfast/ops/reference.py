@@ -12,7 +12,7 @@ import torch
 from ._sir_args import bad_row_message, check_generator, check_method_and_count
 from .cell import accumulation_dtype
 
-__all__ = ["sir_resample", "plane_moments", "bn_swish", "dwconv_bn_swish", "bn_gate_residual",
+__all__ = ["sir_resample", "plane_moments", "bn_swish", "batch_norm_swish", "dwconv_bn_swish", "bn_gate_residual",
            "mlp_log_ratio"]
 
 _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -91,6 +91,13 @@ def plane_moments(x):
 def bn_swish(x, mean, invstd, weight, bias):
     u = (x.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd * weight) + _per_channel(bias)
     return torch.nn.functional.silu(u).to(x.dtype)
+
+
+def batch_norm_swish(x, weight, bias, eps):
+    xf = x.to(weight.dtype)
+    var, mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
+    y = bn_swish(x, mean, torch.rsqrt(var + eps), weight, bias)
+    return y, mean.detach(), var.detach()
 
 
 def dwconv_bn_swish(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias):

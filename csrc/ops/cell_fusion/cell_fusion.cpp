@@ -21,8 +21,18 @@ at::ScalarType check_activation(const char* op, const char* name, const at::Tens
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || (half && x.is_cuda()), op, ": ",
                    name, " must be float32 or float64 (or float16/bfloat16 on CUDA), got ", dtype,
                    " on ", x.device());
-  TORCH_CHECK_VALUE(x.is_contiguous(), op, ": ", name, " must be contiguous (NCHW)");
+  TORCH_CHECK_VALUE(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": ", name,
+                    " must be contiguous (NCHW) or channels_last-contiguous (NHWC), got strides ", x.strides());
   return accumulation_type(x);
+}
+
+bool is_channels_last(const at::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+void require_nchw(const char* op, const char* name, const at::Tensor& x, const char* which) {
+  TORCH_CHECK_VALUE(!is_channels_last(x), op, ": ", name, " is channels_last, but ", which,
+                    " takes NCHW-contiguous activations only (call .contiguous() first)");
 }
 
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
@@ -32,7 +42,14 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const at:
                    ", got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ",
                     x.device());
-  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  if (is_channels_last(x)) {
+    TORCH_CHECK_VALUE(t.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": ", name,
+                      " must be channels_last-contiguous like the other activation (x/h), got strides ",
+                      t.strides());
+  } else {
+    TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name,
+                      " must be contiguous (NCHW) like the other activation (x/h), got strides ", t.strides());
+  }
 }
 
 void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
@@ -98,6 +115,7 @@ at::ScalarType check_bn_swish_backward(const char* op, const at::Tensor& grad_ou
 int64_t check_dwconv(const char* op, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                      const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight,
                      const at::Tensor& conv_bias) {
+  require_nchw(op, "x", x, "the depthwise conv");
   const auto acc = check_bn_swish(op, x, mean, invstd, bn_weight, bn_bias);
   const int64_t K = check_depthwise_weight(op, conv_weight, x);
   check_param(op, "conv_bias", conv_bias, {x.size(1)}, acc, x);
@@ -108,6 +126,7 @@ int64_t check_dwconv_backward(const char* op, const at::Tensor& grad_out, const 
                               const at::Tensor& grad_sumsq, const at::Tensor& out, const at::Tensor& x,
                               const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
                               const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
+  require_nchw(op, "x", x, "the depthwise conv");
   check_bn_swish_backward(op, grad_out, x, mean, invstd, bn_weight, bn_bias);
   const int64_t K = check_depthwise_weight(op, conv_weight, x);
   check_like(op, "out", out, x);
@@ -144,6 +163,45 @@ at::Tensor gate_scale(const at::Tensor& scale, const at::Tensor& gate, double re
 std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, const at::Tensor& shift,
                                                     const at::Tensor& gate, double residual_scale) {
   return {gate_scale(scale, gate, residual_scale), gate_scale(shift, gate, residual_scale)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_with(const at::Tensor& x, const at::Tensor& weight,
+                                                                     const at::Tensor& bias, double eps,
+                                                                     MomentsFn moments, BnSwishFn bn_swish) {
+  const char* op = "batch_norm_swish";
+  const auto acc = check_activation(op, "x", x);
+  const int64_t C = x.size(1), count = x.size(0) * x.size(2) * x.size(3);
+  check_param(op, "weight", weight, {C}, acc, x);
+  check_param(op, "bias", bias, {C}, acc, x);
+  TORCH_CHECK_VALUE(count > 1, op, ": expected more than 1 value per channel when training, got ", count);
+  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be positive, got ", eps);
+  auto [sum, sumsq] = moments(x);
+  at::Tensor mean = sum.sum(0) / count;
+  at::Tensor var = (sumsq.sum(0) / count - mean * mean).clamp_min(0);
+  return {bn_swish(x, mean, at::rsqrt(var + eps), weight, bias), mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_with(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& weight, const at::Tensor& bias, BnSwishBackwardFn bn_swish_backward, AddAffineFn add_affine) {
+  // bn_swish_backward checks every argument.
+  auto [grad_x, sum_g, sum_gc] = bn_swish_backward(grad_y, x, mean, invstd, weight, bias);
+  const double count = static_cast<double>(x.size(0) * x.size(2) * x.size(3));
+  // u = (x - mean) invstd weight + bias; S1 = sum g_u, S2 = sum g_u (x - mean).
+  const at::Tensor s1 = sum_g.sum(0), s2 = sum_gc.sum(0);
+  const at::Tensor grad_mean = -invstd * weight * s1, grad_invstd = weight * s2;
+  const at::Tensor grad_var = -0.5 * invstd * invstd * invstd * grad_invstd;  // invstd = (var + eps)^(-1/2)
+  // mean = sum x / count and var = sum x^2 / count - mean^2, so x receives
+  // (grad_mean - 2 mean grad_var) / count + x * 2 grad_var / count.
+  const at::Tensor alpha = ((grad_mean - 2 * mean * grad_var) / count).contiguous();
+  const at::Tensor beta = (2 * grad_var / count).contiguous();
+  add_affine(x, alpha, beta, grad_x);
+  return {grad_x, invstd * s2, s1};
+}
+
+void add_affine_aten(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta, at::Tensor& grad_x) {
+  const int64_t C = x.size(1);
+  grad_x.add_(x * beta.view({1, C, 1, 1}) + alpha.view({1, C, 1, 1}));
 }
 
 }  // namespace ops

@@ -5,12 +5,15 @@
 //   dwconv_bn_swish        depthwise conv of swish(BN(x)), plus the output's moments
 //   bn_gate_residual       skip + residual_scale * gate * BN(h)
 //
-// Activations are NCHW; per-channel parameters (mean, invstd, weight, bias)
+// Activations are NCHW; the CPU backend also takes channels_last (NHWC) ones,
+// except in the depthwise conv (see is_channels_last). Per-channel parameters (mean, invstd, weight, bias)
 // and every reduction are float32 (float64 when the activations are float64):
 // under autocast the activations are half precision and the arithmetic float32.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <tuple>
 
 namespace ncpfast {
 namespace ops {
@@ -21,10 +24,18 @@ at::ScalarType accumulation_type(const at::Tensor& x);
 // An [N, C] tensor of per-plane reductions of x, uninitialised.
 at::Tensor plane_tensor(const at::Tensor& x, at::ScalarType dtype);
 
-// x must be a contiguous 4-D floating tensor; returns accumulation_type(x).
+// x must be a 4-D floating tensor, contiguous in NCHW or in channels_last
+// (NHWC); returns accumulation_type(x).
 at::ScalarType check_activation(const char* op, const char* name, const at::Tensor& x);
 
-// Another activation with exactly x's shape, dtype and device.
+// Whether x is laid out NHWC (channels_last-contiguous and not NCHW-contiguous;
+// a tensor that is both, e.g. with H = W = 1, has one memory order and counts as NCHW).
+bool is_channels_last(const at::Tensor& x);
+
+// Rejects a channels_last x where `which` (e.g. "the CUDA backend") has NCHW kernels only.
+void require_nchw(const char* op, const char* name, const at::Tensor& x, const char* which);
+
+// Another activation with exactly x's shape, dtype, device and memory layout.
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x);
 
 // A contiguous tensor of the given shape and dtype on x's device.
@@ -76,6 +87,33 @@ at::Tensor gate_scale(const at::Tensor& scale, const at::Tensor& gate, double re
 // a = gate_scale(scale), c = gate_scale(shift).
 std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, const at::Tensor& shift,
                                                     const at::Tensor& gate, double residual_scale);
+
+// --- batch_norm_swish: batch norm with batch statistics + Swish -------------
+// Both backends compose it from their own plane_moments, bn_swish and
+// bn_swish_backward (the functions below take them as arguments), so the
+// statistics' arithmetic and gradient live here once.
+using MomentsFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&);
+using BnSwishFn = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&);
+using BnSwishBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&);
+// grad_x += alpha + beta * x per channel, in place (alpha, beta [C]).
+using AddAffineFn = void (*)(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta,
+                             at::Tensor& grad_x);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_with(const at::Tensor& x, const at::Tensor& weight,
+                                                                     const at::Tensor& bias, double eps,
+                                                                     MomentsFn moments, BnSwishFn bn_swish);
+
+// grad_x = g_u * invstd * weight + alpha + beta * x, where the per-channel
+// alpha + beta * x is the gradient through the batch statistics.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_with(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& weight, const at::Tensor& bias, BnSwishBackwardFn bn_swish_backward, AddAffineFn add_affine);
+
+// AddAffineFn with ATen ops (two extra passes; the CUDA backend's).
+void add_affine_aten(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta, at::Tensor& grad_x);
 
 }  // namespace ops
 }  // namespace ncpfast

@@ -2,6 +2,11 @@
 // parallel (at::parallel_for), each handled by a routine of
 // csrc/core/cell_fusion.h. Per-plane reductions are returned as [N, C]
 // tensors; the Python side sums them over the batch.
+//
+// Channels-last (NHWC) activations, taken by every op but the depthwise conv,
+// run images in parallel instead: a plane's values are C apart there, so each
+// image is one call of a *_channels routine that vectorises over channels.
+// (oneDNN's 3x3 convs are much faster on NHWC: the encoder cell stays NHWC.)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -21,6 +26,28 @@ int64_t plane_grain(const at::Tensor& x) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.size(2) * x.size(3)));
 }
 
+// Enough images per task that each does ~16k element reads.
+int64_t image_grain(const at::Tensor& x) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, x.size(1) * x.size(2) * x.size(3)));
+}
+
+// Runs f(n, red1, red2) for every image n of a channels_last x in parallel;
+// red1 and red2 are double workspaces of C values (the image's reductions).
+// f must be NCP_ALWAYS_INLINE, to be compiled for each target of the clones.
+template <typename F>
+void for_each_image(const at::Tensor& x, const F& f) {
+  const int64_t C = x.size(1);
+  at::parallel_for(0, x.size(0), image_grain(x), [&](int64_t begin, int64_t end) {
+    std::vector<double> work(2 * C);
+    core::for_each_plane(begin, end, [&](int64_t n) NCP_ALWAYS_INLINE { f(n, work.data(), work.data() + C); });
+  });
+}
+
+template <typename T>
+void store_channels(const double* from, int64_t C, T* to) {
+  for (int64_t c = 0; c < C; ++c) to[c] = static_cast<T>(from[c]);
+}
+
 std::tuple<at::Tensor, at::Tensor> plane_moments_cpu(const at::Tensor& x) {
   const auto acc = check_activation("plane_moments", "x", x);
   at::Tensor sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
@@ -29,6 +56,14 @@ std::tuple<at::Tensor, at::Tensor> plane_moments_cpu(const at::Tensor& x) {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* sp = sum.data_ptr<scalar_t>();
     scalar_t* qp = sumsq.data_ptr<scalar_t>();
+    if (is_channels_last(x)) {
+      const int64_t C = x.size(1);
+      return for_each_image(x, [&](int64_t n, double* s, double* q) NCP_ALWAYS_INLINE {
+        core::channel_moments(xp + n * HW * C, HW, C, s, q);
+        store_channels(s, C, sp + n * C);
+        store_channels(q, C, qp + n * C);
+      });
+    }
     at::parallel_for(0, x.size(0) * x.size(1), plane_grain(x), [&](int64_t begin, int64_t end) {
       core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         double s, q;
@@ -50,6 +85,12 @@ at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& gra
     const scalar_t *xp = x.data_ptr<scalar_t>(), *gs = grad_sum.data_ptr<scalar_t>(),
                    *gq = grad_sumsq.data_ptr<scalar_t>();
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    if (is_channels_last(x)) {
+      const int64_t C = x.size(1);
+      return for_each_image(x, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+        core::channel_moments_backward(xp + n * HW * C, HW, C, gs + n * C, gq + n * C, gx + n * HW * C);
+      });
+    }
     at::parallel_for(0, x.size(0) * x.size(1), plane_grain(x), [&](int64_t begin, int64_t end) {
       core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         core::plane_moments_backward_plane(xp + p * HW, HW, gs[p], gq[p], gx + p * HW);
@@ -69,6 +110,11 @@ at::Tensor bn_swish_cpu(const at::Tensor& x, const at::Tensor& mean, const at::T
     const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
                    *sh = shift.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
+    if (is_channels_last(x)) {
+      return for_each_image(x, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+        core::bn_swish_channels(xp + n * HW * C, HW, C, sc, sh, yp + n * HW * C);
+      });
+    }
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
       core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         core::bn_swish_plane(xp + p * HW, HW, sc[p % C], sh[p % C], yp + p * HW);
@@ -91,6 +137,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
                    *mp = mean.data_ptr<scalar_t>();
     scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
              *s2 = sum_gc.data_ptr<scalar_t>();
+    if (is_channels_last(x)) {
+      return for_each_image(x, [&](int64_t n, double* a, double* b) NCP_ALWAYS_INLINE {
+        const int64_t o = n * HW * C;
+        core::bn_swish_backward_channels(gp + o, xp + o, HW, C, sc, sh, mp, gx + o, a, b);
+        store_channels(a, C, s1 + n * C);
+        store_channels(b, C, s2 + n * C);
+      });
+    }
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
       core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         double a, b;
@@ -102,6 +156,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
     });
   });
   return {grad_x, sum_g, sum_gc};
+}
+
+void add_affine_cpu(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta, at::Tensor& grad_x) {
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "add_affine_cpu", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *ap = alpha.data_ptr<scalar_t>(), *bp = beta.data_ptr<scalar_t>();
+    scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    if (is_channels_last(x)) {
+      return for_each_image(x, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+        core::add_affine_channels(xp + n * HW * C, HW, C, ap, bp, gx + n * HW * C);
+      });
+    }
+    at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
+      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+        core::add_affine_plane(xp + p * HW, HW, ap[p % C], bp[p % C], gx + p * HW);
+      });
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                                    const at::Tensor& bias, double eps) {
+  return batch_norm_swish_with(x, weight, bias, eps, &plane_moments_cpu, &bn_swish_cpu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& weight, const at::Tensor& bias) {
+  return batch_norm_swish_backward_with(grad_y, x, mean, invstd, weight, bias, &bn_swish_backward_cpu,
+                                        &add_affine_cpu);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cpu(
@@ -183,11 +267,17 @@ at::Tensor bn_gate_residual_cpu(const at::Tensor& h, const at::Tensor& skip, con
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   auto [coef_a, coef_c] = gate_coefficients(scale, shift, gate, residual_scale);
   at::Tensor out = at::empty_like(h);
-  const int64_t HW = h.size(2) * h.size(3);
+  const int64_t C = h.size(1), HW = h.size(2) * h.size(3);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "bn_gate_residual_cpu", [&] {
     const scalar_t *hp = h.data_ptr<scalar_t>(), *sp = skip.data_ptr<scalar_t>(),
                    *ap = coef_a.data_ptr<scalar_t>(), *cp = coef_c.data_ptr<scalar_t>();
     scalar_t* op_ = out.data_ptr<scalar_t>();
+    if (is_channels_last(h)) {
+      return for_each_image(h, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+        const int64_t o = n * HW * C;
+        core::gate_residual_channels(hp + o, sp + o, HW, C, ap + n * C, cp + n * C, op_ + o);
+      });
+    }
     at::parallel_for(0, h.size(0) * h.size(1), plane_grain(h), [&](int64_t begin, int64_t end) {
       core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         core::gate_residual_plane(hp + p * HW, sp + p * HW, HW, ap[p], cp[p], op_ + p * HW);
@@ -210,6 +300,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cpu(
                    *ap = coef_a.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>();
     scalar_t *gh = grad_h.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
              *s2 = sum_gc.data_ptr<scalar_t>();
+    if (is_channels_last(h)) {
+      return for_each_image(h, [&](int64_t n, double* a, double* b) NCP_ALWAYS_INLINE {
+        const int64_t o = n * HW * C;
+        core::gate_residual_backward_channels(gp + o, hp + o, HW, C, ap + n * C, mp, gh + o, a, b);
+        store_channels(a, C, s1 + n * C);
+        store_channels(b, C, s2 + n * C);
+      });
+    }
     at::parallel_for(0, h.size(0) * C, plane_grain(h), [&](int64_t begin, int64_t end) {
       core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         double a, b;
@@ -229,6 +327,8 @@ TORCH_LIBRARY_IMPL(ncpfast, CPU, m) {
   m.impl("plane_moments_backward", &plane_moments_backward_cpu);
   m.impl("bn_swish", &bn_swish_cpu);
   m.impl("bn_swish_backward", &bn_swish_backward_cpu);
+  m.impl("batch_norm_swish", &batch_norm_swish_cpu);
+  m.impl("batch_norm_swish_backward", &batch_norm_swish_backward_cpu);
   m.impl("dwconv_bn_swish", &dwconv_bn_swish_cpu);
   m.impl("dwconv_bn_swish_backward", &dwconv_bn_swish_backward_cpu);
   m.impl("bn_gate_residual", &bn_gate_residual_cpu);

@@ -20,6 +20,9 @@ using namespace cell_kernels;
 // Shared memory one depthwise block may use for its padded tiles.
 constexpr int64_t kTileBytes = 32 * 1024;
 constexpr size_t kSharedLimit = core::kDefaultSharedBytesPerBlock;
+// The kernels index planes as H*W contiguous values: NCHW only (the fused
+// cells keep CUDA activations NCHW; channels_last is a CPU-backend layout).
+constexpr const char* kBackend = "the CUDA backend";
 
 // Rows per depthwise tile so that `buffers` padded tiles fit in kTileBytes.
 int64_t depthwise_tile_rows(const char* op, int64_t H, int64_t W, int64_t K, int64_t element_bytes,
@@ -42,6 +45,7 @@ dim3 plane_grid(const at::Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), name, __VA_ARGS__)
 
 std::tuple<at::Tensor, at::Tensor> plane_moments_cuda(const at::Tensor& x) {
+  require_nchw("plane_moments", "x", x, kBackend);
   const auto acc = check_activation("plane_moments", "x", x);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
@@ -57,6 +61,7 @@ std::tuple<at::Tensor, at::Tensor> plane_moments_cuda(const at::Tensor& x) {
 
 at::Tensor plane_moments_backward_cuda(const at::Tensor& x, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq) {
   const char* op = "plane_moments_backward";
+  require_nchw(op, "x", x, kBackend);
   check_plane_moments_backward(op, x, grad_sum, grad_sumsq);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor grad_x = at::empty_like(x);
@@ -73,6 +78,7 @@ at::Tensor plane_moments_backward_cuda(const at::Tensor& x, const at::Tensor& gr
 
 at::Tensor bn_swish_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                          const at::Tensor& weight, const at::Tensor& bias) {
+  require_nchw("bn_swish", "x", x, kBackend);
   check_bn_swish("bn_swish", x, mean, invstd, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
@@ -92,6 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
   const char* op = "bn_swish_backward";
+  require_nchw(op, "x", x, kBackend);
   const auto acc = check_bn_swish_backward(op, grad_out, x, mean, invstd, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
@@ -106,6 +113,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cuda(
   });
   NCP_CHECK_LAUNCH(op);
   return {grad_x, sum_g, sum_gc};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                                     const at::Tensor& bias, double eps) {
+  require_nchw("batch_norm_swish", "x", x, kBackend);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return batch_norm_swish_with(x, weight, bias, eps, &plane_moments_cuda, &bn_swish_cuda);
+}
+
+// The statistics' share of grad_x is added with ATen ops (two more passes
+// than a kernel would need); not yet measured on a GPU.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& weight, const at::Tensor& bias) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return batch_norm_swish_backward_with(grad_y, x, mean, invstd, weight, bias, &bn_swish_backward_cuda,
+                                        &add_affine_aten);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cuda(
@@ -178,6 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
 at::Tensor bn_gate_residual_cuda(const at::Tensor& h, const at::Tensor& skip, const at::Tensor& mean,
                                  const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias,
                                  const at::Tensor& gate, double residual_scale) {
+  require_nchw("bn_gate_residual", "h", h, kBackend);
   check_gate("bn_gate_residual", h, skip, mean, invstd, weight, bias, gate);
   const c10::cuda::CUDAGuard guard(h.device());
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
@@ -198,6 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& gate, double residual_scale) {
   const char* op = "bn_gate_residual_backward";
+  require_nchw(op, "h", h, kBackend);
   const auto acc = check_gate_backward(op, grad_out, h, mean, invstd, weight, gate);
   const c10::cuda::CUDAGuard guard(h.device());
   at::Tensor coef_a = gate_scale(invstd * weight, gate, residual_scale);
@@ -221,6 +247,8 @@ TORCH_LIBRARY_IMPL(ncpfast, CUDA, m) {
   m.impl("plane_moments_backward", &plane_moments_backward_cuda);
   m.impl("bn_swish", &bn_swish_cuda);
   m.impl("bn_swish_backward", &bn_swish_backward_cuda);
+  m.impl("batch_norm_swish", &batch_norm_swish_cuda);
+  m.impl("batch_norm_swish_backward", &batch_norm_swish_backward_cuda);
   m.impl("dwconv_bn_swish", &dwconv_bn_swish_cuda);
   m.impl("dwconv_bn_swish_backward", &dwconv_bn_swish_backward_cuda);
   m.impl("bn_gate_residual", &bn_gate_residual_cuda);

@@ -39,14 +39,6 @@ NCP_HD void plane_moments_backward_plane(const T* x, int64_t n, T grad_sum, T gr
   for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_sum + T(2) * grad_sumsq * x[i];
 }
 
-// grad_x += alpha + beta x: the gradient that reaches x through batch
-// statistics computed from it (a per-channel affine of x), added in place.
-template <typename T>
-NCP_HD void add_affine_plane(const T* x, int64_t n, T alpha, T beta, T* grad_x) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) grad_x[i] += alpha + beta * x[i];
-}
-
 template <typename T>
 NCP_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
 #pragma omp simd
@@ -68,6 +60,33 @@ NCP_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T sc
   }
   sum_g = s1;
   sum_gc = s2;
+}
+
+// batch_norm_swish's backward in two passes over (grad_y, x), with g_u =
+// grad_y * swish'(u) recomputed in each instead of stored:
+//   1. the sums bn_swish_backward_plane returns, without grad_x;
+//   2. grad_x = g_u * scale + alpha + beta * x, where the per-channel
+//      alpha + beta * x is the gradient through the batch statistics (which
+//      needs the sums of every plane of the channel, hence the first pass).
+template <typename T>
+NCP_HD void bn_swish_grad_sums_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean,
+                                     double& sum_g, double& sum_gc) {
+  double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = grad_y[i] * swish_grad(x[i] * scale + shift);
+    s1 += g;
+    s2 += g * (x[i] - mean);
+  }
+  sum_g = s1;
+  sum_gc = s2;
+}
+
+template <typename T>
+NCP_HD void bn_swish_grad_apply_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T alpha, T beta,
+                                      T* grad_x) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_y[i] * swish_grad(x[i] * scale + shift) * scale + alpha + beta * x[i];
 }
 
 // The geometry of a stride-1 'same' depthwise conv on one plane: K odd,
@@ -251,14 +270,6 @@ NCP_HD void channel_moments_backward(const T* x, int64_t rows, int64_t C, const 
 }
 
 template <typename T>
-NCP_HD void add_affine_channels(const T* x, int64_t rows, int64_t C, const T* alpha, const T* beta, T* grad_x) {
-  for (int64_t r = 0; r < rows; ++r) {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) grad_x[r * C + c] += alpha[c] + beta[c] * x[r * C + c];
-  }
-}
-
-template <typename T>
 NCP_HD void bn_swish_channels(const T* x, int64_t rows, int64_t C, const T* scale, const T* shift, T* y) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
@@ -281,6 +292,33 @@ NCP_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows
       sum_g[c] += g;
       sum_gc[c] += g * (x[o + c] - mean[c]);
     }
+  }
+}
+
+template <typename T>
+NCP_HD void bn_swish_grad_sums_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
+                                        const T* shift, const T* mean, double* sum_g, double* sum_gc) {
+  zero_channels(C, sum_g, sum_gc);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const T g = grad_y[o + c] * swish_grad(x[o + c] * scale[c] + shift[c]);
+      sum_g[c] += g;
+      sum_gc[c] += g * (x[o + c] - mean[c]);
+    }
+  }
+}
+
+template <typename T>
+NCP_HD void bn_swish_grad_apply_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
+                                         const T* shift, const T* alpha, const T* beta, T* grad_x) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c)
+      grad_x[o + c] = grad_y[o + c] * swish_grad(x[o + c] * scale[c] + shift[c]) * scale[c] + alpha[c] +
+                      beta[c] * x[o + c];
   }
 }
 

@@ -51,12 +51,6 @@ void test_moments_and_bn_swish() {
     for (int64_t i = 0; i < n; ++i) want[i] = 0.25 - 1.0 * x[i];
     NCP_EXPECT(worst_error(grad.data(), want) < 1e-6, "moments backward n=%ld", long(n));
 
-    std::vector<float> acc = random_values(n);
-    const std::vector<float> before = acc;
-    add_affine_plane(x.data(), n, 0.25f, -0.5f, acc.data());
-    for (int64_t i = 0; i < n; ++i) want[i] = before[i] + 0.25 - 0.5 * x[i];
-    NCP_EXPECT(worst_error(acc.data(), want) < 1e-6, "add_affine n=%ld", long(n));
-
     const float scale = 1.3f, shift = -0.2f, mean = 0.1f;
     std::vector<float> y(n);
     bn_swish_plane(x.data(), n, scale, shift, y.data());
@@ -76,6 +70,15 @@ void test_moments_and_bn_swish() {
     NCP_EXPECT(worst_error(gx.data(), want) < 2e-6, "bn_swish backward n=%ld", long(n));
     NCP_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "bn_swish sums n=%ld",
                long(n));
+
+    // batch_norm_swish's two backward passes: the same sums, then g_u * scale + alpha + beta x.
+    double pass_g = 0, pass_gc = 0;
+    bn_swish_grad_sums_plane(gy.data(), x.data(), n, scale, shift, mean, pass_g, pass_gc);
+    NCP_EXPECT(relative(pass_g, want_g) < 1e-5 && relative(pass_gc, want_gc) < 1e-5, "grad sums n=%ld", long(n));
+    const float alpha = 0.25f, beta = -0.5f;
+    bn_swish_grad_apply_plane(gy.data(), x.data(), n, scale, shift, alpha, beta, gx.data());
+    for (int64_t i = 0; i < n; ++i) want[i] += alpha + double(beta) * x[i];
+    NCP_EXPECT(worst_error(gx.data(), want) < 2e-6, "grad apply n=%ld", long(n));
   }
 }
 
@@ -231,16 +234,23 @@ void test_channels_last_routines_equal_plane_routines() {
     NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-12, "moments/bn_swish channels %ldx%ld: %g %g", long(rows),
                long(C), worst, worst_sum);
 
-    worst = 0;
-    out1 = g;
-    add_affine_channels(x.data(), rows, C, grad_sum.data(), grad_sumsq.data(), out1.data());
+    worst = worst_sum = 0;
+    bn_swish_grad_sums_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(), r1.data(),
+                                r2.data());
+    bn_swish_grad_apply_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), grad_sum.data(),
+                                 grad_sumsq.data(), out1.data());
     for (int64_t c = 0; c < C; ++c) {
       gather(x, c, plane_x);
-      gather(g, c, plane_out);
-      add_affine_plane(plane_x.data(), rows, grad_sum[c], grad_sumsq[c], plane_out.data());
+      gather(g, c, plane_g);
+      double s1, s2;
+      bn_swish_grad_sums_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], s1, s2);
+      worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
+      bn_swish_grad_apply_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], grad_sum[c],
+                                grad_sumsq[c], plane_out.data());
       worst = std::max(worst, plane_error(out1, c, plane_out));
     }
-    NCP_EXPECT(worst < 1e-6, "add_affine channels %ldx%ld: %g", long(rows), long(C), worst);
+    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "batch-norm grad passes channels %ldx%ld: %g %g", long(rows),
+               long(C), worst, worst_sum);
 
     worst = worst_sum = 0;
     bn_swish_backward_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(), out1.data(),

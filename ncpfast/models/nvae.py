@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.cells import DecoderCombiner, EncoderCell, EncoderCombiner, GenerativeCell, WNConv2d
+from ..nn.fused_cells import encoder_input_layout
 from ..nn.distributions import DiscretizedLogisticMixture, Normal, bernoulli_log_prob, standard_normal_like
 from .base import GroupOutput, LatentVAE
 
@@ -123,7 +124,7 @@ class HierarchicalVAE(LatentVAE):
 
     def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Encoder features per group, in decoder order (coarsest scale first)."""
-        h = self.preprocess(self.stem(2.0 * x - 1.0))
+        h = self.preprocess(self.stem(self._encoder_input(2.0 * x - 1.0)))
         features, k = [], 0
         for s in range(self.config.num_latent_scales):
             for _ in range(self.groups[s]):
@@ -135,6 +136,15 @@ class HierarchicalVAE(LatentVAE):
         features.reverse()
         features[0] = self.encoder_top(features[0])
         return features
+
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the layout the encoder cells compute in. Fused CPU cells work
+        channels-last; converting the image (a few channels) makes the stem's
+        output, and so every encoder activation, channels-last from the start,
+        instead of the first cell converting a wide activation."""
+        first = next(m for m in self.modules() if isinstance(m, EncoderCell))
+        layout = encoder_input_layout(first, x)
+        return x if layout is None else x.contiguous(memory_format=layout)
 
     def _prior(self, k: int, state: torch.Tensor, temperature: float = 1.0) -> Normal:
         if k == 0:

@@ -120,8 +120,14 @@ def _tail(cell, h, skip, bn=None):
 
 
 def _encoder_layout(x):
-    """The memory format the encoder cell computes in on x's device."""
+    """The memory format the fused encoder cell computes in on x's device."""
     return torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+
+
+def encoder_input_layout(cell, x):
+    """The memory format that spares `cell` (an EncoderCell) a layout change of
+    an input on x's device and of x's dtype; None where it runs eagerly."""
+    return _encoder_layout(x) if fused_kernels_apply(cell.kernels, x) else None
 
 
 def encoder_cell_forward(cell, x):

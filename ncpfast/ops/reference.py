@@ -94,10 +94,9 @@ def bn_swish(x, mean, invstd, weight, bias):
 
 
 def batch_norm_swish(x, weight, bias, eps):
-    xf = x.to(weight.dtype)
-    var, mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
-    y = bn_swish(x, mean, torch.rsqrt(var + eps), weight, bias)
-    return y, mean.detach(), var.detach()
+    # torch's own training-mode batch norm (no running statistics), then SiLU.
+    u, mean, invstd = torch.native_batch_norm(x.to(weight.dtype), weight, bias, None, None, True, 0.0, eps)
+    return torch.nn.functional.silu(u).to(x.dtype), mean.detach(), invstd.detach().pow(-2) - eps
 
 
 def dwconv_bn_swish(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias):

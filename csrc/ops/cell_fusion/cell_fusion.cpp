@@ -181,11 +181,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_with(const at::T
   return {bn_swish(x, mean, at::rsqrt(var + eps), weight, bias), mean, var};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_with(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-    const at::Tensor& weight, const at::Tensor& bias, BnSwishBackwardFn bn_swish_backward, AddAffineFn add_affine) {
-  // bn_swish_backward checks every argument.
-  auto [grad_x, sum_g, sum_gc] = bn_swish_backward(grad_y, x, mean, invstd, weight, bias);
+BatchNormGradients batch_norm_gradients(const at::Tensor& x, const at::Tensor& sum_g, const at::Tensor& sum_gc,
+                                        const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& weight) {
   const double count = static_cast<double>(x.size(0) * x.size(2) * x.size(3));
   // u = (x - mean) invstd weight + bias; S1 = sum g_u, S2 = sum g_u (x - mean).
   const at::Tensor s1 = sum_g.sum(0), s2 = sum_gc.sum(0);
@@ -195,13 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_with(
   // (grad_mean - 2 mean grad_var) / count + x * 2 grad_var / count.
   const at::Tensor alpha = ((grad_mean - 2 * mean * grad_var) / count).contiguous();
   const at::Tensor beta = (2 * grad_var / count).contiguous();
-  add_affine(x, alpha, beta, grad_x);
-  return {grad_x, invstd * s2, s1};
-}
-
-void add_affine_aten(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta, at::Tensor& grad_x) {
-  const int64_t C = x.size(1);
-  grad_x.add_(x * beta.view({1, C, 1, 1}) + alpha.view({1, C, 1, 1}));
+  return {alpha, beta, invstd * s2, s1};
 }
 
 }  // namespace ops

@@ -89,31 +89,26 @@ std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, con
                                                     const at::Tensor& gate, double residual_scale);
 
 // --- batch_norm_swish: batch norm with batch statistics + Swish -------------
-// Both backends compose it from their own plane_moments, bn_swish and
-// bn_swish_backward (the functions below take them as arguments), so the
-// statistics' arithmetic and gradient live here once.
+// The forward is composed from a backend's own plane_moments and bn_swish
+// (passed in); the statistics' gradient is computed here once for both
+// backends' backwards.
 using MomentsFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&);
 using BnSwishFn = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&);
-using BnSwishBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&);
-// grad_x += alpha + beta * x per channel, in place (alpha, beta [C]).
-using AddAffineFn = void (*)(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta,
-                             at::Tensor& grad_x);
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_with(const at::Tensor& x, const at::Tensor& weight,
                                                                      const at::Tensor& bias, double eps,
                                                                      MomentsFn moments, BnSwishFn bn_swish);
 
-// grad_x = g_u * invstd * weight + alpha + beta * x, where the per-channel
-// alpha + beta * x is the gradient through the batch statistics.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_with(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-    const at::Tensor& weight, const at::Tensor& bias, BnSwishBackwardFn bn_swish_backward, AddAffineFn add_affine);
-
-// AddAffineFn with ATen ops (two extra passes; the CUDA backend's).
-void add_affine_aten(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta, at::Tensor& grad_x);
+// From the per-plane sums of g_u and g_u (x - mean) ([N, C], as
+// bn_swish_backward returns them), u = (x - mean) invstd weight + bias with
+// the batch statistics of x: grad_x = g_u * invstd * weight + alpha + beta * x
+// per channel (alpha + beta * x is the gradient through the statistics), and
+// the parameters' gradients. alpha and beta are contiguous [C].
+struct BatchNormGradients {
+  at::Tensor alpha, beta, grad_weight, grad_bias;
+};
+BatchNormGradients batch_norm_gradients(const at::Tensor& x, const at::Tensor& sum_g, const at::Tensor& sum_gc,
+                                        const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& weight);
 
 }  // namespace ops
 }  // namespace ncpfast

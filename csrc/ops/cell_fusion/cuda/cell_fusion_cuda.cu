@@ -122,14 +122,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_cuda(const at::T
   return batch_norm_swish_with(x, weight, bias, eps, &plane_moments_cuda, &bn_swish_cuda);
 }
 
-// The statistics' share of grad_x is added with ATen ops (two more passes
-// than a kernel would need); not yet measured on a GPU.
+// bn_swish_backward's kernel, then the statistics' share of grad_x added
+// with ATen ops (two more passes than a kernel would need; not yet measured
+// on a GPU).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return batch_norm_swish_backward_with(grad_y, x, mean, invstd, weight, bias, &bn_swish_backward_cuda,
-                                        &add_affine_aten);
+  auto [grad_x, sum_g, sum_gc] = bn_swish_backward_cuda(grad_y, x, mean, invstd, weight, bias);
+  const BatchNormGradients g = batch_norm_gradients(x, sum_g, sum_gc, mean, invstd, weight);
+  const int64_t C = x.size(1);
+  grad_x.add_(x * g.beta.view({1, C, 1, 1}) + g.alpha.view({1, C, 1, 1}));
+  return {grad_x, g.grad_weight, g.grad_bias};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cuda(

@@ -137,15 +137,88 @@ NCP_HD void correlate_row(const T* rows, int64_t Wp, int64_t K, const T* w, T bi
   }
 }
 
+// Planes narrower than a register block (W < kDepthwiseBlock, e.g. the 4x4
+// maps of a model's coarsest scale) would leave correlate_row to its scalar
+// tail. Here the padded plane is read flattened instead: output (i, j) is
+// flat[i * Wp + j] of a 1-D correlation with taps at offsets ki * Wp + kj, so
+// the inner loop runs over several rows at once (kFlatChunk values at most,
+// in registers or L1); the Wp - W values between rows are computed and dropped.
+constexpr int64_t kFlatChunk = 128;
+
+template <typename T>
+NCP_HD void correlate_rows_flat(const T* padded, int64_t Wp, int64_t K, const T* w, T bias, int64_t H, int64_t W,
+                                T* out) {
+  const int64_t rows_per_chunk = Wp < kFlatChunk ? kFlatChunk / Wp : 1;
+  T acc[kFlatChunk];
+  for (int64_t i0 = 0; i0 < H; i0 += rows_per_chunk) {
+    const int64_t rows = H - i0 < rows_per_chunk ? H - i0 : rows_per_chunk;
+    const int64_t L = (rows - 1) * Wp + W;  // <= kFlatChunk
+    for (int64_t k = 0; k < L; ++k) acc[k] = bias;
+    for (int64_t ki = 0; ki < K; ++ki) {
+      for (int64_t kj = 0; kj < K; ++kj) {
+        const T wv = w[ki * K + kj];
+        const T* src = padded + (i0 + ki) * Wp + kj;
+#pragma omp simd
+        for (int64_t k = 0; k < L; ++k) acc[k] += wv * src[k];
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < W; ++j) out[(i0 + r) * W + j] = acc[r * Wp + j];
+  }
+}
+
+// out (H x W) = bias + the stride-1 correlation of a padded plane with w (K x K).
+template <typename T>
+NCP_HD void correlate_plane(const DepthwisePlane& g, const T* padded, const T* w, T bias, T* out) {
+  const int64_t Wp = g.padded_width();
+  if (g.W < kDepthwiseBlock) {
+    correlate_rows_flat(padded, Wp, g.K, w, bias, g.H, g.W, out);
+    return;
+  }
+  for (int64_t i = 0; i < g.H; ++i) correlate_row(padded + i * Wp, Wp, g.K, w, bias, g.W, out + i * g.W);
+}
+
 // y = depthwise_conv(swish(x * scale + shift), w) + bias, and the moments of y.
 // padded: workspace of g.padded_size() with a zero border.
 template <typename T>
 NCP_HD void dwconv_bn_swish_plane(const DepthwisePlane& g, const T* x, T scale, T shift, const T* w,
                                   T bias, T* padded, T* y, double& sum, double& sumsq) {
   fill_padded_activation(g, x, scale, shift, padded);
-  const int64_t Wp = g.padded_width();
-  for (int64_t i = 0; i < g.H; ++i) correlate_row(padded + i * Wp, Wp, g.K, w, bias, g.W, y + i * g.W);
+  correlate_plane(g, padded, w, bias, y);
   plane_moments(y, g.H * g.W, sum, sumsq);
+}
+
+// grad_w of dwconv_bn_swish_backward_plane for planes at least a register
+// block wide, accumulated per lane (tap_acc[tap][lane]) so the inner loop is
+// a plain vector FMA.
+template <typename T>
+NCP_HD void dwconv_weight_grad_blocked(const DepthwisePlane& g, const T* padded_a, const T* padded_g, T* tap_acc,
+                                       T* grad_w) {
+  const int64_t H = g.H, W = g.W, K = g.K, P = g.pad(), Wp = g.padded_width(), KK = K * K;
+  for (int64_t t = 0; t < KK * kDepthwiseBlock; ++t) tap_acc[t] = 0;
+  for (int64_t i = 0; i < H; ++i) {
+    const T* gr = padded_g + (i + P) * Wp + P;
+    int64_t j0 = 0;
+    for (; j0 + kDepthwiseBlock <= W; j0 += kDepthwiseBlock) {
+      for (int64_t ki = 0; ki < K; ++ki) {
+        const T* ar = padded_a + (i + ki) * Wp + j0;
+        for (int64_t kj = 0; kj < K; ++kj) {
+          T* acc = tap_acc + (ki * K + kj) * kDepthwiseBlock;
+#pragma omp simd
+          for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) acc[jj] += gr[j0 + jj] * ar[kj + jj];
+        }
+      }
+    }
+    for (int64_t j = j0; j < W; ++j)
+      for (int64_t ki = 0; ki < K; ++ki)
+        for (int64_t kj = 0; kj < K; ++kj)
+          tap_acc[(ki * K + kj) * kDepthwiseBlock] += gr[j] * padded_a[(i + ki) * Wp + j + kj];
+  }
+  for (int64_t t = 0; t < KK; ++t) {
+    T total = 0;
+    for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) total += tap_acc[t * kDepthwiseBlock + jj];
+    grad_w[t] = total;
+  }
 }
 
 // Backward of dwconv_bn_swish_plane for one plane.
@@ -175,40 +248,34 @@ NCP_HD void dwconv_bn_swish_backward_plane(const DepthwisePlane& g, const T* gra
     }
   }
   grad_bias = gb;
-  // grad_w[tap] = sum_{i, j} g[i][j] a_pad[i + ki][j + kj], accumulated per
-  // lane (tap_acc[tap][lane]) so the inner loop is a plain vector FMA.
-  for (int64_t t = 0; t < KK * kDepthwiseBlock; ++t) tap_acc[t] = 0;
-  for (int64_t i = 0; i < H; ++i) {
-    const T* gr = padded_g + (i + P) * Wp + P;
-    int64_t j0 = 0;
-    for (; j0 + kDepthwiseBlock <= W; j0 += kDepthwiseBlock) {
-      for (int64_t ki = 0; ki < K; ++ki) {
-        const T* ar = padded_a + (i + ki) * Wp + j0;
-        for (int64_t kj = 0; kj < K; ++kj) {
-          T* acc = tap_acc + (ki * K + kj) * kDepthwiseBlock;
-#pragma omp simd
-          for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) acc[jj] += gr[j0 + jj] * ar[kj + jj];
-        }
+  // grad_w[tap] = sum_{i, j} g[i][j] a_pad[i + ki][j + kj].
+  if (W < kDepthwiseBlock) {
+    // Narrow planes, flattened as in correlate_rows_flat: the gradient read at
+    // row stride Wp has zeros between rows (the padded border), so each tap is
+    // one dot product over (H - 1) * Wp + W values.
+    const T* gflat = padded_g + P * Wp + P;
+    const int64_t L = (H - 1) * Wp + W;
+    for (int64_t ki = 0; ki < K; ++ki) {
+      for (int64_t kj = 0; kj < K; ++kj) {
+        const T* af = padded_a + ki * Wp + kj;
+        T total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t k = 0; k < L; ++k) total += gflat[k] * af[k];
+        grad_w[ki * K + kj] = total;
       }
     }
-    for (int64_t j = j0; j < W; ++j)
-      for (int64_t ki = 0; ki < K; ++ki)
-        for (int64_t kj = 0; kj < K; ++kj)
-          tap_acc[(ki * K + kj) * kDepthwiseBlock] += gr[j] * padded_a[(i + ki) * Wp + j + kj];
-  }
-  for (int64_t t = 0; t < KK; ++t) {
-    T total = 0;
-    for (int64_t jj = 0; jj < kDepthwiseBlock; ++jj) total += tap_acc[t * kDepthwiseBlock + jj];
-    grad_w[t] = total;
+  } else {
+    dwconv_weight_grad_blocked(g, padded_a, padded_g, tap_acc, grad_w);
   }
   // grad_a[r][c] = sum_{ki, kj} w[ki][kj] g[r - ki + P][c - kj + P]: a
   // correlation of the padded gradient with the kernel flipped in both axes.
   for (int64_t t = 0; t < KK; ++t) flipped[t] = w[KK - 1 - t];
-  for (int64_t r = 0; r < H; ++r) correlate_row(padded_g + r * Wp, Wp, K, flipped, T(0), W, grad_a + r * W);
+  correlate_plane(g, padded_g, flipped, T(0), grad_a);
   // grad_a is the gradient with respect to a = swish(u): the same role grad_y
   // plays in bn_swish_backward_plane.
   bn_swish_backward_plane(grad_a, x, H * W, scale, shift, mean, grad_x, sum_g, sum_gc);
 }
+
 
 // out = skip + a * h + c, where a = residual_scale * gate * scale and
 // c = residual_scale * gate * shift (the cell's BN, SE gate and 0.1 in one pass).

@@ -38,7 +38,7 @@ def _run(benchmark, device, group, impl, fn, **info):
     benchmark(call)
 
 
-def _op_inputs(device):
+def _op_inputs(device, N=N, C=C, S=S):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, C, S, S, generator=g).to(device).requires_grad_()
     skip = torch.randn(N, C, S, S, generator=g).to(device).requires_grad_()
@@ -57,11 +57,21 @@ def _op_inputs(device):
     }
 
 
+# The depthwise conv also on the small maps of a model's coarse scales (the
+# mnist preset's 8x8 and 4x4 generative cells, 6x expanded).
+OP_SIZES = {"dwconv_bn_swish": [(N, C, S), (32, 768, 8), (32, 1536, 4)]}
+
+
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", [0, 1, 2])
 @pytest.mark.parametrize("op", ["plane_moments", "bn_swish", "batch_norm_swish", "dwconv_bn_swish", "bn_gate_residual"])
-def test_cell_op_forward_backward(benchmark, device, impl, op):
+def test_cell_op_forward_backward(benchmark, device, impl, op, size):
     _skip_compiled(impl)
-    name, args = _op_inputs(device)[op]
+    sizes = OP_SIZES.get(op, [(N, C, S)])
+    if size >= len(sizes):
+        pytest.skip(f"{op} is timed at {len(sizes)} size(s)")
+    n, c, s = sizes[size]
+    name, args = _op_inputs(device, n, c, s)[op]
     fn = {"fused": getattr(ops, name), "torch": getattr(reference, name)}.get(impl)
     if fn is None:
         fn = torch.compile(getattr(reference, name), dynamic=False)
@@ -75,7 +85,7 @@ def test_cell_op_forward_backward(benchmark, device, impl, op):
         outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
-    _run(benchmark, device, f"{op} fwd+bwd {N}x{C}x{S}x{S}", impl, step, op=op, pass_="fwd+bwd")
+    _run(benchmark, device, f"{op} fwd+bwd {n}x{c}x{s}x{s}", impl, step, op=op, pass_="fwd+bwd")
 
 
 class _Chain(nn.Module):

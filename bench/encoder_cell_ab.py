@@ -13,6 +13,7 @@ times, so that drift hits all of them alike, and reports medians and minima:
     convs-floor    only the cell's two weight-normalised 3x3 convs (channels-last)
                    and the residual add: what no fusion of the BN/Swish/SE work
                    can go below
+    convs-nchw     the same on an NCHW input: the convs' share of the eager cell
 
     python bench/encoder_cell_ab.py [--channels 32 96] [--blocks 6] [--rounds 12] [--out FILE.json]
 """
@@ -40,7 +41,7 @@ def variants(channels, batch=64, size=16, compile_eager=True):
         return conv2(conv1(x)) + x
 
     table = {"eager": (eager, nchw), "eager-nhwc-in": (eager, nhwc), "fused": (fused, nchw),
-             "fused-nhwc-in": (fused, nhwc), "convs-floor": (convs_floor, nhwc)}
+             "fused-nhwc-in": (fused, nhwc), "convs-floor": (convs_floor, nhwc), "convs-nchw": (convs_floor, nchw)}
     if compile_eager:
         table["compile"] = (torch.compile(set_cell_kernels(copy.deepcopy(cell), "torch"), dynamic=False), nchw)
     return {name: (fn, x.clone().requires_grad_()) for name, (fn, x) in table.items()}

@@ -15,11 +15,14 @@ def main(path):
     where = f"{machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}"
     groups = defaultdict(dict)
     peaks = defaultdict(dict)
+    saved = defaultdict(dict)
     for bench in data["benchmarks"]:
         impl = bench["extra_info"]["impl"]
         groups[bench["group"]][impl] = bench["stats"]["median"]
         if bench["extra_info"].get("peak_bytes") is not None:
             peaks[bench["group"]][impl] = bench["extra_info"]["peak_bytes"]
+        if bench["extra_info"].get("saved_activation_bytes") is not None:
+            saved[bench["group"]][impl] = bench["extra_info"]["saved_activation_bytes"]
     print(f"machine: {where}, {machine.get('cpu', {}).get('count', '?')} cores\n")
     print("| op, size | torch (ms) | " + " | ".join(f"{n} (ms) | torch/{n}" for n in ("fused", "torch.compile")) + " |")
     print("|---|---|---|---|---|---|")
@@ -31,14 +34,20 @@ def main(path):
             t = times.get(name)
             cells += [_ms(t), f"{base / t:.1f}x" if base and t else "-"]
         print("| " + " | ".join(cells) + " |")
-    if peaks:
-        print("\npeak memory added by one call (MiB):\n")
-        print("| op, size | torch | fused | torch/fused |")
-        print("|---|---|---|---|")
-        for group in sorted(peaks, key=_sort_key):
-            torch_peak, fused_peak = peaks[group].get("torch"), peaks[group].get("fused")
-            ratio = f"{torch_peak / fused_peak:.2f}x" if torch_peak and fused_peak else "-"
-            print(f"| {group} | {_mib(torch_peak)} | {_mib(fused_peak)} | {ratio} |")
+    _memory_table("peak memory added by one call (MiB)", peaks)
+    _memory_table("activations saved for the backward (MiB)", saved)
+
+
+def _memory_table(title, table):
+    if not table:
+        return
+    print(f"\n{title}:\n")
+    print("| op, size | torch | fused | torch/fused |")
+    print("|---|---|---|---|")
+    for group in sorted(table, key=_sort_key):
+        torch_bytes, fused_bytes = table[group].get("torch"), table[group].get("fused")
+        ratio = f"{torch_bytes / fused_bytes:.2f}x" if torch_bytes and fused_bytes else "-"
+        print(f"| {group} | {_mib(torch_bytes)} | {_mib(fused_bytes)} | {ratio} |")
 
 
 def _mib(nbytes):

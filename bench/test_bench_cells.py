@@ -19,6 +19,7 @@ from ncpfast.models import build_model
 from ncpfast.nn.cells import EncoderCell, GenerativeCell, set_cell_kernels
 from ncpfast.ops import reference
 from ncpfast.training.config import PRESETS, TrainConfig
+from ncpfast.training.memory import saved_activation_bytes
 
 IMPLS = ["fused", "torch", "torch.compile"]
 N, C, S = 64, 96, 16  # the baseline: 64 x 96 x 16 x 16
@@ -169,11 +170,15 @@ def test_training_step(benchmark, device, impl, preset):
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     x = (torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device) > 0.5).float()
 
-    def step():  # the negative ELBO (KL weight 1): what a stage-1 step differentiates
-        optimizer.zero_grad(set_to_none=True)
+    def loss():  # the negative ELBO (KL weight 1): what a stage-1 step differentiates
         output, groups = model(x)
-        loss = (sum(g.kl() for g in groups) - model.reconstruction_log_prob(output, x)).mean()
-        loss.backward()
+        return (sum(g.kl() for g in groups) - model.reconstruction_log_prob(output, x)).mean()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
         optimizer.step()
 
-    _run(benchmark, device, f"training step {preset} batch={batch}", impl, step, preset=preset, batch=batch)
+    saved = saved_activation_bytes(loss, exclude=list(model.parameters()))
+    _run(benchmark, device, f"training step {preset} batch={batch}", impl, step, preset=preset, batch=batch,
+         saved_activation_bytes=saved)

@@ -1,0 +1,25 @@
+"""Activation memory: what autograd keeps from a forward for its backward.
+
+Device-independent (it counts tensors, not allocator pages), so it compares
+the fused and eager cells on the CPU too, where the resident set says little.
+"""
+from typing import Callable
+
+import torch
+
+
+def saved_activation_bytes(forward: Callable[[], object], exclude=()) -> int:
+    """Runs forward() and returns the bytes of the distinct storages autograd
+    saved for the backward, leaving out those of the tensors in `exclude`
+    (e.g. the model's parameters, which exist anyway)."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(n for ptr, n in saved.items() if ptr not in excluded)

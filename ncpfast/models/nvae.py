@@ -142,8 +142,8 @@ class HierarchicalVAE(LatentVAE):
         channels-last; converting the image (a few channels) makes the stem's
         output, and so every encoder activation, channels-last from the start,
         instead of the first cell converting a wide activation."""
-        first = next(m for m in self.modules() if isinstance(m, EncoderCell))
-        layout = encoder_input_layout(first, x)
+        first = next((m for m in self.modules() if isinstance(m, EncoderCell)), None)
+        layout = None if first is None else encoder_input_layout(first, x)
         return x if layout is None else x.contiguous(memory_format=layout)
 
     def _prior(self, k: int, state: torch.Tensor, temperature: float = 1.0) -> Normal:

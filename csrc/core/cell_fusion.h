@@ -46,15 +46,17 @@ NCP_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
 }
 
 // Recomputes u from x (the BN output is never stored), then
-// grad_x = g_u * scale, sum_g = sum g_u, sum_gc = sum g_u (x - mean).
-template <typename T>
+// sum_g = sum g_u, sum_gc = sum g_u (x - mean) and, with kWriteGrad,
+// grad_x = g_u * scale. Without it (grad_x unused) it is the first of
+// batch_norm_swish's two backward passes; see bn_swish_grad_apply_plane.
+template <bool kWriteGrad = true, typename T>
 NCP_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean,
                                     T* grad_x, double& sum_g, double& sum_gc) {
   double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
   for (int64_t i = 0; i < n; ++i) {
     const T g = grad_y[i] * swish_grad(x[i] * scale + shift);
-    grad_x[i] = g * scale;
+    if constexpr (kWriteGrad) grad_x[i] = g * scale;
     s1 += g;
     s2 += g * (x[i] - mean);
   }
@@ -64,24 +66,10 @@ NCP_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T sc
 
 // batch_norm_swish's backward in two passes over (grad_y, x), with g_u =
 // grad_y * swish'(u) recomputed in each instead of stored:
-//   1. the sums bn_swish_backward_plane returns, without grad_x;
-//   2. grad_x = g_u * scale + alpha + beta * x, where the per-channel
+//   1. the sums of bn_swish_backward_plane<false>, without grad_x;
+//   2. this: grad_x = g_u * scale + alpha + beta * x, where the per-channel
 //      alpha + beta * x is the gradient through the batch statistics (which
 //      needs the sums of every plane of the channel, hence the first pass).
-template <typename T>
-NCP_HD void bn_swish_grad_sums_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean,
-                                     double& sum_g, double& sum_gc) {
-  double s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t i = 0; i < n; ++i) {
-    const T g = grad_y[i] * swish_grad(x[i] * scale + shift);
-    s1 += g;
-    s2 += g * (x[i] - mean);
-  }
-  sum_g = s1;
-  sum_gc = s2;
-}
-
 template <typename T>
 NCP_HD void bn_swish_grad_apply_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T alpha, T beta,
                                       T* grad_x) {
@@ -276,7 +264,6 @@ NCP_HD void dwconv_bn_swish_backward_plane(const DepthwisePlane& g, const T* gra
   bn_swish_backward_plane(grad_a, x, H * W, scale, shift, mean, grad_x, sum_g, sum_gc);
 }
 
-
 // out = skip + a * h + c, where a = residual_scale * gate * scale and
 // c = residual_scale * gate * shift (the cell's BN, SE gate and 0.1 in one pass).
 template <typename T>
@@ -344,8 +331,8 @@ NCP_HD void bn_swish_channels(const T* x, int64_t rows, int64_t C, const T* scal
   }
 }
 
-// bn_swish_backward_plane for every channel of an image.
-template <typename T>
+// bn_swish_backward_plane<kWriteGrad> for every channel of an image.
+template <bool kWriteGrad = true, typename T>
 NCP_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
                                        const T* shift, const T* mean, T* grad_x, double* sum_g,
                                        double* sum_gc) {
@@ -355,22 +342,7 @@ NCP_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const T g = grad_y[o + c] * swish_grad(x[o + c] * scale[c] + shift[c]);
-      grad_x[o + c] = g * scale[c];
-      sum_g[c] += g;
-      sum_gc[c] += g * (x[o + c] - mean[c]);
-    }
-  }
-}
-
-template <typename T>
-NCP_HD void bn_swish_grad_sums_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
-                                        const T* shift, const T* mean, double* sum_g, double* sum_gc) {
-  zero_channels(C, sum_g, sum_gc);
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t o = r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const T g = grad_y[o + c] * swish_grad(x[o + c] * scale[c] + shift[c]);
+      if constexpr (kWriteGrad) grad_x[o + c] = g * scale[c];
       sum_g[c] += g;
       sum_gc[c] += g * (x[o + c] - mean[c]);
     }

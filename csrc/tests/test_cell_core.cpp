@@ -32,6 +32,9 @@ double worst_error(const float* got, const std::vector<double>& want) {
   return worst;
 }
 
+// grad_x of the backward routines in their sums-only (<false>) form: not written.
+float* const kNoGrad = nullptr;
+
 double relative(double got, double want) { return std::fabs(got - want) / (1 + std::fabs(want)); }
 
 const int64_t kSizes[][2] = {{1, 1}, {1, 3}, {3, 5}, {2, 8}, {7, 9}, {5, 17}, {16, 16}};
@@ -73,7 +76,7 @@ void test_moments_and_bn_swish() {
 
     // batch_norm_swish's two backward passes: the same sums, then g_u * scale + alpha + beta x.
     double pass_g = 0, pass_gc = 0;
-    bn_swish_grad_sums_plane(gy.data(), x.data(), n, scale, shift, mean, pass_g, pass_gc);
+    bn_swish_backward_plane<false>(gy.data(), x.data(), n, scale, shift, mean, kNoGrad, pass_g, pass_gc);
     NCP_EXPECT(relative(pass_g, want_g) < 1e-5 && relative(pass_gc, want_gc) < 1e-5, "grad sums n=%ld", long(n));
     const float alpha = 0.25f, beta = -0.5f;
     bn_swish_grad_apply_plane(gy.data(), x.data(), n, scale, shift, alpha, beta, gx.data());
@@ -235,15 +238,16 @@ void test_channels_last_routines_equal_plane_routines() {
                long(C), worst, worst_sum);
 
     worst = worst_sum = 0;
-    bn_swish_grad_sums_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(), r1.data(),
-                                r2.data());
+    bn_swish_backward_channels<false>(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(),
+                                      kNoGrad, r1.data(), r2.data());
     bn_swish_grad_apply_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), grad_sum.data(),
                                  grad_sumsq.data(), out1.data());
     for (int64_t c = 0; c < C; ++c) {
       gather(x, c, plane_x);
       gather(g, c, plane_g);
       double s1, s2;
-      bn_swish_grad_sums_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], s1, s2);
+      bn_swish_backward_plane<false>(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], kNoGrad,
+                                     s1, s2);
       worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
       bn_swish_grad_apply_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], grad_sum[c],
                                 grad_sumsq[c], plane_out.data());

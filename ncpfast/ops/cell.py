@@ -191,9 +191,8 @@ def _batch_norm_swish_setup(ctx, inputs, output):
 
 def _batch_norm_swish_backward(ctx, grad_y, _grad_mean, _grad_var):
     x, weight, bias, mean, var = ctx.saved_tensors
-    grad_y = torch.zeros_like(x) if grad_y is None else contiguous_like(grad_y, x)
     grad_x, grad_weight, grad_bias = torch.ops.ncpfast.batch_norm_swish_backward(
-        grad_y, x, mean, torch.rsqrt(var + ctx.eps), weight, bias)
+        contiguous_like(grad_y, x), x, mean, torch.rsqrt(var + ctx.eps), weight, bias)
     return grad_x, grad_weight, grad_bias, None
 
 

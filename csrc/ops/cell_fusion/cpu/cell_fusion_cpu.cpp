@@ -124,12 +124,13 @@ at::Tensor bn_swish_cpu(const at::Tensor& x, const at::Tensor& mean, const at::T
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-    const at::Tensor& weight, const at::Tensor& bias) {
-  const auto acc = check_bn_swish_backward("bn_swish_backward", grad_out, x, mean, invstd, weight, bias);
-  auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
-  at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
+// The pass of bn_swish_backward over (grad_out, x) with the BN folded into
+// (scale, shift): the per-plane sums into sum_g and sum_gc and, with
+// kWriteGrad, grad_x = g_u * scale (see core::bn_swish_backward_plane).
+template <bool kWriteGrad>
+void bn_swish_backward_pass(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale,
+                            const at::Tensor& shift, const at::Tensor& mean, at::Tensor& grad_x, at::Tensor& sum_g,
+                            at::Tensor& sum_gc) {
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_backward_cpu", [&] {
     const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
@@ -140,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
     if (is_channels_last(x)) {
       return for_each_image(x, [&](int64_t n, double* a, double* b) NCP_ALWAYS_INLINE {
         const int64_t o = n * HW * C;
-        core::bn_swish_backward_channels(gp + o, xp + o, HW, C, sc, sh, mp, gx + o, a, b);
+        core::bn_swish_backward_channels<kWriteGrad>(gp + o, xp + o, HW, C, sc, sh, mp, gx + o, a, b);
         store_channels(a, C, s1 + n * C);
         store_channels(b, C, s2 + n * C);
       });
@@ -149,12 +150,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
       core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
         double a, b;
         const int64_t c = p % C;
-        core::bn_swish_backward_plane(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], mp[c], gx + p * HW, a, b);
+        core::bn_swish_backward_plane<kWriteGrad>(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], mp[c], gx + p * HW,
+                                                  a, b);
         s1[p] = static_cast<scalar_t>(a);
         s2[p] = static_cast<scalar_t>(b);
       });
     });
   });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& weight, const at::Tensor& bias) {
+  const auto acc = check_bn_swish_backward("bn_swish_backward", grad_out, x, mean, invstd, weight, bias);
+  auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
+  at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
+  bn_swish_backward_pass<true>(grad_out, x, scale, shift, mean, grad_x, sum_g, sum_gc);
   return {grad_x, sum_g, sum_gc};
 }
 
@@ -163,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_cpu(const at::Te
   return batch_norm_swish_with(x, weight, bias, eps, &plane_moments_cpu, &bn_swish_cpu);
 }
 
-// Two passes over (grad_y, x) (see bn_swish_grad_sums_plane): reads 4 and
+// Two passes over (grad_y, x) (see bn_swish_grad_apply_plane): reads 4 and
 // writes 1 full-size tensor, where bn_swish_backward followed by an in-place
 // add of the statistics' share would read 4 and write 2.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cpu(
@@ -172,38 +183,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cpu(
   const auto acc = check_bn_swish_backward("batch_norm_swish_backward", grad_y, x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
+  bn_swish_backward_pass<false>(grad_y, x, scale, shift, mean, grad_x, sum_g, sum_gc);  // the sums only
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
-  const bool channels_last = is_channels_last(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_swish_backward_cpu", [&] {
-    const scalar_t *gp = grad_y.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
-                   *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
-                   *mp = mean.data_ptr<scalar_t>();
-    scalar_t *s1 = sum_g.data_ptr<scalar_t>(), *s2 = sum_gc.data_ptr<scalar_t>();
-    if (channels_last) {
-      for_each_image(x, [&](int64_t n, double* a, double* b) NCP_ALWAYS_INLINE {
-        core::bn_swish_grad_sums_channels(gp + n * HW * C, xp + n * HW * C, HW, C, sc, sh, mp, a, b);
-        store_channels(a, C, s1 + n * C);
-        store_channels(b, C, s2 + n * C);
-      });
-    } else {
-      at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
-        core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
-          double a, b;
-          const int64_t c = p % C;
-          core::bn_swish_grad_sums_plane(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], mp[c], a, b);
-          s1[p] = static_cast<scalar_t>(a);
-          s2[p] = static_cast<scalar_t>(b);
-        });
-      });
-    }
-  });
   const BatchNormGradients g = batch_norm_gradients(x, sum_g, sum_gc, mean, invstd, weight);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_swish_backward_cpu", [&] {
     const scalar_t *gp = grad_y.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
                    *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
                    *ap = g.alpha.data_ptr<scalar_t>(), *bp = g.beta.data_ptr<scalar_t>();
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
-    if (channels_last) {
+    if (is_channels_last(x)) {
       return for_each_image(x, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
         const int64_t o = n * HW * C;
         core::bn_swish_grad_apply_channels(gp + o, xp + o, HW, C, sc, sh, ap, bp, gx + o);

@@ -63,7 +63,6 @@ __device__ __forceinline__ void swish_affine_backward(A grad_a, A xv, A sc, A sh
   v[1] += g * (xv - m);
 }
 
-
 template <typename T, typename A>
 __global__ void plane_moments_kernel(const T* x, int64_t HW, A* sum, A* sumsq) {
   const int64_t p = blockIdx.x;

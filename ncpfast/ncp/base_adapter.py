@@ -118,6 +118,13 @@ def _gaussian_transform(kind: str, tensors: dict, noise: list) -> torch.Tensor:
     return loc + noise[0] @ tensors["cov_factor"].transpose(-1, -2) + tensors["cov_diag"].sqrt() * noise[1]
 
 
+def family_name(distribution: D.Distribution) -> str:
+    """e.g. "Independent(Laplace)", "MixtureSameFamily(MultivariateNormal)"."""
+    inner = getattr(distribution, "base_dist", None) or getattr(distribution, "component_distribution", None)
+    name = type(distribution).__name__
+    return f"{name}({family_name(inner)})" if inner is not None else name
+
+
 def _distribution_device(distribution: D.Distribution) -> torch.device:
     for value in vars(distribution).values():
         if isinstance(value, torch.Tensor):
@@ -218,4 +225,4 @@ class DistributionBase(nn.Module):
             return self._distribution.sample(shape)
 
     def extra_repr(self) -> str:
-        return f"{type(self._distribution).__name__}, dim={self.dim}, exact={self.exact}"
+        return f"{family_name(self._distribution)}, dim={self.dim}, exact={self.exact}"

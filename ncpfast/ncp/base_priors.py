@@ -74,6 +74,8 @@ class GaussianMixture(nn.Module):
     def sample(self, shape, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         count = math.prod(shape)
+        if count == 0:
+            return self.means.new_zeros(*shape, self.dim)
         component = torch.multinomial(self.log_weights.exp(), count, replacement=True, generator=generator)
         eps = torch.randn(count, self.dim, device=self.means.device, generator=generator)
         z = self.means[component] + self.log_stds.exp()[component] * eps

@@ -1,7 +1,7 @@
 """NCPPrior's base as plain data (a kind string and tensors) for checkpoints that
 load with weights_only=True, and back. A base of any other kind is refused rather
 than saved as something else."""
-from .base_adapter import SAVED_FAMILIES, DistributionBase
+from .base_adapter import SAVED_FAMILIES, DistributionBase, family_name
 from .base_adapter import build as build_distribution
 from .base_priors import GaussianMixture, StandardNormal
 
@@ -20,19 +20,13 @@ def base_to_state(base) -> dict:
     if type(base) is DistributionBase and base.kind is not None:
         return {"kind": DISTRIBUTION_PREFIX + base.kind, "dim": base.dim,
                 "tensors": {name: t.detach().cpu() for name, t in base.tensors().items()}}
-    what = f"its base, torch.distributions {_family(base._distribution)}" if type(base) is DistributionBase \
+    what = f"its base, torch.distributions {family_name(base._distribution)}" if type(base) is DistributionBase \
         else f"its base, of type {type(base).__name__}"
     raise TypeError(f"NCPPrior cannot save {what}: a checkpoint holds only tensors and plain data, and only "
                     f"StandardNormal, GaussianMixture and the torch.distributions {', '.join(SAVED_FAMILIES)} "
                     f"can be rebuilt from those. Save the classifier instead, "
                     f"torch.save(prior.classifier.state_dict(), path), and to restore it build "
                     f"NCPPrior(your_base, ...) and call prior.classifier.load_state_dict(torch.load(path)).")
-
-
-def _family(distribution) -> str:
-    inner = getattr(distribution, "base_dist", None) or getattr(distribution, "component_distribution", None)
-    name = type(distribution).__name__
-    return f"{name}({_family(inner)})" if inner is not None else name
 
 
 def base_from_state(state: dict, map_location="cpu"):

@@ -9,9 +9,10 @@ Exact generator paths, which draw every random number from the generator:
                                    mixture's probabilities, then that component's
                                    transform of the noise
 The noise is drawn on the base's device, so the generator must live there too (as
-for the package's StandardNormal and GaussianMixture). These families keep their
-parameters as buffers: `.to(device)` moves them and the distribution is rebuilt
-from them, and NCPPrior can save them.
+for the package's StandardNormal and GaussianMixture). These families keep a
+detached copy of their parameters as buffers (the base is fixed; later changes to
+the user's tensors do not reach it): `.to(device)` moves them and the
+distribution is rebuilt from them, and NCPPrior can save them.
 
 Any other family is sampled by the distribution itself inside
 torch.random.fork_rng, with the CPU RNG and that of the distribution's device
@@ -125,13 +126,18 @@ def family_name(distribution: D.Distribution) -> str:
     return f"{name}({family_name(inner)})" if inner is not None else name
 
 
-def _distribution_device(distribution: D.Distribution) -> torch.device:
+def _tensor_device(distribution: D.Distribution) -> Optional[torch.device]:
     for value in vars(distribution).values():
-        if isinstance(value, torch.Tensor):
-            return value.device
-        if isinstance(value, D.Distribution):
-            return _distribution_device(value)
-    return torch.device("cpu")
+        found = value.device if isinstance(value, torch.Tensor) else \
+            _tensor_device(value) if isinstance(value, D.Distribution) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _distribution_device(distribution: D.Distribution) -> torch.device:
+    """Where a distribution's parameters live (the CPU for one without tensors)."""
+    return _tensor_device(distribution) or torch.device("cpu")
 
 
 class DistributionBase(nn.Module):

@@ -272,3 +272,12 @@ def test_a_custom_base_is_refused_not_saved_as_a_standard_normal(tmp_path):
     with pytest.raises(TypeError, match="cannot save its base, of type _ShiftedNormal.*rebuild|NCPPrior\\(your_base"):
         prior.save(str(tmp_path / "ncp.pt"))
     assert not list(tmp_path.iterdir())
+
+
+def test_a_custom_classifier_is_refused_not_saved_as_the_default_mlp(tmp_path):
+    relu = torch.nn.Sequential(torch.nn.Linear(DIM, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+                               torch.nn.Linear(8, 1))  # the default's parameter names, another activation
+    prior = NCPPrior(StandardNormal(DIM), classifier=relu, hidden=8)
+    with pytest.raises(TypeError, match=r"cannot save a custom classifier \(Sequential\).*prior.state_dict\(\)"):
+        prior.save(str(tmp_path / "ncp.pt"))
+    assert not list(tmp_path.iterdir())

@@ -243,7 +243,12 @@ class NCPPrior(nn.Module):
 
     def to_checkpoint(self) -> dict:
         """Plain data (loads with weights_only=True). TypeError for a base that cannot be
-        rebuilt from tensors (see base_state.base_to_state) rather than saving another one."""
+        rebuilt from tensors (see base_state.base_to_state) rather than saving another one,
+        and for a classifier that is not the default MLP that from_checkpoint builds."""
+        if repr(self.classifier) != repr(default_classifier(self.dim, self.hidden, self.layers)):
+            raise TypeError(f"NCPPrior cannot save a custom classifier ({type(self.classifier).__name__}): "
+                            f"from_checkpoint rebuilds the default MLP (hidden={self.hidden}, layers={self.layers}). "
+                            f"Save prior.state_dict() instead and load it into an NCPPrior built the same way.")
         return {"format": 2, "dim": self.dim, "hidden": self.hidden, "layers": self.layers,
                 "base": base_to_state(self.base), "state_dict": self.state_dict(),
                 "log_partition": self._log_partition}

@@ -43,4 +43,3 @@ def base_from_state(state: dict, map_location="cpu"):
         return DistributionBase(build_distribution(kind[len(DISTRIBUTION_PREFIX):], tensors))
     raise ValueError(f"unknown base kind {kind!r} in the checkpoint; this version knows standard_normal, "
                      f"gaussian_mixture and {DISTRIBUTION_PREFIX}<family>")
-

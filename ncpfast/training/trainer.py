@@ -400,6 +400,9 @@ class Trainer:
         checkpoint.save_atomic(state, os.path.join(self.run_dir, "checkpoints", name))
 
     def _load(self, path: str) -> None:
+        if self.ctx.is_main:  # temporaries of saves that a kill interrupted; only rank 0 writes here
+            for name in (LATEST, BEST):
+                checkpoint.remove_stale_temporaries(os.path.join(os.path.dirname(path), name))
         state = checkpoint.load(path, map_location=self.device)
         if state.get("world_size", 1) != self.ctx.world_size:
             raise ValueError(f"{path} was written by {state['world_size']} processes; resume it with the "

@@ -108,9 +108,8 @@ def iw_images_per_pass(num_samples: int, chunk: int = 0, device: Optional[torch.
                        most: int = 250) -> int:
     """Images per pass of importance_weighted_log_likelihood so that a pass holds
     about 2,000 image copies (K, or the chunk, per image) on a GPU and 200 on the
-    CPU, and at most `most` images. The CPU figure is measured: the `tiny` model
-    evaluated 170 copies/s in passes of 2,000 and 460 in passes of 200 (big
-    passes fault fresh pages in and spill the caches)."""
+    CPU, and at most `most` images. The CPU's smaller passes measured faster
+    (big ones fault fresh pages in and spill the caches; see docs/design-notes.md)."""
     budget = 200 if device is None or torch.device(device).type == "cpu" else 2000
     return max(1, min(most, budget // max(1, chunk or num_samples)))
 

@@ -1,4 +1,4 @@
-"""The residual cells' forwards through ncpfast's fused ops (ncpfast.ops.cell).
+"""The residual cells' forwards through ncpfast's fused ops (ncpfast.ops).
 
 Same modules, same parameters, same buffers as the eager forwards in
 ncpfast/nn/cells.py: these functions only change how a cell is computed.
@@ -11,11 +11,11 @@ The full convolutions (1x1, 3x3) stay with torch (oneDNN / cuDNN GEMMs). In
 evaluation mode the batch norms next to convolutions fold into them instead.
 
 On the CPU the encoder cell runs channels-last (NHWC): oneDNN's 3x3
-convolutions are faster there (64x32x16x16, fwd+bwd: 5.0 vs 7.8 ms on a
-2-core Xeon, 30.9 vs 38.1 ms at 96 channels), and the fused ops take NHWC too, so no layout change happens
-between its ops. Its output stays channels-last, as a convolution's does for
-a channels-last input, so a tower of encoder cells changes layout once, at its
-first cell (a change back would cost a full copy forward and backward).
+convolutions are faster there (see docs/design-notes.md), and the fused ops
+take NHWC too, so no layout change happens between its ops. Its output stays
+channels-last, as a convolution's does for a channels-last input, so a tower
+of encoder cells changes layout once, at its first cell (a change back would
+cost a full copy forward and backward).
 """
 import torch
 import torch.nn as nn

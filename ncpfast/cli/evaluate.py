@@ -20,24 +20,36 @@ from .common import USER_ERRORS
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m ncpfast.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run directory with both stages (python -m ncpfast.train)")
-    p.add_argument("--iw-samples", type=int, default=100, help="importance samples K of the NLL (default 100)")
-    p.add_argument("--max-images", type=int, default=0, help="test images of the NLL (0: all)")
-    p.add_argument("--iw-chunk", type=int, default=0, help="importance samples per pass (0: all; bounds memory)")
-    p.add_argument("--num-generated", type=int, default=1000, help="images per prior for the Frechet distance")
-    p.add_argument("--num-real", type=int, default=0,
-                   help="test images of the Frechet distances' reference set (0: max(num-generated, 1000))")
-    p.add_argument("--fid-weights", default="",
-                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also compute FID with it")
-    p.add_argument("--method", choices=["sir", "langevin"], default="sir", help="how the NCP prior is sampled")
-    p.add_argument("--num-proposals", type=int, default=50, help="SIR proposals per latent group")
-    p.add_argument("--steps", type=int, default=50, help="Langevin steps per latent group")
-    p.add_argument("--step-size", type=float, default=1e-2, help="Langevin step size")
-    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature for the generated images")
-    p.add_argument("--log-z-samples", type=int, default=10000, help="prior samples of the log Z estimate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with both stages (python -m ncpfast.train)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed of every random stream (default 0)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    nll = p.add_argument_group("NLL (importance weighted) and log Z")
+    nll.add_argument("--iw-samples", type=int, default=100, metavar="K",
+                     help="importance samples K of the NLL (default 100)")
+    nll.add_argument("--max-images", type=int, default=0, metavar="N", help="test images of the NLL (0: all)")
+    nll.add_argument("--iw-chunk", type=int, default=0, metavar="N",
+                     help="importance samples per pass (0: all; bounds memory)")
+    nll.add_argument("--log-z-samples", type=int, default=10000, metavar="N",
+                     help="prior samples of the log Z estimate (default 10000)")
+    sampling = p.add_argument_group("sampling the NCP prior")
+    sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
+                          help="how the NCP prior is sampled (default sir)")
+    sampling.add_argument("--num-proposals", type=int, default=50, metavar="N",
+                          help="SIR proposals per latent group (default 50)")
+    sampling.add_argument("--steps", type=int, default=50, metavar="N",
+                          help="Langevin steps per latent group (default 50)")
+    sampling.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
+                          help="Langevin step size (default 0.01)")
+    sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                          help="prior temperature for the generated images (default 1.0)")
+    frechet = p.add_argument_group("Frechet distances")
+    frechet.add_argument("--num-generated", type=int, default=1000, metavar="N",
+                         help="images per prior for the Frechet distance (default 1000)")
+    frechet.add_argument("--num-real", type=int, default=0, metavar="N",
+                         help="test images of the Frechet distances' reference set (0: max(num-generated, 1000))")
+    frechet.add_argument("--fid-weights", default="", metavar="FILE",
+                         help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also compute FID with it")
     return p
 
 

@@ -19,18 +19,25 @@ from .common import USER_ERRORS
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m ncpfast.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run directory written by python -m ncpfast.train")
-    p.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
-                   help="sir / langevin with the NCP prior, or the base prior (default: sir)")
-    p.add_argument("-n", "--num-samples", type=int, default=64, help="images to generate (default 64)")
-    p.add_argument("--num-proposals", type=int, default=50, help="SIR proposals per latent group (default 50)")
-    p.add_argument("--steps", type=int, default=50, help="Langevin steps per latent group (default 50)")
-    p.add_argument("--step-size", type=float, default=1e-2, help="Langevin step size (default 0.01)")
-    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
-    p.add_argument("--out", help="PNG grid to write (default RUN_DIR/samples_<method>.png)")
-    p.add_argument("--npz", help="also write the images, uint8 [N, H, W, C], to this .npz")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by python -m ncpfast.train")
+    what = p.add_argument_group("what to sample")
+    what.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
+                      help="sir / langevin with the NCP prior, or the base prior (default: sir)")
+    what.add_argument("-n", "--num-samples", type=int, default=64, metavar="N", help="images to generate (default 64)")
+    what.add_argument("--temperature", type=float, default=1.0, metavar="T", help="prior temperature (default 1.0)")
+    what.add_argument("--seed", type=int, default=0, metavar="SEED",
+                      help="seed of the sampling generator (default 0)")
+    what.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
+    sampler = p.add_argument_group("the samplers")
+    sampler.add_argument("--num-proposals", type=int, default=50, metavar="N",
+                         help="SIR proposals per latent group (default 50)")
+    sampler.add_argument("--steps", type=int, default=50, metavar="N",
+                         help="Langevin steps per latent group (default 50)")
+    sampler.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
+                         help="Langevin step size (default 0.01)")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", metavar="PNG", help="PNG grid to write (default RUN_DIR/samples_<method>.png)")
+    output.add_argument("--npz", metavar="FILE", help="also write the images, uint8 [N, H, W, C], to this .npz")
     return p
 
 

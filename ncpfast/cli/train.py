@@ -16,7 +16,7 @@ import sys
 import time
 
 from ..run_dir import RunDir
-from ..training.config import PRESETS, add_config_arguments, config_from_args, load_config, validate_config
+from ..training.config import RUN, PRESETS, add_config_arguments, config_from_args, load_config, validate_config
 from .common import USER_ERRORS
 
 
@@ -24,12 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ncpfast.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    parser.add_argument("--stage", choices=["1", "2", "both"], default="both",
-                        help="1: the VAE; 2: the NCP classifiers on --from RUN_DIR; both (default)")
-    parser.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="the stage-1 run that --stage 2 uses")
-    add_config_arguments(parser)
+    run = parser.add_argument_group(RUN)
+    run.add_argument("--stage", choices=["1", "2", "both"], default="both",
+                     help="1: the VAE; 2: the NCP classifiers on --from RUN_DIR; both (default)")
+    run.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="the stage-1 run that --stage 2 uses")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    run.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    add_config_arguments(parser, {RUN: run})
     return parser
 
 

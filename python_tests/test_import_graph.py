@@ -13,14 +13,7 @@ Only modules of ncpfast's source tree count.
 import ast
 import pathlib
 
-import pytest
-
 PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent / "ncpfast"
-
-# Cycles tolerated for now, each a set of module names. Every entry is
-# temporary: test_allowed_cycles_still_exist fails once its cycle is gone,
-# so the entry is removed with the fix.
-TEMPORARY_ALLOWED_CYCLES = []
 
 
 def module_names(root: pathlib.Path = PACKAGE_ROOT) -> dict:
@@ -168,19 +161,9 @@ def describe(cycle, graph: dict, modules: dict) -> str:
 
 def test_no_import_cycles():
     graph, modules = import_graph()
-    allowed = [set(c) for c in TEMPORARY_ALLOWED_CYCLES]
-    found = [c for c in cycles(graph) if set(c) not in allowed]
+    found = cycles(graph)
     assert not found, "import cycles inside ncpfast:\n" + "\n".join(
         describe(a_cycle_through(c, graph), graph, modules) for c in found)
-
-
-@pytest.mark.parametrize("allowed", TEMPORARY_ALLOWED_CYCLES or [None])
-def test_allowed_cycles_still_exist(allowed):
-    if allowed is None:
-        pytest.skip("no cycle is allowed")
-    graph, _ = import_graph()
-    assert set(allowed) in [set(c) for c in cycles(graph)], (
-        f"the cycle {sorted(allowed)} is gone: remove it from TEMPORARY_ALLOWED_CYCLES")
 
 
 def test_the_graph_sees_every_kind_of_import(tmp_path):

@@ -16,7 +16,7 @@ import sys
 import time
 
 from ..run_dir import RunDir
-from ..training.config import RUN, PRESETS, add_config_arguments, config_from_args, load_config, validate_config
+from ..training.config import PRESETS, RUN, add_config_arguments, config_from_args, load_config, validate_config
 from .common import USER_ERRORS
 
 

@@ -51,21 +51,21 @@ def _op_inputs(device, N=N, C=C, S=S):
     gate = torch.rand(N, C, generator=g).to(device).requires_grad_()
     return {
         "plane_moments": ("plane_moments", (x,)),
-        "bn_swish": ("bn_swish", (x, *bn)),
-        "batch_norm_swish": ("batch_norm_swish", (x, bn[2], bn[3], 1e-5)),
-        "dwconv_bn_swish": ("dwconv_bn_swish", (x, *bn, conv_w, conv_b)),
+        "bn_swish_given_stats": ("bn_swish_given_stats", (x, *bn)),
+        "bn_swish_batch_stats": ("bn_swish_batch_stats", (x, bn[2], bn[3], 1e-5)),
+        "bn_swish_dwconv": ("bn_swish_dwconv", (x, *bn, conv_w, conv_b)),
         "bn_gate_residual": ("bn_gate_residual", (x, skip, *bn, gate, 0.1)),
     }
 
 
 # The depthwise conv also on the small maps of a model's coarse scales (the
 # mnist preset's 8x8 and 4x4 generative cells, 6x expanded).
-OP_SIZES = {"dwconv_bn_swish": [(N, C, S), (32, 768, 8), (32, 1536, 4)]}
+OP_SIZES = {"bn_swish_dwconv": [(N, C, S), (32, 768, 8), (32, 1536, 4)]}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", [0, 1, 2])
-@pytest.mark.parametrize("op", ["plane_moments", "bn_swish", "batch_norm_swish", "dwconv_bn_swish", "bn_gate_residual"])
+@pytest.mark.parametrize("op", ["plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv", "bn_gate_residual"])
 def test_cell_op_forward_backward(benchmark, device, impl, op, size):
     _skip_compiled(impl)
     sizes = OP_SIZES.get(op, [(N, C, S)])
@@ -81,7 +81,7 @@ def test_cell_op_forward_backward(benchmark, device, impl, op, size):
         # the batch statistics): backpropagating the first output alone would
         # time plane_moments' backward as the broadcast that eager runs for a
         # lone sum, which no cell ever needs.
-        # (batch_norm_swish's mean and var are statistics, not differentiable.)
+        # (bn_swish_batch_stats's mean and var are statistics, not differentiable.)
         out = fn(*args)
         outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
@@ -106,10 +106,10 @@ def _fused_chain(chain):
 
     def forward(x):
         mean1, invstd1 = _statistics_of(chain.bn1, x)
-        y, s, q = ops.dwconv_bn_swish(x, mean1, invstd1, chain.bn1.weight, chain.bn1.bias,
+        y, s, q = ops.bn_swish_dwconv(x, mean1, invstd1, chain.bn1.weight, chain.bn1.bias,
                                       chain.dw.weight, chain.dw.bias)
         stats = batch_norm_statistics(chain.bn2, s, q, x.shape[0] * x.shape[2] * x.shape[3])
-        return ops.bn_swish(y, *stats, chain.bn2.weight, chain.bn2.bias)
+        return ops.bn_swish_given_stats(y, *stats, chain.bn2.weight, chain.bn2.bias)
     return forward
 
 

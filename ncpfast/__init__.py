@@ -2,9 +2,19 @@
 
 Ops live in ncpfast.ops (each with a pure-PyTorch twin in ncpfast.ops.reference).
 """
-from ._extension import build_info, has_backend
 from . import ops
-from .ncp import NCPPrior
 
 __version__ = "0.1.0"
 __all__ = ["build_info", "has_backend", "ops", "NCPPrior", "__version__"]
+
+
+def __getattr__(name):
+    # Imported on first use, so that the twins (ncpfast.ops.reference) import
+    # without the compiled extension; these names need it and say so.
+    if name in ("build_info", "has_backend"):
+        from . import _extension
+        return getattr(_extension, name)
+    if name == "NCPPrior":
+        from .ncp import NCPPrior
+        return NCPPrior
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,9 +39,9 @@ def calls(i):
     """(name, fused call, twin call) for each op on the inputs i."""
     return [
         ("plane_moments", lambda m: m.plane_moments(i["x"])),
-        ("bn_swish", lambda m: m.bn_swish(i["x"], *i["bn"])),
-        ("batch_norm_swish", lambda m: m.batch_norm_swish(i["x"], i["bn"][2], i["bn"][3], 1e-3)),
-        ("dwconv_bn_swish", lambda m: m.dwconv_bn_swish(i["x"], *i["bn"], i["conv_w"], i["conv_b"])),
+        ("bn_swish_given_stats", lambda m: m.bn_swish_given_stats(i["x"], *i["bn"])),
+        ("bn_swish_batch_stats", lambda m: m.bn_swish_batch_stats(i["x"], i["bn"][2], i["bn"][3], 1e-3)),
+        ("bn_swish_dwconv", lambda m: m.bn_swish_dwconv(i["x"], *i["bn"], i["conv_w"], i["conv_b"])),
         ("bn_gate_residual", lambda m: m.bn_gate_residual(i["x"], i["skip"], *i["bn"], i["gate"], 0.1)),
     ]
 
@@ -55,7 +55,7 @@ def leaves(i):
 
 
 # The ops the CPU backend also runs on channels_last activations (all but the depthwise conv).
-CHANNELS_LAST_OPS = ("plane_moments", "bn_swish", "batch_norm_swish", "bn_gate_residual")
+CHANNELS_LAST_OPS = ("plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_gate_residual")
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 
 
@@ -65,7 +65,7 @@ def layout_ops(layout, shape=SHAPES[0]):
     N, _, H, W, _ = shape
     return [name for name, _ in calls(make_inputs(SHAPES[0]))
             if (layout == torch.contiguous_format or name in CHANNELS_LAST_OPS)
-            and (name != "batch_norm_swish" or N * H * W > 1)]
+            and (name != "bn_swish_batch_stats" or N * H * W > 1)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -96,9 +96,9 @@ def test_gradcheck(shape, layout):
     i = make_inputs(shape, layout=layout)
     checks = {
         "plane_moments": (lambda x: ops.plane_moments(x), [i["x"]]),
-        "bn_swish": (ops.bn_swish, [i["x"], *i["bn"]]),
-        "batch_norm_swish": (lambda x, w, b: ops.batch_norm_swish(x, w, b, 1e-3)[0], [i["x"], *i["bn"][2:]]),
-        "dwconv_bn_swish": (ops.dwconv_bn_swish, [i["x"], *i["bn"], i["conv_w"], i["conv_b"]]),
+        "bn_swish_given_stats": (ops.bn_swish_given_stats, [i["x"], *i["bn"]]),
+        "bn_swish_batch_stats": (lambda x, w, b: ops.bn_swish_batch_stats(x, w, b, 1e-3)[0], [i["x"], *i["bn"][2:]]),
+        "bn_swish_dwconv": (ops.bn_swish_dwconv, [i["x"], *i["bn"], i["conv_w"], i["conv_b"]]),
         "bn_gate_residual": (lambda *a: ops.bn_gate_residual(*a, 0.1), [i["x"], i["skip"], *i["bn"], i["gate"]]),
     }
     for name in layout_ops(layout, shape):
@@ -127,9 +127,9 @@ def test_opcheck(device, layout):
     i = make_inputs((2, 3, 5, 4, 3), torch.float32, device, layout=layout)
     samples = {
         "plane_moments": (i["x"],),
-        "bn_swish": (i["x"], *i["bn"]),
-        "batch_norm_swish": (i["x"], i["bn"][2], i["bn"][3], 1e-5),
-        "dwconv_bn_swish": (i["x"], *i["bn"], i["conv_w"], i["conv_b"]),
+        "bn_swish_given_stats": (i["x"], *i["bn"]),
+        "bn_swish_batch_stats": (i["x"], i["bn"][2], i["bn"][3], 1e-5),
+        "bn_swish_dwconv": (i["x"], *i["bn"], i["conv_w"], i["conv_b"]),
         "bn_gate_residual": (i["x"], i["skip"], *i["bn"], i["gate"], 0.1),
     }
     for name in layout_ops(layout):
@@ -140,8 +140,8 @@ def test_torch_compile_fullgraph():
     i = make_inputs((2, 4, 6, 6, 5), torch.float32, grad=False)
 
     def chain(x, mean, invstd, w, b, cw, cb):
-        y, s, q = ops.dwconv_bn_swish(x, mean, invstd, w, b, cw, cb)
-        return ops.bn_swish(y, mean, invstd, w, b), s, q
+        y, s, q = ops.bn_swish_dwconv(x, mean, invstd, w, b, cw, cb)
+        return ops.bn_swish_given_stats(y, mean, invstd, w, b), s, q
 
     args = (i["x"], *i["bn"], i["conv_w"], i["conv_b"])
     compiled = torch.compile(chain, fullgraph=True, backend="aot_eager")
@@ -153,32 +153,32 @@ def test_errors_name_the_argument():
     i = make_inputs((2, 3, 5, 5, 5), torch.float32, grad=False)
     x, (mean, invstd, w, b) = i["x"], i["bn"]
     with pytest.raises(ValueError, match="x must be 4-D"):
-        ops.bn_swish(x[0], mean, invstd, w, b)
+        ops.bn_swish_given_stats(x[0], mean, invstd, w, b)
     with pytest.raises(TypeError, match="x must be float32 or float64"):
         ops.plane_moments(x.to(torch.int32))
     with pytest.raises(TypeError, match="float16/bfloat16 on CUDA"):
         ops.plane_moments(x.half())
     with pytest.raises(ValueError, match="invstd must have shape"):
-        ops.bn_swish(x, mean, invstd[:2], w, b)
+        ops.bn_swish_given_stats(x, mean, invstd[:2], w, b)
     with pytest.raises(TypeError, match="weight must be Float"):
-        ops.bn_swish(x, mean, invstd, w.double(), b)
+        ops.bn_swish_given_stats(x, mean, invstd, w.double(), b)
     with pytest.raises(ValueError, match="x must be contiguous \\(NCHW\\) or channels_last"):
-        ops.bn_swish(x.transpose(2, 3), mean, invstd, w, b)
+        ops.bn_swish_given_stats(x.transpose(2, 3), mean, invstd, w, b)
     x_nhwc = x.contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="x is channels_last, but the depthwise conv takes NCHW"):
-        ops.dwconv_bn_swish(x_nhwc, mean, invstd, w, b, i["conv_w"], i["conv_b"])
+        ops.bn_swish_dwconv(x_nhwc, mean, invstd, w, b, i["conv_w"], i["conv_b"])
     with pytest.raises(ValueError, match="skip must be channels_last-contiguous like"):
         ops.bn_gate_residual(x_nhwc, x, mean, invstd, w, b, i["gate"], 0.1)
     with pytest.raises(ValueError, match="grad_out must be contiguous \\(NCHW\\) like"):
-        torch.ops.ncpfast.bn_swish_backward(x_nhwc, x, mean, invstd, w, b)
+        torch.ops.ncpfast.bn_swish_given_stats_backward(x_nhwc, x, mean, invstd, w, b)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        ops.batch_norm_swish(x[:1, :, :1, :1].contiguous(), w, b, 1e-5)
+        ops.bn_swish_batch_stats(x[:1, :, :1, :1].contiguous(), w, b, 1e-5)
     with pytest.raises(ValueError, match="eps must be positive"):
-        ops.batch_norm_swish(x, w, b, 0.0)
+        ops.bn_swish_batch_stats(x, w, b, 0.0)
     with pytest.raises(ValueError, match="bias must have shape"):
-        ops.batch_norm_swish(x, w, b[:2], 1e-5)
+        ops.bn_swish_batch_stats(x, w, b[:2], 1e-5)
     with pytest.raises(ValueError, match="conv_weight must be \\[C, 1, K, K\\].*K odd"):
-        ops.dwconv_bn_swish(x, mean, invstd, w, b, torch.zeros(3, 1, 4, 4), b)
+        ops.bn_swish_dwconv(x, mean, invstd, w, b, torch.zeros(3, 1, 4, 4), b)
     with pytest.raises(ValueError, match="gate must have shape"):
         ops.bn_gate_residual(x, x, mean, invstd, w, b, torch.zeros(3), 0.1)
     with pytest.raises(ValueError, match="skip must have shape"):

@@ -254,7 +254,17 @@ def test_build_info_names_backends():
 
 
 def test_import_without_extension_explains_how_to_build():
-    code = "import sys; sys.modules['ncpfast._C'] = None\nimport ncpfast"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "pip install --no-build-isolation" in result.stderr
+    # The twins import and run without the compiled extension; every fused op,
+    # build_info and the NCP prior fail with the command that builds it.
+    block = "import sys; sys.modules['ncpfast._C'] = None\n"
+    twins = block + ("import torch\nfrom ncpfast.ops import reference\n"
+                     "out = reference.sir_resample(torch.zeros(2, 3), torch.randn(2, 3, 4), 1)\n"
+                     "assert out[0].shape == (2, 1, 4)\nimport ncpfast.ops.layout\n")
+    result = subprocess.run([sys.executable, "-c", twins], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for use in ("from ncpfast.ops import sir_resample", "import ncpfast; ncpfast.build_info()",
+                "from ncpfast import NCPPrior", "from ncpfast.ops import bn_swish_given_stats",
+                "import ncpfast.ops.mlp_log_ratio"):
+        result = subprocess.run([sys.executable, "-c", block + use], capture_output=True, text=True)
+        assert result.returncode != 0, use
+        assert "pip install --no-build-isolation" in result.stderr, (use, result.stderr)

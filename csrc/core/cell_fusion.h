@@ -20,7 +20,7 @@ namespace core {
 
 // Sum and sum of squares of n values, accumulated in double.
 template <typename T>
-NCP_HD void plane_moments(const T* x, int64_t n, double& sum, double& sumsq) {
+NCPFAST_HD void plane_moments(const T* x, int64_t n, double& sum, double& sumsq) {
   double s = 0, q = 0;
 #pragma omp simd reduction(+ : s, q)
   for (int64_t i = 0; i < n; ++i) {
@@ -34,13 +34,13 @@ NCP_HD void plane_moments(const T* x, int64_t n, double& sum, double& sumsq) {
 
 // grad_x = grad_sum + 2 x grad_sumsq: the backward of plane_moments.
 template <typename T>
-NCP_HD void plane_moments_backward_plane(const T* x, int64_t n, T grad_sum, T grad_sumsq, T* grad_x) {
+NCPFAST_HD void plane_moments_backward_plane(const T* x, int64_t n, T grad_sum, T grad_sumsq, T* grad_x) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_sum + T(2) * grad_sumsq * x[i];
 }
 
 template <typename T>
-NCP_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
+NCPFAST_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = swish(x[i] * scale + shift);
 }
@@ -48,9 +48,9 @@ NCP_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
 // Recomputes u from x (the BN output is never stored), then
 // sum_g = sum g_u, sum_gc = sum g_u (x - mean) and, with kWriteGrad,
 // grad_x = g_u * scale. Without it (grad_x unused) it is the first of
-// batch_norm_swish's two backward passes; see bn_swish_grad_apply_plane.
+// bn_swish_batch_stats's two backward passes; see bn_swish_grad_apply_plane.
 template <bool kWriteGrad = true, typename T>
-NCP_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean,
+NCPFAST_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean,
                                     T* grad_x, double& sum_g, double& sum_gc) {
   double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
@@ -64,14 +64,14 @@ NCP_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T sc
   sum_gc = s2;
 }
 
-// batch_norm_swish's backward in two passes over (grad_y, x), with g_u =
+// bn_swish_batch_stats's backward in two passes over (grad_y, x), with g_u =
 // grad_y * swish'(u) recomputed in each instead of stored:
 //   1. the sums of bn_swish_backward_plane<false>, without grad_x;
 //   2. this: grad_x = g_u * scale + alpha + beta * x, where the per-channel
 //      alpha + beta * x is the gradient through the batch statistics (which
 //      needs the sums of every plane of the channel, hence the first pass).
 template <typename T>
-NCP_HD void bn_swish_grad_apply_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T alpha, T beta,
+NCPFAST_HD void bn_swish_grad_apply_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T alpha, T beta,
                                       T* grad_x) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_y[i] * swish_grad(x[i] * scale + shift) * scale + alpha + beta * x[i];
@@ -82,14 +82,14 @@ NCP_HD void bn_swish_grad_apply_plane(const T* grad_y, const T* x, int64_t n, T 
 // (H + 2P) * Wp values whose border stays zero.
 struct DepthwisePlane {
   int64_t H, W, K;
-  NCP_HD int64_t pad() const { return K / 2; }
-  NCP_HD int64_t padded_width() const { return W + 2 * pad(); }
-  NCP_HD int64_t padded_size() const { return (H + 2 * pad()) * padded_width(); }
+  NCPFAST_HD int64_t pad() const { return K / 2; }
+  NCPFAST_HD int64_t padded_width() const { return W + 2 * pad(); }
+  NCPFAST_HD int64_t padded_size() const { return (H + 2 * pad()) * padded_width(); }
 };
 
 // Writes swish(x * scale + shift) into the interior of the padded buffer.
 template <typename T>
-NCP_HD void fill_padded_activation(const DepthwisePlane& g, const T* x, T scale, T shift, T* padded) {
+NCPFAST_HD void fill_padded_activation(const DepthwisePlane& g, const T* x, T scale, T shift, T* padded) {
   const int64_t P = g.pad(), Wp = g.padded_width();
   for (int64_t i = 0; i < g.H; ++i) bn_swish_plane(x + i * g.W, g.W, scale, shift, padded + (i + P) * Wp + P);
 }
@@ -102,7 +102,7 @@ constexpr int64_t kDepthwiseBlock = 8;
 // out[j] = bias + sum_{ki, kj} w[ki K + kj] * rows[ki * Wp + j + kj], j < W:
 // one output row of a stride-1 correlation over a padded input.
 template <typename T>
-NCP_HD void correlate_row(const T* rows, int64_t Wp, int64_t K, const T* w, T bias, int64_t W, T* out) {
+NCPFAST_HD void correlate_row(const T* rows, int64_t Wp, int64_t K, const T* w, T bias, int64_t W, T* out) {
   int64_t j0 = 0;
   for (; j0 + kDepthwiseBlock <= W; j0 += kDepthwiseBlock) {
     T acc[kDepthwiseBlock];
@@ -134,7 +134,7 @@ NCP_HD void correlate_row(const T* rows, int64_t Wp, int64_t K, const T* w, T bi
 constexpr int64_t kFlatChunk = 128;
 
 template <typename T>
-NCP_HD void correlate_rows_flat(const T* padded, int64_t Wp, int64_t K, const T* w, T bias, int64_t H, int64_t W,
+NCPFAST_HD void correlate_rows_flat(const T* padded, int64_t Wp, int64_t K, const T* w, T bias, int64_t H, int64_t W,
                                 T* out) {
   const int64_t rows_per_chunk = Wp < kFlatChunk ? kFlatChunk / Wp : 1;
   T acc[kFlatChunk];
@@ -157,7 +157,7 @@ NCP_HD void correlate_rows_flat(const T* padded, int64_t Wp, int64_t K, const T*
 
 // out (H x W) = bias + the stride-1 correlation of a padded plane with w (K x K).
 template <typename T>
-NCP_HD void correlate_plane(const DepthwisePlane& g, const T* padded, const T* w, T bias, T* out) {
+NCPFAST_HD void correlate_plane(const DepthwisePlane& g, const T* padded, const T* w, T bias, T* out) {
   const int64_t Wp = g.padded_width();
   if (g.W < kDepthwiseBlock) {
     correlate_rows_flat(padded, Wp, g.K, w, bias, g.H, g.W, out);
@@ -169,18 +169,18 @@ NCP_HD void correlate_plane(const DepthwisePlane& g, const T* padded, const T* w
 // y = depthwise_conv(swish(x * scale + shift), w) + bias, and the moments of y.
 // padded: workspace of g.padded_size() with a zero border.
 template <typename T>
-NCP_HD void dwconv_bn_swish_plane(const DepthwisePlane& g, const T* x, T scale, T shift, const T* w,
+NCPFAST_HD void bn_swish_dwconv_plane(const DepthwisePlane& g, const T* x, T scale, T shift, const T* w,
                                   T bias, T* padded, T* y, double& sum, double& sumsq) {
   fill_padded_activation(g, x, scale, shift, padded);
   correlate_plane(g, padded, w, bias, y);
   plane_moments(y, g.H * g.W, sum, sumsq);
 }
 
-// grad_w of dwconv_bn_swish_backward_plane for planes at least a register
+// grad_w of bn_swish_dwconv_backward_plane for planes at least a register
 // block wide, accumulated per lane (tap_acc[tap][lane]) so the inner loop is
 // a plain vector FMA.
 template <typename T>
-NCP_HD void dwconv_weight_grad_blocked(const DepthwisePlane& g, const T* padded_a, const T* padded_g, T* tap_acc,
+NCPFAST_HD void dwconv_weight_grad_blocked(const DepthwisePlane& g, const T* padded_a, const T* padded_g, T* tap_acc,
                                        T* grad_w) {
   const int64_t H = g.H, W = g.W, K = g.K, P = g.pad(), Wp = g.padded_width(), KK = K * K;
   for (int64_t t = 0; t < KK * kDepthwiseBlock; ++t) tap_acc[t] = 0;
@@ -209,7 +209,7 @@ NCP_HD void dwconv_weight_grad_blocked(const DepthwisePlane& g, const T* padded_
   }
 }
 
-// Backward of dwconv_bn_swish_plane for one plane.
+// Backward of bn_swish_dwconv_plane for one plane.
 //   grad_y_eff = grad_y + grad_sum + 2 y grad_sumsq   (the moments' share)
 //   grad_a     = correlation of the padded grad_y_eff with the flipped kernel
 //   grad_w     = sum over positions of grad_y_eff * shifted a     (K*K values)
@@ -217,7 +217,7 @@ NCP_HD void dwconv_weight_grad_blocked(const DepthwisePlane& g, const T* padded_
 // Workspaces: padded_a, padded_g of g.padded_size() with zero borders, grad_a of H*W, flipped of K*K and
 // tap_acc of K*K*kDepthwiseBlock.
 template <typename T>
-NCP_HD void dwconv_bn_swish_backward_plane(const DepthwisePlane& g, const T* grad_y, T grad_sum,
+NCPFAST_HD void bn_swish_dwconv_backward_plane(const DepthwisePlane& g, const T* grad_y, T grad_sum,
                                            T grad_sumsq, const T* y, const T* x, T scale, T shift,
                                            T mean, const T* w, T* padded_a, T* padded_g, T* grad_a,
                                            T* flipped, T* tap_acc, T* grad_x, double& sum_g,
@@ -267,14 +267,14 @@ NCP_HD void dwconv_bn_swish_backward_plane(const DepthwisePlane& g, const T* gra
 // out = skip + a * h + c, where a = residual_scale * gate * scale and
 // c = residual_scale * gate * shift (the cell's BN, SE gate and 0.1 in one pass).
 template <typename T>
-NCP_HD void gate_residual_plane(const T* h, const T* skip, int64_t n, T a, T c, T* out) {
+NCPFAST_HD void gate_residual_plane(const T* h, const T* skip, int64_t n, T a, T c, T* out) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = skip[i] + a * h[i] + c;
 }
 
 // grad_h = a * grad_out, sum_g = sum grad_out, sum_gc = sum grad_out (h - mean).
 template <typename T>
-NCP_HD void gate_residual_backward_plane(const T* grad_out, const T* h, int64_t n, T a, T mean,
+NCPFAST_HD void gate_residual_backward_plane(const T* grad_out, const T* h, int64_t n, T a, T mean,
                                          T* grad_h, double& sum_g, double& sum_gc) {
   double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
@@ -295,13 +295,13 @@ NCP_HD void gate_residual_backward_plane(const T* grad_out, const T* h, int64_t 
 // arrays of C that the caller provides. They compute exactly what the plane
 // routines above compute on the same values, in another order.
 
-NCP_HD void zero_channels(int64_t C, double* a, double* b) {
+NCPFAST_HD void zero_channels(int64_t C, double* a, double* b) {
   for (int64_t c = 0; c < C; ++c) a[c] = b[c] = 0;
 }
 
 // sum[c], sumsq[c] = plane_moments of channel c.
 template <typename T>
-NCP_HD void channel_moments(const T* x, int64_t rows, int64_t C, double* sum, double* sumsq) {
+NCPFAST_HD void channel_moments(const T* x, int64_t rows, int64_t C, double* sum, double* sumsq) {
   zero_channels(C, sum, sumsq);
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
@@ -315,7 +315,7 @@ NCP_HD void channel_moments(const T* x, int64_t rows, int64_t C, double* sum, do
 }
 
 template <typename T>
-NCP_HD void channel_moments_backward(const T* x, int64_t rows, int64_t C, const T* grad_sum,
+NCPFAST_HD void channel_moments_backward(const T* x, int64_t rows, int64_t C, const T* grad_sum,
                                      const T* grad_sumsq, T* grad_x) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
@@ -324,7 +324,7 @@ NCP_HD void channel_moments_backward(const T* x, int64_t rows, int64_t C, const 
 }
 
 template <typename T>
-NCP_HD void bn_swish_channels(const T* x, int64_t rows, int64_t C, const T* scale, const T* shift, T* y) {
+NCPFAST_HD void bn_swish_channels(const T* x, int64_t rows, int64_t C, const T* scale, const T* shift, T* y) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) y[r * C + c] = swish(x[r * C + c] * scale[c] + shift[c]);
@@ -333,7 +333,7 @@ NCP_HD void bn_swish_channels(const T* x, int64_t rows, int64_t C, const T* scal
 
 // bn_swish_backward_plane<kWriteGrad> for every channel of an image.
 template <bool kWriteGrad = true, typename T>
-NCP_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
+NCPFAST_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
                                        const T* shift, const T* mean, T* grad_x, double* sum_g,
                                        double* sum_gc) {
   zero_channels(C, sum_g, sum_gc);
@@ -350,7 +350,7 @@ NCP_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows
 }
 
 template <typename T>
-NCP_HD void bn_swish_grad_apply_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
+NCPFAST_HD void bn_swish_grad_apply_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
                                          const T* shift, const T* alpha, const T* beta, T* grad_x) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * C;
@@ -363,7 +363,7 @@ NCP_HD void bn_swish_grad_apply_channels(const T* grad_y, const T* x, int64_t ro
 
 // gate_residual_plane with per-channel coefficients a[c], cc[c] of one image.
 template <typename T>
-NCP_HD void gate_residual_channels(const T* h, const T* skip, int64_t rows, int64_t C, const T* a,
+NCPFAST_HD void gate_residual_channels(const T* h, const T* skip, int64_t rows, int64_t C, const T* a,
                                    const T* cc, T* out) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
@@ -372,7 +372,7 @@ NCP_HD void gate_residual_channels(const T* h, const T* skip, int64_t rows, int6
 }
 
 template <typename T>
-NCP_HD void gate_residual_backward_channels(const T* grad_out, const T* h, int64_t rows, int64_t C,
+NCPFAST_HD void gate_residual_backward_channels(const T* grad_out, const T* h, int64_t rows, int64_t C,
                                             const T* a, const T* mean, T* grad_h, double* sum_g,
                                             double* sum_gc) {
   zero_channels(C, sum_g, sum_gc);

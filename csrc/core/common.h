@@ -8,35 +8,35 @@
 #include <cstdint>
 
 #if defined(__CUDACC__)
-#define NCP_HD __host__ __device__ __forceinline__
+#define NCPFAST_HD __host__ __device__ __forceinline__
 #else
-#define NCP_HD inline __attribute__((always_inline))
+#define NCPFAST_HD inline __attribute__((always_inline))
 #endif
 
 // CPU loops that must vectorise with the machine's widest vectors but still
 // run on any x86-64: the function is compiled several times and the loader
 // picks one (GCC/Clang target_clones, an ifunc). Everything it calls must be
-// force-inlined (NCP_HD / NCP_ALWAYS_INLINE) to be compiled for the chosen
+// force-inlined (NCPFAST_HD / NCPFAST_ALWAYS_INLINE) to be compiled for the chosen
 // target too. Two sets of targets:
-//   NCP_CPU_CLONES_WIDE  x86-64-v4 (AVX-512), x86-64-v3 (AVX2/FMA), baseline:
-//                        elementwise loops and reductions (bn_swish_backward
+//   NCPFAST_CPU_CLONES_WIDE  x86-64-v4 (AVX-512), x86-64-v3 (AVX2/FMA), baseline:
+//                        elementwise loops and reductions (bn_swish_given_stats_backward
 //                        on 64x96x16x16: 1.2 ms as AVX2, 0.7 ms as AVX-512 on
 //                        a 2-core Xeon);
-//   NCP_CPU_CLONES_AVX2  x86-64-v3 and baseline: the depthwise conv, whose
+//   NCPFAST_CPU_CLONES_AVX2  x86-64-v3 and baseline: the depthwise conv, whose
 //                        register blocks are one AVX2 vector (8 floats) wide
 //                        (as AVX-512 code its fwd+bwd ran 10.4 -> 14.5 ms).
 #if !defined(__CUDACC__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(NCP_NO_MULTIVERSION)
-#define NCP_CPU_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define NCP_CPU_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
+    !defined(NCPFAST_NO_MULTIVERSION)
+#define NCPFAST_CPU_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define NCPFAST_CPU_CLONES_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
-#define NCP_CPU_CLONES_WIDE
-#define NCP_CPU_CLONES_AVX2
+#define NCPFAST_CPU_CLONES_WIDE
+#define NCPFAST_CPU_CLONES_AVX2
 #endif
 #if defined(__GNUC__) || defined(__clang__)
-#define NCP_ALWAYS_INLINE __attribute__((always_inline))
+#define NCPFAST_ALWAYS_INLINE __attribute__((always_inline))
 #else
-#define NCP_ALWAYS_INLINE
+#define NCPFAST_ALWAYS_INLINE
 #endif
 
 namespace ncpfast {
@@ -45,20 +45,20 @@ namespace core {
 // Converts any supported element type (float, double, and the half types,
 // which all define a conversion to float) to the float used for arithmetic.
 template <typename T>
-NCP_HD float to_float(T x) {
+NCPFAST_HD float to_float(T x) {
   return static_cast<float>(x);
 }
 
 // Runs f(p) for p in [begin, end) in a multiversioned loop; pass a lambda
-// marked NCP_ALWAYS_INLINE so its body is compiled for each target.
+// marked NCPFAST_ALWAYS_INLINE so its body is compiled for each target.
 template <typename F>
-NCP_CPU_CLONES_WIDE void for_each_plane(int64_t begin, int64_t end, const F& f) {
+NCPFAST_CPU_CLONES_WIDE void for_each_plane(int64_t begin, int64_t end, const F& f) {
   for (int64_t p = begin; p < end; ++p) f(p);
 }
 
-// for_each_plane for the depthwise conv: AVX2 at most (see NCP_CPU_CLONES_AVX2).
+// for_each_plane for the depthwise conv: AVX2 at most (see NCPFAST_CPU_CLONES_AVX2).
 template <typename F>
-NCP_CPU_CLONES_AVX2 void for_each_depthwise_plane(int64_t begin, int64_t end, const F& f) {
+NCPFAST_CPU_CLONES_AVX2 void for_each_depthwise_plane(int64_t begin, int64_t end, const F& f) {
   for (int64_t p = begin; p < end; ++p) f(p);
 }
 

@@ -8,9 +8,9 @@
 #include <cuda_runtime.h>
 
 // A kernel's dynamic shared memory (the launch's shared-memory bytes), 16-byte aligned.
-#define NCP_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#define NCPFAST_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
 // kernel<<<grid, block, shared_bytes, stream>>>(args...)
-#define NCP_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+#define NCPFAST_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)
 #endif
 

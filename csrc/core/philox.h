@@ -14,13 +14,13 @@ struct Philox4 {
   uint32_t v[4];
 };
 
-NCP_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
+NCPFAST_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
   const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
   *hi = static_cast<uint32_t>(product >> 32);
   return static_cast<uint32_t>(product);
 }
 
-NCP_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
+NCPFAST_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {
@@ -40,7 +40,7 @@ NCP_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
 // `row` under `seed` is the first Philox word of counter (sample, row) and key
 // seed, mapped to [0, 1) with 24 bits (float resolution: probabilities are
 // resolved to 2^-24).
-NCP_HD float sir_uniform(uint64_t seed, uint64_t row, uint64_t sample) {
+NCPFAST_HD float sir_uniform(uint64_t seed, uint64_t row, uint64_t sample) {
   const Philox4 ctr{{static_cast<uint32_t>(sample), static_cast<uint32_t>(sample >> 32),
                      static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32)}};
   const Philox4 out =

@@ -21,7 +21,7 @@ namespace core {
 // Where sample `j` of `num_samples` falls in [0, 1) of the row's probability
 // mass. Multinomial: an independent uniform per sample. Systematic: one
 // uniform u per row and the evenly spaced points (u + j) / S.
-NCP_HD float sir_target_fraction(uint64_t seed, uint64_t row, int64_t j, int64_t num_samples,
+NCPFAST_HD float sir_target_fraction(uint64_t seed, uint64_t row, int64_t j, int64_t num_samples,
                                  bool systematic) {
   if (systematic) {
     const float u0 = sir_uniform(seed, row, 0);

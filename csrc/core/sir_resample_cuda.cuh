@@ -209,7 +209,7 @@ cudaError_t launch_sir_resample(const T* log_weights, const void* proposals, int
                                 const int64_t* seed, void* samples, int64_t* indices,
                                 float* log_normalizer, cudaStream_t stream) {
   if (B == 0) return cudaSuccess;
-  NCP_LAUNCH(sir_resample_kernel<T>, static_cast<unsigned int>(B), kSirThreads, 0, stream, log_weights,
+  NCPFAST_LAUNCH(sir_resample_kernel<T>, static_cast<unsigned int>(B), kSirThreads, 0, stream, log_weights,
              static_cast<const unsigned char*>(proposals), M, S, row_bytes, systematic, seed,
              static_cast<unsigned char*>(samples), indices, log_normalizer);
   return cudaGetLastError();

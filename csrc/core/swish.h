@@ -15,7 +15,7 @@
 namespace ncpfast {
 namespace core {
 
-NCP_HD float exp_of_minus_abs(float u) {
+NCPFAST_HD float exp_of_minus_abs(float u) {
 #if defined(__CUDA_ARCH__)
   return __expf(-fabsf(u));
 #else
@@ -23,25 +23,25 @@ NCP_HD float exp_of_minus_abs(float u) {
 #endif
 }
 
-NCP_HD double exp_of_minus_abs(double u) { return exp(-fabs(u)); }
+NCPFAST_HD double exp_of_minus_abs(double u) { return exp(-fabs(u)); }
 
 // sigmoid(u) = 1 / (1 + e^-u) for u >= 0 and e^u / (1 + e^u) below: both
 // forms only ever exponentiate a non-positive number.
 template <typename T>
-NCP_HD T sigmoid(T u) {
+NCPFAST_HD T sigmoid(T u) {
   const T e = exp_of_minus_abs(u);
   const T inverse = T(1) / (T(1) + e);
   return u >= T(0) ? inverse : e * inverse;
 }
 
 template <typename T>
-NCP_HD T swish(T u) {
+NCPFAST_HD T swish(T u) {
   return u * sigmoid(u);
 }
 
 // d swish / du = s (1 + u (1 - s)), s = sigmoid(u).
 template <typename T>
-NCP_HD T swish_grad(T u) {
+NCPFAST_HD T swish_grad(T u) {
   const T s = sigmoid(u);
   return s * (T(1) + u * (T(1) - s));
 }

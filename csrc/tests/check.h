@@ -9,7 +9,7 @@
 
 static int g_failures = 0;
 
-#define NCP_EXPECT(cond, ...)                                           \
+#define NCPFAST_EXPECT(cond, ...)                                           \
   do {                                                                  \
     if (!(cond)) {                                                      \
       ++g_failures;                                                     \
@@ -40,7 +40,7 @@ inline int finish(const char* name) {
 // The compiler's IEEE half type (_Float16) stands in for c10::Half in the
 // emulated CUDA tests; GCC >= 12 and Clang >= 15 on x86-64 have it.
 #if defined(__FLT16_MAX__)
-#define NCP_HAVE_FLOAT16 1
+#define NCPFAST_HAVE_FLOAT16 1
 #else
-#define NCP_HAVE_FLOAT16 0
+#define NCPFAST_HAVE_FLOAT16 0
 #endif

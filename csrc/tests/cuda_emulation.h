@@ -50,7 +50,7 @@
 // A kernel's static shared memory: one copy, used by one block at a time.
 #define __shared__ static
 // A kernel's dynamic shared memory (the launch's shared_bytes).
-#define NCP_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::ncpfast::emu::dynamic_shared())
+#define NCPFAST_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::ncpfast::emu::dynamic_shared())
 
 struct dim3 {
   unsigned x, y, z;
@@ -234,7 +234,7 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   return ::ncpfast::emu::shuffle(mask, value, lane ^ lane_mask);
 }
 
-#define NCP_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+#define NCPFAST_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   ((void)(stream), ::ncpfast::emu::launch(dim3(grid), dim3(block), (shared_bytes), kernel, __VA_ARGS__))
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 

@@ -46,19 +46,19 @@ void test_moments_and_bn_swish() {
     double sum = -1, sumsq = -1, want_sum = 0, want_sq = 0;
     plane_moments(x.data(), n, sum, sumsq);
     for (float v : x) want_sum += v, want_sq += double(v) * v;
-    NCP_EXPECT(relative(sum, want_sum) < 1e-12 && relative(sumsq, want_sq) < 1e-12, "moments n=%ld", long(n));
+    NCPFAST_EXPECT(relative(sum, want_sum) < 1e-12 && relative(sumsq, want_sq) < 1e-12, "moments n=%ld", long(n));
 
     std::vector<float> grad(n);
     plane_moments_backward_plane(x.data(), n, 0.25f, -0.5f, grad.data());
     std::vector<double> want(n);
     for (int64_t i = 0; i < n; ++i) want[i] = 0.25 - 1.0 * x[i];
-    NCP_EXPECT(worst_error(grad.data(), want) < 1e-6, "moments backward n=%ld", long(n));
+    NCPFAST_EXPECT(worst_error(grad.data(), want) < 1e-6, "moments backward n=%ld", long(n));
 
     const float scale = 1.3f, shift = -0.2f, mean = 0.1f;
     std::vector<float> y(n);
     bn_swish_plane(x.data(), n, scale, shift, y.data());
     for (int64_t i = 0; i < n; ++i) want[i] = swish_ref(double(x[i]) * scale + shift);
-    NCP_EXPECT(worst_error(y.data(), want) < 2e-6, "bn_swish n=%ld: %g", long(n), worst_error(y.data(), want));
+    NCPFAST_EXPECT(worst_error(y.data(), want) < 2e-6, "bn_swish_given_stats n=%ld: %g", long(n), worst_error(y.data(), want));
 
     const auto gy = random_values(n);
     std::vector<float> gx(n);
@@ -70,18 +70,18 @@ void test_moments_and_bn_swish() {
       want_g += g;
       want_gc += g * (double(x[i]) - mean);
     }
-    NCP_EXPECT(worst_error(gx.data(), want) < 2e-6, "bn_swish backward n=%ld", long(n));
-    NCP_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "bn_swish sums n=%ld",
+    NCPFAST_EXPECT(worst_error(gx.data(), want) < 2e-6, "bn_swish_given_stats backward n=%ld", long(n));
+    NCPFAST_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "bn_swish_given_stats sums n=%ld",
                long(n));
 
-    // batch_norm_swish's two backward passes: the same sums, then g_u * scale + alpha + beta x.
+    // bn_swish_batch_stats's two backward passes: the same sums, then g_u * scale + alpha + beta x.
     double pass_g = 0, pass_gc = 0;
     bn_swish_backward_plane<false>(gy.data(), x.data(), n, scale, shift, mean, kNoGrad, pass_g, pass_gc);
-    NCP_EXPECT(relative(pass_g, want_g) < 1e-5 && relative(pass_gc, want_gc) < 1e-5, "grad sums n=%ld", long(n));
+    NCPFAST_EXPECT(relative(pass_g, want_g) < 1e-5 && relative(pass_gc, want_gc) < 1e-5, "grad sums n=%ld", long(n));
     const float alpha = 0.25f, beta = -0.5f;
     bn_swish_grad_apply_plane(gy.data(), x.data(), n, scale, shift, alpha, beta, gx.data());
     for (int64_t i = 0; i < n; ++i) want[i] += alpha + double(beta) * x[i];
-    NCP_EXPECT(worst_error(gx.data(), want) < 2e-6, "grad apply n=%ld", long(n));
+    NCPFAST_EXPECT(worst_error(gx.data(), want) < 2e-6, "grad apply n=%ld", long(n));
   }
 }
 
@@ -108,7 +108,7 @@ void test_depthwise_forward_and_backward() {
       // forward: y = bias + correlation of the padded activation with w, and y's moments
       std::vector<float> padded(g.padded_size(), 0.f), y(n);
       double sum = 0, sumsq = 0;
-      dwconv_bn_swish_plane(g, x.data(), scale, shift, w.data(), bias, padded.data(), y.data(), sum, sumsq);
+      bn_swish_dwconv_plane(g, x.data(), scale, shift, w.data(), bias, padded.data(), y.data(), sum, sumsq);
       std::vector<double> want_y(n);
       double want_sum = 0, want_sq = 0;
       for (int64_t i = 0; i < H; ++i)
@@ -119,9 +119,9 @@ void test_depthwise_forward_and_backward() {
           want_y[i * W + j] = acc;
         }
       for (int64_t i = 0; i < n; ++i) want_sum += y[i], want_sq += double(y[i]) * y[i];
-      NCP_EXPECT(worst_error(y.data(), want_y) < 1e-5, "dwconv H=%ld W=%ld K=%ld: %g", long(H), long(W), long(K),
+      NCPFAST_EXPECT(worst_error(y.data(), want_y) < 1e-5, "dwconv H=%ld W=%ld K=%ld: %g", long(H), long(W), long(K),
                  worst_error(y.data(), want_y));
-      NCP_EXPECT(relative(sum, want_sum) < 1e-9 && relative(sumsq, want_sq) < 1e-9, "dwconv moments K=%ld",
+      NCPFAST_EXPECT(relative(sum, want_sum) < 1e-9 && relative(sumsq, want_sq) < 1e-9, "dwconv moments K=%ld",
                  long(K));
 
       // backward, against the chain rule written out in double
@@ -130,7 +130,7 @@ void test_depthwise_forward_and_backward() {
       std::vector<float> padded_a(g.padded_size(), 0.f), padded_g(g.padded_size(), 0.f), grad_a(n), flipped(KK),
           tap_acc(KK * kDepthwiseBlock), grad_x(n), grad_w(KK);
       double sum_g = 0, sum_gc = 0, grad_bias = 0;
-      dwconv_bn_swish_backward_plane(g, gy.data(), grad_sum, grad_sumsq, y.data(), x.data(), scale, shift, mean,
+      bn_swish_dwconv_backward_plane(g, gy.data(), grad_sum, grad_sumsq, y.data(), x.data(), scale, shift, mean,
                                      w.data(), padded_a.data(), padded_g.data(), grad_a.data(), flipped.data(),
                                      tap_acc.data(), grad_x.data(), sum_g, sum_gc, grad_w.data(), grad_bias);
       std::vector<double> ge(n), want_gw(KK, 0.0), want_gx(n);
@@ -156,12 +156,12 @@ void test_depthwise_forward_and_backward() {
           want_g += gu;
           want_gc += gu * (double(x[r * W + c]) - mean);
         }
-      NCP_EXPECT(worst_error(grad_x.data(), want_gx) < 1e-5, "dwconv grad_x H=%ld W=%ld K=%ld: %g", long(H),
+      NCPFAST_EXPECT(worst_error(grad_x.data(), want_gx) < 1e-5, "dwconv grad_x H=%ld W=%ld K=%ld: %g", long(H),
                  long(W), long(K), worst_error(grad_x.data(), want_gx));
-      NCP_EXPECT(worst_error(grad_w.data(), want_gw) < 1e-5, "dwconv grad_w H=%ld W=%ld K=%ld: %g", long(H),
+      NCPFAST_EXPECT(worst_error(grad_w.data(), want_gw) < 1e-5, "dwconv grad_w H=%ld W=%ld K=%ld: %g", long(H),
                  long(W), long(K), worst_error(grad_w.data(), want_gw));
-      NCP_EXPECT(relative(grad_bias, want_gb) < 1e-5, "dwconv grad_bias K=%ld", long(K));
-      NCP_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "dwconv sums K=%ld",
+      NCPFAST_EXPECT(relative(grad_bias, want_gb) < 1e-5, "dwconv grad_bias K=%ld", long(K));
+      NCPFAST_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "dwconv sums K=%ld",
                  long(K));
       // The workspaces' borders must still be zero: later planes reuse them.
       bool zero_border = true;
@@ -170,7 +170,7 @@ void test_depthwise_forward_and_backward() {
           if (i < P || i >= H + P || j < P || j >= W + P)
             zero_border = zero_border && padded_a[i * Wp + j] == 0.f && padded_g[i * Wp + j] == 0.f &&
                           padded[i * Wp + j] == 0.f;
-      NCP_EXPECT(zero_border, "a workspace border was written (H=%ld W=%ld K=%ld)", long(H), long(W), long(K));
+      NCPFAST_EXPECT(zero_border, "a workspace border was written (H=%ld W=%ld K=%ld)", long(H), long(W), long(K));
     }
   }
 }
@@ -184,15 +184,15 @@ void test_gate_residual() {
     std::vector<double> want(n), want_gh(n);
     double sum_g = 0, sum_gc = 0, want_g = 0, want_gc = 0;
     for (int64_t i = 0; i < n; ++i) want[i] = double(skip[i]) + double(a) * h[i] + c;
-    NCP_EXPECT(worst_error(out.data(), want) < 1e-6, "gate_residual n=%ld", long(n));
+    NCPFAST_EXPECT(worst_error(out.data(), want) < 1e-6, "gate_residual n=%ld", long(n));
     gate_residual_backward_plane(grad_out.data(), h.data(), n, a, mean, grad_h.data(), sum_g, sum_gc);
     for (int64_t i = 0; i < n; ++i) {
       want_gh[i] = double(a) * grad_out[i];
       want_g += grad_out[i];
       want_gc += grad_out[i] * (double(h[i]) - mean);
     }
-    NCP_EXPECT(worst_error(grad_h.data(), want_gh) < 1e-6, "gate_residual backward n=%ld", long(n));
-    NCP_EXPECT(relative(sum_g, want_g) < 1e-6 && relative(sum_gc, want_gc) < 1e-6, "gate sums n=%ld", long(n));
+    NCPFAST_EXPECT(worst_error(grad_h.data(), want_gh) < 1e-6, "gate_residual backward n=%ld", long(n));
+    NCPFAST_EXPECT(relative(sum_g, want_g) < 1e-6 && relative(sum_gc, want_gc) < 1e-6, "gate sums n=%ld", long(n));
   }
 }
 
@@ -234,7 +234,7 @@ void test_channels_last_routines_equal_plane_routines() {
       bn_swish_plane(plane_x.data(), rows, scale[c], shift[c], plane_out.data());
       worst = std::max(worst, plane_error(out2, c, plane_out));
     }
-    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-12, "moments/bn_swish channels %ldx%ld: %g %g", long(rows),
+    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-12, "moments/bn_swish_given_stats channels %ldx%ld: %g %g", long(rows),
                long(C), worst, worst_sum);
 
     worst = worst_sum = 0;
@@ -253,7 +253,7 @@ void test_channels_last_routines_equal_plane_routines() {
                                 grad_sumsq[c], plane_out.data());
       worst = std::max(worst, plane_error(out1, c, plane_out));
     }
-    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "batch-norm grad passes channels %ldx%ld: %g %g", long(rows),
+    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "batch-norm grad passes channels %ldx%ld: %g %g", long(rows),
                long(C), worst, worst_sum);
 
     worst = worst_sum = 0;
@@ -268,7 +268,7 @@ void test_channels_last_routines_equal_plane_routines() {
       worst = std::max(worst, plane_error(out1, c, plane_out));
       worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
     }
-    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "bn_swish backward channels %ldx%ld: %g %g", long(rows), long(C),
+    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "bn_swish_given_stats backward channels %ldx%ld: %g %g", long(rows), long(C),
                worst, worst_sum);
 
     worst = worst_sum = 0;
@@ -286,7 +286,7 @@ void test_channels_last_routines_equal_plane_routines() {
       worst = std::max(worst, plane_error(out2, c, plane_out));
       worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
     }
-    NCP_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "gate_residual channels %ldx%ld: %g %g", long(rows), long(C),
+    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "gate_residual channels %ldx%ld: %g %g", long(rows), long(C),
                worst, worst_sum);
   }
 }

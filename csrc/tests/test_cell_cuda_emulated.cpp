@@ -43,7 +43,7 @@ template <>
 struct Tolerance<float> {
   static constexpr double stored = 2e-5, sums = 2e-5;
 };
-#if NCP_HAVE_FLOAT16
+#if NCPFAST_HAVE_FLOAT16
 template <>
 struct Tolerance<_Float16> {
   static constexpr double stored = 2e-3, sums = 2e-5;  // half: 11-bit significand
@@ -100,12 +100,12 @@ void test_elementwise(const Shape& s) {
     core::plane_moments_backward_plane(x.as_float.data() + p * n, n, grad_sum[p], grad_sumsq[p],
                                        want_grad_x.data() + p * n);
   }
-  NCP_EXPECT(worst_error(sum, want_sum) < Tol::sums && worst_error(sumsq, want_sumsq) < Tol::sums,
+  NCPFAST_EXPECT(worst_error(sum, want_sum) < Tol::sums && worst_error(sumsq, want_sumsq) < Tol::sums,
              "plane_moments %lldx%lldx%lldx%lld, %zu-byte storage", (long long)s.N, (long long)s.C, (long long)s.H,
              (long long)s.W, sizeof(T));
-  NCP_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "plane_moments_backward");
+  NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "plane_moments_backward");
 
-  // bn_swish and its backward
+  // bn_swish_given_stats and its backward
   std::vector<T> y(s.numel());
   std::vector<float> want_y(s.numel()), sum_g(P), sum_gc(P);
   emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::bn_swish_kernel<T, float>, x.data.data(), s.C, n,
@@ -120,10 +120,10 @@ void test_elementwise(const Shape& s) {
     core::bn_swish_backward_plane(grad.as_float.data() + p * n, x.as_float.data() + p * n, n, scale[c], shift[c],
                                   mean[c], want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
   }
-  NCP_EXPECT(worst_error(to_float(y), want_y) < Tol::stored, "bn_swish, %zu-byte storage", sizeof(T));
-  NCP_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "bn_swish_backward grad_x");
-  NCP_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
-             "bn_swish_backward sums");
+  NCPFAST_EXPECT(worst_error(to_float(y), want_y) < Tol::stored, "bn_swish_given_stats, %zu-byte storage", sizeof(T));
+  NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "bn_swish_given_stats_backward grad_x");
+  NCPFAST_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
+             "bn_swish_given_stats_backward sums");
 
   // gate_residual and its backward
   std::vector<T> out(s.numel());
@@ -139,9 +139,9 @@ void test_elementwise(const Shape& s) {
     core::gate_residual_backward_plane(grad.as_float.data() + p * n, x.as_float.data() + p * n, n, per_plane_a[p],
                                        mean[p % s.C], want_grad_x.data() + p * n, want_sum_g[p], want_sum_gc[p]);
   }
-  NCP_EXPECT(worst_error(to_float(out), want_out) < Tol::stored, "gate_residual, %zu-byte storage", sizeof(T));
-  NCP_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "gate_residual_backward grad_h");
-  NCP_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
+  NCPFAST_EXPECT(worst_error(to_float(out), want_out) < Tol::stored, "gate_residual, %zu-byte storage", sizeof(T));
+  NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "gate_residual_backward grad_h");
+  NCPFAST_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
              "gate_residual_backward sums");
 }
 
@@ -191,10 +191,10 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
       want_grad_b(P);
   for (int64_t p = 0; p < P; ++p) {
     const int64_t c = p % s.C;
-    core::dwconv_bn_swish_plane(g, x.as_float.data() + p * n, scale[c], shift[c], weight.data() + c * KK, bias[c],
+    core::bn_swish_dwconv_plane(g, x.as_float.data() + p * n, scale[c], shift[c], weight.data() + c * KK, bias[c],
                                 padded_a.data(), want_y.data() + p * n, unused_sum[p], unused_sumsq[p]);
     core::plane_moments(stored_y.data() + p * n, n, want_sum[p], want_sumsq[p]);
-    core::dwconv_bn_swish_backward_plane(g, grad.as_float.data() + p * n, grad_sum[p], grad_sumsq[p],
+    core::bn_swish_dwconv_backward_plane(g, grad.as_float.data() + p * n, grad_sum[p], grad_sumsq[p],
                                          stored_y.data() + p * n, x.as_float.data() + p * n, scale[c], shift[c],
                                          mean[c], weight.data() + c * KK, padded_a.data(), padded_g.data(),
                                          grad_a.data(), flipped.data(), tap_acc.data(), want_grad_x.data() + p * n,
@@ -202,7 +202,7 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
   }
   const char* what = "depthwise %lldx%lldx%lldx%lld K=%lld tile_rows=%lld, %zu-byte storage: %s";
 #define DEPTHWISE_EXPECT(cond, name)                                                                          \
-  NCP_EXPECT(cond, what, (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)K, \
+  NCPFAST_EXPECT(cond, what, (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)K, \
              (long long)tile_rows, sizeof(T), name)
   DEPTHWISE_EXPECT(worst_error(stored_y, want_y) < Tol::stored, "y");
   DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum, P, tiles), want_sum) < Tol::sums &&
@@ -231,7 +231,7 @@ void test_storage_type() {
 
 int main() {
   test_storage_type<float>();
-#if NCP_HAVE_FLOAT16
+#if NCPFAST_HAVE_FLOAT16
   test_storage_type<_Float16>();
 #else
   std::printf("test_cell_cuda_emulated: this compiler has no _Float16; float16 storage not tested\n");

@@ -65,7 +65,7 @@ void run_case(int64_t rows, const std::vector<int>& widths) {
     }
     worst = std::max(worst, std::fabs(logits[r] - h[0]) / (1 + std::fabs(h[0])));
   }
-  NCP_EXPECT(worst < 1e-4, "rows=%lld D=%d layers=%d widest=%d, %zu-byte proposals: worst relative error %g",
+  NCPFAST_EXPECT(worst < 1e-4, "rows=%lld D=%d layers=%d widest=%d, %zu-byte proposals: worst relative error %g",
              (long long)rows, D, layers_count, widest, sizeof(T), worst);
 }
 
@@ -80,7 +80,7 @@ int main() {
   run_case(20, {1280, 64, 64, 1});       // D = 20x8x8: proposals staged in 20 chunks of columns
   run_case(35, {130, 30, 44, 1});        // a partial last chunk; widths not multiples of 4 (scalar path)
   run_case(16, {66, 352, 8, 1});         // the widest hidden layer the shared memory allows
-#if NCP_HAVE_FLOAT16
+#if NCPFAST_HAVE_FLOAT16
   run_case<_Float16>(21, {130, 64, 64, 1});  // half proposals, converted as they are staged
 #endif
   // Narrow layers run in row groups: 8 groups of 32 units, 4 of 64, 2 of 128

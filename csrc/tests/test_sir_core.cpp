@@ -15,10 +15,10 @@ static void test_philox_known_answer() {
   // Random123's known-answer vector for philox4x32-10, counter 0 and key 0.
   const Philox4 out = philox4x32_10(Philox4{{0, 0, 0, 0}}, 0, 0);
   const uint32_t expected[4] = {0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u};
-  for (int i = 0; i < 4; ++i) NCP_EXPECT(out.v[i] == expected[i], "word %d = %08x", i, out.v[i]);
+  for (int i = 0; i < 4; ++i) NCPFAST_EXPECT(out.v[i] == expected[i], "word %d = %08x", i, out.v[i]);
   for (uint64_t s = 0; s < 10000; ++s) {
     const float u = sir_uniform(12345, 7, s);
-    NCP_EXPECT(u >= 0.f && u < 1.f, "uniform %g out of [0, 1)", u);
+    NCPFAST_EXPECT(u >= 0.f && u < 1.f, "uniform %g out of [0, 1)", u);
   }
 }
 
@@ -29,10 +29,10 @@ static void test_exp_nonpositive() {
     const double exact = std::exp(static_cast<double>(x));
     worst = std::max(worst, std::fabs(exp_nonpositive(x) - exact) / exact);
   }
-  NCP_EXPECT(worst < 3e-7, "relative error %g", worst);
-  NCP_EXPECT(exp_nonpositive(-INFINITY) == 0.f, "exp(-inf) must be 0");
-  NCP_EXPECT(exp_nonpositive(-100.f) == 0.f, "exp(-100) flushes to 0");
-  NCP_EXPECT(exp_nonpositive(0.f) == 1.f, "exp(0) = %g", exp_nonpositive(0.f));
+  NCPFAST_EXPECT(worst < 3e-7, "relative error %g", worst);
+  NCPFAST_EXPECT(exp_nonpositive(-INFINITY) == 0.f, "exp(-inf) must be 0");
+  NCPFAST_EXPECT(exp_nonpositive(-100.f) == 0.f, "exp(-100) flushes to 0");
+  NCPFAST_EXPECT(exp_nonpositive(0.f) == 1.f, "exp(0) = %g", exp_nonpositive(0.f));
 }
 
 static double logsumexp(const std::vector<float>& w) {
@@ -52,17 +52,17 @@ static void test_multinomial_frequencies() {
   w[5] = -INFINITY;
   std::vector<int64_t> idx(S);
   const float lz = sir_resample_row_cpu(w.data(), M, S, false, 99, 0, cdf.data(), idx.data());
-  NCP_EXPECT(std::fabs(lz - logsumexp(w)) < 1e-5, "log-normaliser %g vs %g", lz, logsumexp(w));
+  NCPFAST_EXPECT(std::fabs(lz - logsumexp(w)) < 1e-5, "log-normaliser %g vs %g", lz, logsumexp(w));
   std::vector<int64_t> counts(M, 0);
   for (int64_t k : idx) {
-    NCP_EXPECT(k >= 0 && k < M, "index %lld out of range", static_cast<long long>(k));
+    NCPFAST_EXPECT(k >= 0 && k < M, "index %lld out of range", static_cast<long long>(k));
     if (k >= 0 && k < M) ++counts[k];
   }
-  NCP_EXPECT(counts[5] == 0, "-inf weight drawn %lld times", static_cast<long long>(counts[5]));
+  NCPFAST_EXPECT(counts[5] == 0, "-inf weight drawn %lld times", static_cast<long long>(counts[5]));
   for (int64_t i = 0; i < M; ++i) {
     const double p = std::exp(w[i] - logsumexp(w));
     const double sd = std::sqrt(S * p * (1 - p)) + 1e-9;
-    NCP_EXPECT(std::fabs(counts[i] - S * p) < 5 * sd + 1, "index %lld: %lld draws, expected %g",
+    NCPFAST_EXPECT(std::fabs(counts[i] - S * p) < 5 * sd + 1, "index %lld: %lld draws, expected %g",
                static_cast<long long>(i), static_cast<long long>(counts[i]), S * p);
   }
 }
@@ -81,7 +81,7 @@ static void test_systematic_counts_within_one() {
     const double lz = logsumexp(wf);
     for (int64_t i = 0; i < M; ++i) {
       const double expected = S * std::exp(wf[i] - lz);
-      NCP_EXPECT(std::fabs(counts[i] - expected) <= 1.0 + 1e-3, "trial %d index %lld: %lld vs %g",
+      NCPFAST_EXPECT(std::fabs(counts[i] - expected) <= 1.0 + 1e-3, "trial %d index %lld: %lld vs %g",
                  trial, static_cast<long long>(i), static_cast<long long>(counts[i]), expected);
     }
   }
@@ -92,22 +92,22 @@ static void test_invalid_rows() {
   std::vector<float> cdf(3);
   std::vector<int64_t> idx(4, 7);
   std::vector<float> all_neg_inf{-inf, -inf, -inf};
-  NCP_EXPECT(sir_resample_row_cpu(all_neg_inf.data(), 3, 4, false, 1, 0, cdf.data(), idx.data()) == -inf,
+  NCPFAST_EXPECT(sir_resample_row_cpu(all_neg_inf.data(), 3, 4, false, 1, 0, cdf.data(), idx.data()) == -inf,
              "all -inf row must give -inf");
-  for (int64_t k : idx) NCP_EXPECT(k == 0, "invalid row index %lld", static_cast<long long>(k));
+  for (int64_t k : idx) NCPFAST_EXPECT(k == 0, "invalid row index %lld", static_cast<long long>(k));
   std::vector<float> with_nan{0.f, std::nanf(""), 1.f};
-  NCP_EXPECT(std::isnan(sir_resample_row_cpu(with_nan.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
+  NCPFAST_EXPECT(std::isnan(sir_resample_row_cpu(with_nan.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
              "NaN row must give NaN");
   std::vector<float> with_inf{0.f, inf, 1.f};
-  NCP_EXPECT(std::isnan(sir_resample_row_cpu(with_inf.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
+  NCPFAST_EXPECT(std::isnan(sir_resample_row_cpu(with_inf.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
              "+inf row must give NaN");
   std::vector<float> one_finite{-inf, 3.f, -inf};
   const float lz = sir_resample_row_cpu(one_finite.data(), 3, 4, false, 1, 0, cdf.data(), idx.data());
-  NCP_EXPECT(lz == 3.f, "one finite weight: log-normaliser %g", lz);
-  for (int64_t k : idx) NCP_EXPECT(k == 1, "only index 1 may be drawn, got %lld", static_cast<long long>(k));
+  NCPFAST_EXPECT(lz == 3.f, "one finite weight: log-normaliser %g", lz);
+  for (int64_t k : idx) NCPFAST_EXPECT(k == 1, "only index 1 may be drawn, got %lld", static_cast<long long>(k));
   // Extreme but finite weights do not overflow.
   std::vector<float> huge{1e30f, 1e30f - 1e24f, -1e30f};
-  NCP_EXPECT(std::isfinite(sir_resample_row_cpu(huge.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
+  NCPFAST_EXPECT(std::isfinite(sir_resample_row_cpu(huge.data(), 3, 4, false, 1, 0, cdf.data(), idx.data())),
              "large finite weights must stay finite");
 }
 
@@ -120,7 +120,7 @@ static void test_gather() {
                  reinterpret_cast<unsigned char*>(out.data()));
   for (int64_t j = 0; j < S; ++j)
     for (int64_t d = 0; d < D; ++d)
-      NCP_EXPECT(out[j * D + d] == proposals[idx[j] * D + d], "gather mismatch at %lld,%lld",
+      NCPFAST_EXPECT(out[j * D + d] == proposals[idx[j] * D + d], "gather mismatch at %lld,%lld",
                  static_cast<long long>(j), static_cast<long long>(d));
   sir_gather_row(nullptr, idx, S, 0, nullptr);  // zero-sized proposals: no access at all
 }

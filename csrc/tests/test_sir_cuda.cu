@@ -59,11 +59,11 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
     const float cpu_lz = sir_resample_row_cpu(w.data() + b * M, M, S, systematic, static_cast<uint64_t>(seed),
                                               b, cdf.data(), cpu_idx.data());
     if (cpu_lz == -INFINITY) {  // every weight -inf: nothing to draw, indices 0, no gather
-      NCP_EXPECT(lz[b] == -INFINITY, "row %lld: lz %g for a row of -inf weights", static_cast<long long>(b), lz[b]);
-      for (int64_t j = 0; j < S; ++j) NCP_EXPECT(idx[b * S + j] == 0, "row %lld: index of an empty row", static_cast<long long>(b));
+      NCPFAST_EXPECT(lz[b] == -INFINITY, "row %lld: lz %g for a row of -inf weights", static_cast<long long>(b), lz[b]);
+      for (int64_t j = 0; j < S; ++j) NCPFAST_EXPECT(idx[b * S + j] == 0, "row %lld: index of an empty row", static_cast<long long>(b));
       continue;
     }
-    NCP_EXPECT(std::fabs(cpu_lz - lz[b]) < 1e-4f * (1 + std::fabs(cpu_lz)), "row %lld lz %g vs %g",
+    NCPFAST_EXPECT(std::fabs(cpu_lz - lz[b]) < 1e-4f * (1 + std::fabs(cpu_lz)), "row %lld lz %g vs %g",
                static_cast<long long>(b), lz[b], cpu_lz);
     // The two sides sum the CDF in different orders (the CPU sequentially, the
     // GPU by tiles and a block scan), so a target within rounding of a CDF step
@@ -74,7 +74,7 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
     const float tolerance = 8.f * std::sqrt(static_cast<float>(M)) * 1.2e-7f * total;
     for (int64_t j = 0; j < S; ++j) {
       const int64_t k = idx[b * S + j];
-      NCP_EXPECT(k >= 0 && k < M && std::isfinite(w[b * M + k]), "row %lld: bad index %lld",
+      NCPFAST_EXPECT(k >= 0 && k < M && std::isfinite(w[b * M + k]), "row %lld: bad index %lld",
                  static_cast<long long>(b), static_cast<long long>(k));
       if (k < 0 || k >= M) continue;
       if (k != cpu_idx[j]) {
@@ -82,18 +82,18 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
         const float target = sir_target_fraction(static_cast<uint64_t>(seed), static_cast<uint64_t>(b), j, S,
                                                  systematic) * total;
         const float below = k == 0 ? 0.f : cdf[k - 1];
-        NCP_EXPECT(below - tolerance <= target && target < cdf[k] + tolerance,
+        NCPFAST_EXPECT(below - tolerance <= target && target < cdf[k] + tolerance,
                    "row %lld sample %lld: GPU index %lld (CDF %g..%g) vs CPU %lld for target %g",
                    static_cast<long long>(b), static_cast<long long>(j), static_cast<long long>(k), below, cdf[k],
                    static_cast<long long>(cpu_idx[j]), target);
       }
       for (int64_t d = 0; d < D; ++d) {
-        NCP_EXPECT(out[(b * S + j) * D + d] == proposals[(b * M + k) * D + d], "gather row %lld", static_cast<long long>(b));
+        NCPFAST_EXPECT(out[(b * S + j) * D + d] == proposals[(b * M + k) * D + d], "gather row %lld", static_cast<long long>(b));
       }
     }
   }
   // Rounding moves few targets (about 1% at M = 20,000); a wrong index moves most.
-  NCP_EXPECT(mismatches <= (B * S) / 20 + 1, "B=%lld M=%lld S=%lld: %lld CPU/GPU index mismatches",
+  NCPFAST_EXPECT(mismatches <= (B * S) / 20 + 1, "B=%lld M=%lld S=%lld: %lld CPU/GPU index mismatches",
              static_cast<long long>(B), static_cast<long long>(M), static_cast<long long>(S),
              static_cast<long long>(mismatches));
   cudaFree(d_w); cudaFree(d_p); cudaFree(d_out); cudaFree(d_lz); cudaFree(d_idx); cudaFree(d_seed);
@@ -116,7 +116,7 @@ int main() {
                                {2, 20000, 1000, 2}, {64, 512, 1, 64}};
   for (const auto& s : shapes) {
     for (int systematic = 0; systematic < 2; ++systematic) {
-      NCP_EXPECT(run_case(s[0], s[1], s[2], s[3], systematic != 0, 17 + s[1]), "CUDA error in case M=%lld",
+      NCPFAST_EXPECT(run_case(s[0], s[1], s[2], s[3], systematic != 0, 17 + s[1]), "CUDA error in case M=%lld",
                  static_cast<long long>(s[1]));
     }
   }

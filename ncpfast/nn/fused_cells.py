@@ -1,11 +1,11 @@
-"""The residual cells' forwards through ncpfast's fused ops (ncpfast.ops).
+"""The residual cells' forwards through ncpfast's fused ops (ncpfast.ops.cell_fusion).
 
 Same modules, same parameters, same buffers as the eager forwards in
 ncpfast/nn/cells.py: these functions only change how a cell is computed.
-    generative cell: [BN folded into the 1x1 conv] -> moments -> dwconv_bn_swish
-                     (+ moments of its output) -> bn_swish -> 1x1 conv -> moments
+    generative cell: [BN folded into the 1x1 conv] -> moments -> bn_swish_dwconv
+                     (+ moments of its output) -> bn_swish_given_stats -> 1x1 conv -> moments
                      -> SE on the moments -> bn_gate_residual
-    encoder cell:    batch_norm_swish -> 3x3 conv -> batch_norm_swish -> 3x3 conv
+    encoder cell:    bn_swish_batch_stats -> 3x3 conv -> bn_swish_batch_stats -> 3x3 conv
                      -> moments -> SE -> bn_gate_residual
 The full convolutions (1x1, 3x3) stay with torch (oneDNN / cuDNN GEMMs). In
 evaluation mode the batch norms next to convolutions fold into them instead.
@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cell as cell_ops
-from ..ops.cell import accumulation_dtype, contiguous_like
+from ..ops import cell_fusion as cell_ops
+from ..ops.layout import accumulation_dtype, contiguous_like
 from .kernel_choice import fused_kernels_apply
 
 
@@ -54,12 +54,12 @@ def _update_running_statistics(bn: nn.BatchNorm2d, mean, var, count: int):
         bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
 
 
-def _batch_norm_swish(bn: nn.BatchNorm2d, x):
+def _bn_swish_batch_stats(bn: nn.BatchNorm2d, x):
     """swish(bn(x)) in training mode, through the one op that also folds the
-    statistics' gradient into its backward (see ops.batch_norm_swish)."""
+    statistics' gradient into its backward (see ops.bn_swish_batch_stats)."""
     count = x.shape[0] * x.shape[2] * x.shape[3]
     _check_count(count)
-    y, mean, var = cell_ops.batch_norm_swish(x, *_bn_params(bn, accumulation_dtype(x)), bn.eps)
+    y, mean, var = cell_ops.bn_swish_batch_stats(x, *_bn_params(bn, accumulation_dtype(x)), bn.eps)
     _update_running_statistics(bn, mean, var, count)
     return y
 
@@ -118,9 +118,9 @@ def encoder_cell_forward(cell, x):
     if not cell.training:
         return _encoder_cell_eval(cell, x, layout)
     bn0, _, conv1, bn1, _, conv2 = cell.ops
-    a0 = _batch_norm_swish(bn0, x)
+    a0 = _bn_swish_batch_stats(bn0, x)
     c1 = conv1(a0).contiguous(memory_format=layout)
-    a1 = _batch_norm_swish(bn1, c1)
+    a1 = _bn_swish_batch_stats(bn1, c1)
     c2 = conv2(a1).contiguous(memory_format=layout)
     return _tail(cell, c2, cell.skip(x))
 
@@ -141,10 +141,10 @@ def generative_cell_forward(cell, x):
     h1 = F.conv2d(h, w_in * scale0[None, :, None, None], w_in.flatten(1) @ shift0).contiguous()
     mean1, invstd1 = _statistics_of(bn1, h1)
     dw_bias = depthwise.bias if depthwise.bias is not None else torch.zeros_like(mean1)
-    y, sums, sumsqs = cell_ops.dwconv_bn_swish(h1, mean1, invstd1, *_bn_params(bn1, acc),
+    y, sums, sumsqs = cell_ops.bn_swish_dwconv(h1, mean1, invstd1, *_bn_params(bn1, acc),
                                                depthwise.normalized_weight().to(acc), dw_bias.to(acc))
     mean2, invstd2 = batch_norm_statistics(bn2, sums, sumsqs, y.shape[0] * y.shape[2] * y.shape[3])
-    a = cell_ops.bn_swish(y, mean2, invstd2, *_bn_params(bn2, acc))
+    a = cell_ops.bn_swish_given_stats(y, mean2, invstd2, *_bn_params(bn2, acc))
     out = F.conv2d(a, conv_out.normalized_weight()).contiguous()
     return _tail(cell, out, skip, bn3)
 
@@ -177,7 +177,7 @@ def _swish(x):
 
 def _encoder_cell_eval(cell, x, layout):
     bn0, _, conv1, bn1, _, conv2 = cell.ops
-    a0 = cell_ops.bn_swish(x, *batch_norm_statistics(bn0), *_bn_params(bn0, accumulation_dtype(x)))
+    a0 = cell_ops.bn_swish_given_stats(x, *batch_norm_statistics(bn0), *_bn_params(bn0, accumulation_dtype(x)))
     a1 = _swish(_conv_then_bn(conv1, bn1, a0))
     return _tail(cell, conv2(a1).contiguous(memory_format=layout), cell.skip(x))
 

@@ -9,8 +9,6 @@ each other.
 import torch
 import torch.nn as nn
 
-from .. import _extension
-
 KERNEL_CHOICES = ("auto", "fused", "torch")
 
 
@@ -30,6 +28,7 @@ def fused_kernels_apply(mode: str, x: torch.Tensor) -> bool:
     where it has none."""
     if mode == "torch":
         return False
+    from .. import _extension  # here, so that the eager cells import without the compiled extension
     supported = _extension.has_backend(x.device) and (
         x.dtype in (torch.float32, torch.float64) or x.is_cuda)
     if mode == "fused" and not supported:

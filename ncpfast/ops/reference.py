@@ -9,10 +9,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._sir_args import bad_row_message, check_generator, check_method_and_count
-from .cell import accumulation_dtype
+from ._sir_resample_checks import bad_row_message, check_generator, check_method_and_count
+from .layout import accumulation_dtype
 
-__all__ = ["sir_resample", "plane_moments", "bn_swish", "batch_norm_swish", "dwconv_bn_swish", "bn_gate_residual",
+__all__ = ["sir_resample", "plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv", "bn_gate_residual",
            "mlp_log_ratio"]
 
 _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -77,7 +77,7 @@ def sir_resample(
 
 
 # ------------------------------------------------------------------ cell ops
-# Twins of ncpfast.ops.cell: eager PyTorch, differentiable by autograd.
+# Twins of ncpfast.ops.cell_fusion: eager PyTorch, differentiable by autograd.
 
 def _per_channel(t):
     return t[:, None, None]
@@ -88,19 +88,19 @@ def plane_moments(x):
     return xf.sum((2, 3)), (xf * xf).sum((2, 3))
 
 
-def bn_swish(x, mean, invstd, weight, bias):
+def bn_swish_given_stats(x, mean, invstd, weight, bias):
     u = (x.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd * weight) + _per_channel(bias)
     return torch.nn.functional.silu(u).to(x.dtype)
 
 
-def batch_norm_swish(x, weight, bias, eps):
+def bn_swish_batch_stats(x, weight, bias, eps):
     # torch's own training-mode batch norm (no running statistics), then SiLU.
     u, mean, invstd = torch.native_batch_norm(x.to(weight.dtype), weight, bias, None, None, True, 0.0, eps)
     return torch.nn.functional.silu(u).to(x.dtype), mean.detach(), invstd.detach().pow(-2) - eps
 
 
-def dwconv_bn_swish(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias):
-    a = bn_swish(x, mean, invstd, bn_weight, bn_bias).to(mean.dtype)
+def bn_swish_dwconv(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias):
+    a = bn_swish_given_stats(x, mean, invstd, bn_weight, bn_bias).to(mean.dtype)
     out = torch.nn.functional.conv2d(a, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2,
                                      groups=x.shape[1])
     return (out.to(x.dtype), *plane_moments(out))

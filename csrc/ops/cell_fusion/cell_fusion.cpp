@@ -1,6 +1,7 @@
 #include "cell_fusion.h"
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 #include <c10/util/Exception.h>
 
 namespace ncpfast {
@@ -97,17 +98,17 @@ at::ScalarType check_plane_moments_backward(const char* op, const at::Tensor& x,
   return acc;
 }
 
-at::ScalarType check_bn_swish(const char* op, const at::Tensor& x, const at::Tensor& mean,
+at::ScalarType check_bn_swish_given_stats(const char* op, const at::Tensor& x, const at::Tensor& mean,
                               const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias) {
   const auto acc = check_activation(op, "x", x);
   check_bn_params(op, x, mean, invstd, weight, bias);
   return acc;
 }
 
-at::ScalarType check_bn_swish_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+at::ScalarType check_bn_swish_given_stats_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
                                        const at::Tensor& mean, const at::Tensor& invstd,
                                        const at::Tensor& weight, const at::Tensor& bias) {
-  const auto acc = check_bn_swish(op, x, mean, invstd, weight, bias);
+  const auto acc = check_bn_swish_given_stats(op, x, mean, invstd, weight, bias);
   check_like(op, "grad_out", grad_out, x);
   return acc;
 }
@@ -116,7 +117,7 @@ int64_t check_dwconv(const char* op, const at::Tensor& x, const at::Tensor& mean
                      const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight,
                      const at::Tensor& conv_bias) {
   require_nchw(op, "x", x, "the depthwise conv");
-  const auto acc = check_bn_swish(op, x, mean, invstd, bn_weight, bn_bias);
+  const auto acc = check_bn_swish_given_stats(op, x, mean, invstd, bn_weight, bn_bias);
   const int64_t K = check_depthwise_weight(op, conv_weight, x);
   check_param(op, "conv_bias", conv_bias, {x.size(1)}, acc, x);
   return K;
@@ -127,7 +128,7 @@ int64_t check_dwconv_backward(const char* op, const at::Tensor& grad_out, const 
                               const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
                               const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
   require_nchw(op, "x", x, "the depthwise conv");
-  check_bn_swish_backward(op, grad_out, x, mean, invstd, bn_weight, bn_bias);
+  check_bn_swish_given_stats_backward(op, grad_out, x, mean, invstd, bn_weight, bn_bias);
   const int64_t K = check_depthwise_weight(op, conv_weight, x);
   check_like(op, "out", out, x);
   check_plane_moments_backward(op, x, grad_sum, grad_sumsq);
@@ -165,10 +166,10 @@ std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, con
   return {gate_scale(scale, gate, residual_scale), gate_scale(shift, gate, residual_scale)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_with(const at::Tensor& x, const at::Tensor& weight,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_with(const at::Tensor& x, const at::Tensor& weight,
                                                                      const at::Tensor& bias, double eps,
-                                                                     MomentsFn moments, BnSwishFn bn_swish) {
-  const char* op = "batch_norm_swish";
+                                                                     MomentsFn moments, BnSwishFn bn_swish_given_stats) {
+  const char* op = "bn_swish_batch_stats";
   const auto acc = check_activation(op, "x", x);
   const int64_t C = x.size(1), count = x.size(0) * x.size(2) * x.size(3);
   check_param(op, "weight", weight, {C}, acc, x);
@@ -178,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_with(const at::T
   auto [sum, sumsq] = moments(x);
   at::Tensor mean = sum.sum(0) / count;
   at::Tensor var = (sumsq.sum(0) / count - mean * mean).clamp_min(0);
-  return {bn_swish(x, mean, at::rsqrt(var + eps), weight, bias), mean, var};
+  return {bn_swish_given_stats(x, mean, at::rsqrt(var + eps), weight, bias), mean, var};
 }
 
 BatchNormGradients batch_norm_gradients(const at::Tensor& x, const at::Tensor& sum_g, const at::Tensor& sum_gc,
@@ -197,3 +198,42 @@ BatchNormGradients batch_norm_gradients(const at::Tensor& x, const at::Tensor& s
 
 }  // namespace ops
 }  // namespace ncpfast
+
+// The schema of this op (its backends register their kernels in cpu/ and cuda/).
+TORCH_LIBRARY_FRAGMENT(ncpfast, m) {
+  // Fused residual-cell ops (csrc/ops/cell_fusion). Activations NCHW (or
+  // channels_last on the CPU, but for the depthwise conv); the batch norm
+  // enters as (mean, invstd, weight, bias) per channel; reductions come back
+  // per (image, channel) plane, [N, C], and are summed over the batch in
+  // Python. Backward ops recompute from the saved input.
+  m.def("plane_moments(Tensor x) -> (Tensor sum, Tensor sumsq)");
+  m.def("plane_moments_backward(Tensor x, Tensor grad_sum, Tensor grad_sumsq) -> Tensor");
+  m.def("bn_swish_given_stats(Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias) -> Tensor");
+  m.def(
+      "bn_swish_given_stats_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor weight, "
+      "Tensor bias) -> (Tensor grad_x, Tensor sum_grad, Tensor sum_grad_centered)");
+  // Batch norm with batch statistics (training) + Swish in one op: y and the
+  // batch mean and biased variance [C] (statistics for the running averages,
+  // not differentiated). Its backward folds the gradient that reaches x through
+  // the statistics into grad_x: plane_moments + bn_swish_given_stats would leave autograd
+  // a second full-size gradient to compute and add.
+  m.def("bn_swish_batch_stats(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor y, Tensor mean, Tensor var)");
+  m.def(
+      "bn_swish_batch_stats_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor invstd, Tensor weight, "
+      "Tensor bias) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "bn_swish_dwconv(Tensor x, Tensor mean, Tensor invstd, Tensor bn_weight, Tensor bn_bias, "
+      "Tensor conv_weight, Tensor conv_bias) -> (Tensor out, Tensor sum, Tensor sumsq)");
+  m.def(
+      "bn_swish_dwconv_backward(Tensor grad_out, Tensor grad_sum, Tensor grad_sumsq, Tensor out, "
+      "Tensor x, Tensor mean, Tensor invstd, Tensor bn_weight, Tensor bn_bias, Tensor conv_weight) "
+      "-> (Tensor grad_x, Tensor sum_grad, Tensor sum_grad_centered, Tensor grad_conv_weight, "
+      "Tensor grad_conv_bias)");
+  m.def(
+      "bn_gate_residual(Tensor h, Tensor skip, Tensor mean, Tensor invstd, Tensor weight, "
+      "Tensor bias, Tensor gate, float residual_scale) -> Tensor");
+  m.def(
+      "bn_gate_residual_backward(Tensor grad_out, Tensor h, Tensor mean, Tensor invstd, "
+      "Tensor weight, Tensor gate, float residual_scale) "
+      "-> (Tensor grad_h, Tensor sum_grad, Tensor sum_grad_centered)");
+}

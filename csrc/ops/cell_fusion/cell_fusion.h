@@ -1,8 +1,8 @@
 // ncpfast's fused residual-cell ops: what the CPU and CUDA backends share.
 //
 //   plane_moments          per-(image, channel) sum and sum of squares
-//   bn_swish               swish(batch-norm affine(x)), backward recomputes from x
-//   dwconv_bn_swish        depthwise conv of swish(BN(x)), plus the output's moments
+//   bn_swish_given_stats               swish(batch-norm affine(x)), backward recomputes from x
+//   bn_swish_dwconv        depthwise conv of swish(BN(x)), plus the output's moments
 //   bn_gate_residual       skip + residual_scale * gate * BN(h)
 //
 // Activations are NCHW; the CPU backend also takes channels_last (NHWC) ones,
@@ -57,9 +57,9 @@ std::pair<at::Tensor, at::Tensor> folded_affine(const at::Tensor& mean, const at
 // returns accumulation_type of the activation (the depthwise ones: K).
 at::ScalarType check_plane_moments_backward(const char* op, const at::Tensor& x, const at::Tensor& grad_sum,
                                             const at::Tensor& grad_sumsq);
-at::ScalarType check_bn_swish(const char* op, const at::Tensor& x, const at::Tensor& mean,
+at::ScalarType check_bn_swish_given_stats(const char* op, const at::Tensor& x, const at::Tensor& mean,
                               const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias);
-at::ScalarType check_bn_swish_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+at::ScalarType check_bn_swish_given_stats_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
                                        const at::Tensor& mean, const at::Tensor& invstd,
                                        const at::Tensor& weight, const at::Tensor& bias);
 int64_t check_dwconv(const char* op, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
@@ -88,19 +88,19 @@ at::Tensor gate_scale(const at::Tensor& scale, const at::Tensor& gate, double re
 std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, const at::Tensor& shift,
                                                     const at::Tensor& gate, double residual_scale);
 
-// --- batch_norm_swish: batch norm with batch statistics + Swish -------------
-// The forward is composed from a backend's own plane_moments and bn_swish
+// --- bn_swish_batch_stats: batch norm with batch statistics + Swish -------------
+// The forward is composed from a backend's own plane_moments and bn_swish_given_stats
 // (passed in); the statistics' gradient is computed here once for both
 // backends' backwards.
 using MomentsFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&);
 using BnSwishFn = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_with(const at::Tensor& x, const at::Tensor& weight,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_with(const at::Tensor& x, const at::Tensor& weight,
                                                                      const at::Tensor& bias, double eps,
-                                                                     MomentsFn moments, BnSwishFn bn_swish);
+                                                                     MomentsFn moments, BnSwishFn bn_swish_given_stats);
 
 // From the per-plane sums of g_u and g_u (x - mean) ([N, C], as
-// bn_swish_backward returns them), u = (x - mean) invstd weight + bias with
+// bn_swish_given_stats_backward returns them), u = (x - mean) invstd weight + bias with
 // the batch statistics of x: grad_x = g_u * invstd * weight + alpha + beta * x
 // per channel (alpha + beta * x is the gradient through the statistics), and
 // the parameters' gradients. alpha and beta are contiguous [C].

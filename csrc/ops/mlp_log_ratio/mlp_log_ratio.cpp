@@ -1,6 +1,7 @@
 #include "mlp_log_ratio.h"
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 #include <c10/util/Exception.h>
 
 namespace ncpfast {
@@ -40,3 +41,11 @@ int64_t check_mlp_inputs(const at::Tensor& z, at::TensorList weights, at::Tensor
 
 }  // namespace ops
 }  // namespace ncpfast
+
+// The schema of this op (its backends register their kernels in cpu/ and cuda/).
+TORCH_LIBRARY_FRAGMENT(ncpfast, m) {
+  // The flat NCP classifier on [B, M, D] proposals: an MLP, SiLU between its
+  // linear layers (weights[l] [out, in], biases[l] [out]), one logit out.
+  // Returns the log-ratios [B, M] and each row's logsumexp [B] (float32).
+  m.def("mlp_log_ratio(Tensor z, Tensor[] weights, Tensor[] biases) -> (Tensor log_ratio, Tensor row_logsumexp)");
+}

@@ -1,6 +1,7 @@
 #include "sir_resample.h"
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -79,3 +80,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_sir_outputs(const at::Te
 
 }  // namespace ops
 }  // namespace ncpfast
+
+// The schema of this op (its backends register their kernels in cpu/ and cuda/).
+TORCH_LIBRARY_FRAGMENT(ncpfast, m) {
+  // Draws num_samples indices per row with probability softmax(log_weights),
+  // gathers the proposals, and returns (samples, indices, log_normalizer).
+  // seed: one int64 on the op's device, the key of the Philox stream.
+  m.def(
+      "sir_resample(Tensor log_weights, Tensor proposals, int num_samples, bool systematic, "
+      "Tensor seed) -> (Tensor samples, Tensor indices, Tensor log_normalizer)");
+}

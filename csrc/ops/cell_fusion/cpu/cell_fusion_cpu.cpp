@@ -33,13 +33,13 @@ int64_t image_grain(const at::Tensor& x) {
 
 // Runs f(n, red1, red2) for every image n of a channels_last x in parallel;
 // red1 and red2 are double workspaces of C values (the image's reductions).
-// f must be NCP_ALWAYS_INLINE, to be compiled for each target of the clones.
+// f must be NCPFAST_ALWAYS_INLINE, to be compiled for each target of the clones.
 template <typename F>
 void for_each_image(const at::Tensor& x, const F& f) {
   const int64_t C = x.size(1);
   at::parallel_for(0, x.size(0), image_grain(x), [&](int64_t begin, int64_t end) {
     std::vector<double> work(2 * C);
-    core::for_each_plane(begin, end, [&](int64_t n) NCP_ALWAYS_INLINE { f(n, work.data(), work.data() + C); });
+    core::for_each_plane(begin, end, [&](int64_t n) NCPFAST_ALWAYS_INLINE { f(n, work.data(), work.data() + C); });
   });
 }
 
@@ -58,14 +58,14 @@ std::tuple<at::Tensor, at::Tensor> plane_moments_cpu(const at::Tensor& x) {
     scalar_t* qp = sumsq.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
       const int64_t C = x.size(1);
-      return for_each_image(x, [&](int64_t n, double* s, double* q) NCP_ALWAYS_INLINE {
+      return for_each_image(x, [&](int64_t n, double* s, double* q) NCPFAST_ALWAYS_INLINE {
         core::channel_moments(xp + n * HW * C, HW, C, s, q);
         store_channels(s, C, sp + n * C);
         store_channels(q, C, qp + n * C);
       });
     }
     at::parallel_for(0, x.size(0) * x.size(1), plane_grain(x), [&](int64_t begin, int64_t end) {
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         double s, q;
         core::plane_moments(xp + p * HW, HW, s, q);
         sp[p] = static_cast<scalar_t>(s);
@@ -87,12 +87,12 @@ at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& gra
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
       const int64_t C = x.size(1);
-      return for_each_image(x, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+      return for_each_image(x, [&](int64_t n, double*, double*) NCPFAST_ALWAYS_INLINE {
         core::channel_moments_backward(xp + n * HW * C, HW, C, gs + n * C, gq + n * C, gx + n * HW * C);
       });
     }
     at::parallel_for(0, x.size(0) * x.size(1), plane_grain(x), [&](int64_t begin, int64_t end) {
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         core::plane_moments_backward_plane(xp + p * HW, HW, gs[p], gq[p], gx + p * HW);
       });
     });
@@ -100,23 +100,23 @@ at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& gra
   return grad_x;
 }
 
-at::Tensor bn_swish_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+at::Tensor bn_swish_given_stats_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                         const at::Tensor& weight, const at::Tensor& bias) {
-  check_bn_swish("bn_swish", x, mean, invstd, weight, bias);
+  check_bn_swish_given_stats("bn_swish_given_stats", x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor y = at::empty_like(x);
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_given_stats_cpu", [&] {
     const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
                    *sh = shift.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
-      return for_each_image(x, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+      return for_each_image(x, [&](int64_t n, double*, double*) NCPFAST_ALWAYS_INLINE {
         core::bn_swish_channels(xp + n * HW * C, HW, C, sc, sh, yp + n * HW * C);
       });
     }
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         core::bn_swish_plane(xp + p * HW, HW, sc[p % C], sh[p % C], yp + p * HW);
       });
     });
@@ -124,7 +124,7 @@ at::Tensor bn_swish_cpu(const at::Tensor& x, const at::Tensor& mean, const at::T
   return y;
 }
 
-// The pass of bn_swish_backward over (grad_out, x) with the BN folded into
+// The pass of bn_swish_given_stats_backward over (grad_out, x) with the BN folded into
 // (scale, shift): the per-plane sums into sum_g and sum_gc and, with
 // kWriteGrad, grad_x = g_u * scale (see core::bn_swish_backward_plane).
 template <bool kWriteGrad>
@@ -132,14 +132,14 @@ void bn_swish_backward_pass(const at::Tensor& grad_out, const at::Tensor& x, con
                             const at::Tensor& shift, const at::Tensor& mean, at::Tensor& grad_x, at::Tensor& sum_g,
                             at::Tensor& sum_gc) {
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_given_stats_backward_cpu", [&] {
     const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
                    *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
                    *mp = mean.data_ptr<scalar_t>();
     scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
              *s2 = sum_gc.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
-      return for_each_image(x, [&](int64_t n, double* a, double* b) NCP_ALWAYS_INLINE {
+      return for_each_image(x, [&](int64_t n, double* a, double* b) NCPFAST_ALWAYS_INLINE {
         const int64_t o = n * HW * C;
         core::bn_swish_backward_channels<kWriteGrad>(gp + o, xp + o, HW, C, sc, sh, mp, gx + o, a, b);
         store_channels(a, C, s1 + n * C);
@@ -147,7 +147,7 @@ void bn_swish_backward_pass(const at::Tensor& grad_out, const at::Tensor& x, con
       });
     }
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         double a, b;
         const int64_t c = p % C;
         core::bn_swish_backward_plane<kWriteGrad>(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], mp[c], gx + p * HW,
@@ -159,46 +159,46 @@ void bn_swish_backward_pass(const at::Tensor& grad_out, const at::Tensor& x, con
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_given_stats_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
-  const auto acc = check_bn_swish_backward("bn_swish_backward", grad_out, x, mean, invstd, weight, bias);
+  const auto acc = check_bn_swish_given_stats_backward("bn_swish_given_stats_backward", grad_out, x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   bn_swish_backward_pass<true>(grad_out, x, scale, shift, mean, grad_x, sum_g, sum_gc);
   return {grad_x, sum_g, sum_gc};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_cpu(const at::Tensor& x, const at::Tensor& weight,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                                     const at::Tensor& bias, double eps) {
-  return batch_norm_swish_with(x, weight, bias, eps, &plane_moments_cpu, &bn_swish_cpu);
+  return bn_swish_batch_stats_with(x, weight, bias, eps, &plane_moments_cpu, &bn_swish_given_stats_cpu);
 }
 
 // Two passes over (grad_y, x) (see bn_swish_grad_apply_plane): reads 4 and
-// writes 1 full-size tensor, where bn_swish_backward followed by an in-place
+// writes 1 full-size tensor, where bn_swish_given_stats_backward followed by an in-place
 // add of the statistics' share would read 4 and write 2.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
-  const auto acc = check_bn_swish_backward("batch_norm_swish_backward", grad_y, x, mean, invstd, weight, bias);
+  const auto acc = check_bn_swish_given_stats_backward("bn_swish_batch_stats_backward", grad_y, x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   bn_swish_backward_pass<false>(grad_y, x, scale, shift, mean, grad_x, sum_g, sum_gc);  // the sums only
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
   const BatchNormGradients g = batch_norm_gradients(x, sum_g, sum_gc, mean, invstd, weight);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_swish_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_batch_stats_backward_cpu", [&] {
     const scalar_t *gp = grad_y.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
                    *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
                    *ap = g.alpha.data_ptr<scalar_t>(), *bp = g.beta.data_ptr<scalar_t>();
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
-      return for_each_image(x, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+      return for_each_image(x, [&](int64_t n, double*, double*) NCPFAST_ALWAYS_INLINE {
         const int64_t o = n * HW * C;
         core::bn_swish_grad_apply_channels(gp + o, xp + o, HW, C, sc, sh, ap, bp, gx + o);
       });
     }
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         const int64_t c = p % C;
         core::bn_swish_grad_apply_plane(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], ap[c], bp[c], gx + p * HW);
       });
@@ -207,26 +207,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cpu(
   return {grad_x, g.grad_weight, g.grad_bias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_dwconv_cpu(
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& conv_weight, const at::Tensor& conv_bias) {
-  const int64_t K = check_dwconv("dwconv_bn_swish", x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias);
+  const int64_t K = check_dwconv("bn_swish_dwconv", x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias);
   const auto acc = accumulation_type(x);
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
   at::Tensor y = at::empty_like(x), sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
   const core::DepthwisePlane geometry{x.size(2), x.size(3), K};
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_swish_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_dwconv_cpu", [&] {
     const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
                    *sh = shift.data_ptr<scalar_t>(), *wp = conv_weight.data_ptr<scalar_t>(),
                    *bp = conv_bias.data_ptr<scalar_t>();
     scalar_t *yp = y.data_ptr<scalar_t>(), *sp = sum.data_ptr<scalar_t>(), *qp = sumsq.data_ptr<scalar_t>();
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> padded(geometry.padded_size(), scalar_t(0));
-      core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         const int64_t c = p % C;
         double s, q;
-        core::dwconv_bn_swish_plane(geometry, xp + p * HW, sc[c], sh[c], wp + c * K * K, bp[c],
+        core::bn_swish_dwconv_plane(geometry, xp + p * HW, sc[c], sh[c], wp + c * K * K, bp[c],
                                     padded.data(), yp + p * HW, s, q);
         sp[p] = static_cast<scalar_t>(s);
         qp[p] = static_cast<scalar_t>(q);
@@ -236,11 +236,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cpu(
   return {y, sum, sumsq};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_swish_dwconv_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq,
     const at::Tensor& out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
-  const int64_t K = check_dwconv_backward("dwconv_bn_swish_backward", grad_out, grad_sum, grad_sumsq, out, x,
+  const int64_t K = check_dwconv_backward("bn_swish_dwconv_backward", grad_out, grad_sum, grad_sumsq, out, x,
                                           mean, invstd, bn_weight, bn_bias, conv_weight);
   const auto acc = accumulation_type(x);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   at::Tensor grad_w = at::empty({N, C, K, K}, x.options().dtype(acc)), grad_b = plane_tensor(x, acc);
   const core::DepthwisePlane geometry{x.size(2), x.size(3), K};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_swish_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_dwconv_backward_cpu", [&] {
     const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *gs = grad_sum.data_ptr<scalar_t>(),
                    *gq = grad_sumsq.data_ptr<scalar_t>(), *yp = out.data_ptr<scalar_t>(),
                    *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
@@ -261,10 +261,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
       std::vector<scalar_t> padded_a(geometry.padded_size(), scalar_t(0));
       std::vector<scalar_t> padded_g(geometry.padded_size(), scalar_t(0));
       std::vector<scalar_t> grad_a(HW), flipped(K * K), tap_acc(K * K * core::kDepthwiseBlock);
-      core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         const int64_t c = p % C;
         double a, b, bias_grad;
-        core::dwconv_bn_swish_backward_plane(geometry, gp + p * HW, gs[p], gq[p], yp + p * HW, xp + p * HW,
+        core::bn_swish_dwconv_backward_plane(geometry, gp + p * HW, gs[p], gq[p], yp + p * HW, xp + p * HW,
                                              sc[c], sh[c], mp[c], wp + c * K * K, padded_a.data(),
                                              padded_g.data(), grad_a.data(), flipped.data(), tap_acc.data(),
                                              gx + p * HW, a, b,
@@ -292,13 +292,13 @@ at::Tensor bn_gate_residual_cpu(const at::Tensor& h, const at::Tensor& skip, con
                    *ap = coef_a.data_ptr<scalar_t>(), *cp = coef_c.data_ptr<scalar_t>();
     scalar_t* op_ = out.data_ptr<scalar_t>();
     if (is_channels_last(h)) {
-      return for_each_image(h, [&](int64_t n, double*, double*) NCP_ALWAYS_INLINE {
+      return for_each_image(h, [&](int64_t n, double*, double*) NCPFAST_ALWAYS_INLINE {
         const int64_t o = n * HW * C;
         core::gate_residual_channels(hp + o, sp + o, HW, C, ap + n * C, cp + n * C, op_ + o);
       });
     }
     at::parallel_for(0, h.size(0) * h.size(1), plane_grain(h), [&](int64_t begin, int64_t end) {
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         core::gate_residual_plane(hp + p * HW, sp + p * HW, HW, ap[p], cp[p], op_ + p * HW);
       });
     });
@@ -320,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cpu(
     scalar_t *gh = grad_h.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
              *s2 = sum_gc.data_ptr<scalar_t>();
     if (is_channels_last(h)) {
-      return for_each_image(h, [&](int64_t n, double* a, double* b) NCP_ALWAYS_INLINE {
+      return for_each_image(h, [&](int64_t n, double* a, double* b) NCPFAST_ALWAYS_INLINE {
         const int64_t o = n * HW * C;
         core::gate_residual_backward_channels(gp + o, hp + o, HW, C, ap + n * C, mp, gh + o, a, b);
         store_channels(a, C, s1 + n * C);
@@ -328,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cpu(
       });
     }
     at::parallel_for(0, h.size(0) * C, plane_grain(h), [&](int64_t begin, int64_t end) {
-      core::for_each_plane(begin, end, [&](int64_t p) NCP_ALWAYS_INLINE {
+      core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         double a, b;
         core::gate_residual_backward_plane(gp + p * HW, hp + p * HW, HW, ap[p], mp[p % C], gh + p * HW, a, b);
         s1[p] = static_cast<scalar_t>(a);
@@ -344,12 +344,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cpu(
 TORCH_LIBRARY_IMPL(ncpfast, CPU, m) {
   m.impl("plane_moments", &plane_moments_cpu);
   m.impl("plane_moments_backward", &plane_moments_backward_cpu);
-  m.impl("bn_swish", &bn_swish_cpu);
-  m.impl("bn_swish_backward", &bn_swish_backward_cpu);
-  m.impl("batch_norm_swish", &batch_norm_swish_cpu);
-  m.impl("batch_norm_swish_backward", &batch_norm_swish_backward_cpu);
-  m.impl("dwconv_bn_swish", &dwconv_bn_swish_cpu);
-  m.impl("dwconv_bn_swish_backward", &dwconv_bn_swish_backward_cpu);
+  m.impl("bn_swish_given_stats", &bn_swish_given_stats_cpu);
+  m.impl("bn_swish_given_stats_backward", &bn_swish_given_stats_backward_cpu);
+  m.impl("bn_swish_batch_stats", &bn_swish_batch_stats_cpu);
+  m.impl("bn_swish_batch_stats_backward", &bn_swish_batch_stats_backward_cpu);
+  m.impl("bn_swish_dwconv", &bn_swish_dwconv_cpu);
+  m.impl("bn_swish_dwconv_backward", &bn_swish_dwconv_backward_cpu);
   m.impl("bn_gate_residual", &bn_gate_residual_cpu);
   m.impl("bn_gate_residual_backward", &bn_gate_residual_backward_cpu);
 }

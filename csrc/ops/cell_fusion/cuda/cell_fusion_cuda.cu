@@ -40,8 +40,8 @@ dim3 plane_grid(const at::Tensor& x) {
   return dim3(static_cast<unsigned>(planes));
 }
 
-#define NCP_CHECK_LAUNCH(op) C10_CUDA_KERNEL_LAUNCH_CHECK()
-#define NCP_DISPATCH(x, name, ...) \
+#define NCPFAST_CHECK_LAUNCH(op) C10_CUDA_KERNEL_LAUNCH_CHECK()
+#define NCPFAST_DISPATCH(x, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), name, __VA_ARGS__)
 
 std::tuple<at::Tensor, at::Tensor> plane_moments_cuda(const at::Tensor& x) {
@@ -50,12 +50,12 @@ std::tuple<at::Tensor, at::Tensor> plane_moments_cuda(const at::Tensor& x) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor sum = plane_tensor(x, acc), sumsq = plane_tensor(x, acc);
   if (x.numel() == 0) return {sum.zero_(), sumsq.zero_()};
-  NCP_DISPATCH(x, "plane_moments_cuda", [&] {
+  NCPFAST_DISPATCH(x, "plane_moments_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     plane_moments_kernel<scalar_t, A><<<plane_grid(x), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), x.size(2) * x.size(3), sum.data_ptr<A>(), sumsq.data_ptr<A>());
   });
-  NCP_CHECK_LAUNCH("plane_moments");
+  NCPFAST_CHECK_LAUNCH("plane_moments");
   return {sum, sumsq};
 }
 
@@ -66,80 +66,80 @@ at::Tensor plane_moments_backward_cuda(const at::Tensor& x, const at::Tensor& gr
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor grad_x = at::empty_like(x);
   if (x.numel() == 0) return grad_x;
-  NCP_DISPATCH(x, "plane_moments_backward_cuda", [&] {
+  NCPFAST_DISPATCH(x, "plane_moments_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     plane_moments_backward_kernel<scalar_t, A><<<plane_grid(x), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), x.size(2) * x.size(3), grad_sum.data_ptr<A>(), grad_sumsq.data_ptr<A>(),
         grad_x.data_ptr<scalar_t>());
   });
-  NCP_CHECK_LAUNCH(op);
+  NCPFAST_CHECK_LAUNCH(op);
   return grad_x;
 }
 
-at::Tensor bn_swish_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+at::Tensor bn_swish_given_stats_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                          const at::Tensor& weight, const at::Tensor& bias) {
-  require_nchw("bn_swish", "x", x, kBackend);
-  check_bn_swish("bn_swish", x, mean, invstd, weight, bias);
+  require_nchw("bn_swish_given_stats", "x", x, kBackend);
+  check_bn_swish_given_stats("bn_swish_given_stats", x, mean, invstd, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
-  NCP_DISPATCH(x, "bn_swish_cuda", [&] {
+  NCPFAST_DISPATCH(x, "bn_swish_given_stats_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     bn_swish_kernel<scalar_t, A><<<plane_grid(x), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), x.size(1), x.size(2) * x.size(3), scale.data_ptr<A>(), shift.data_ptr<A>(),
         y.data_ptr<scalar_t>());
   });
-  NCP_CHECK_LAUNCH("bn_swish");
+  NCPFAST_CHECK_LAUNCH("bn_swish_given_stats");
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_given_stats_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
-  const char* op = "bn_swish_backward";
+  const char* op = "bn_swish_given_stats_backward";
   require_nchw(op, "x", x, kBackend);
-  const auto acc = check_bn_swish_backward(op, grad_out, x, mean, invstd, weight, bias);
+  const auto acc = check_bn_swish_given_stats_backward(op, grad_out, x, mean, invstd, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   if (x.numel() == 0) return {grad_x, sum_g.zero_(), sum_gc.zero_()};
-  NCP_DISPATCH(x, "bn_swish_backward_cuda", [&] {
+  NCPFAST_DISPATCH(x, "bn_swish_given_stats_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     bn_swish_backward_kernel<scalar_t, A><<<plane_grid(x), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.size(1), x.size(2) * x.size(3),
         scale.data_ptr<A>(), shift.data_ptr<A>(), mean.data_ptr<A>(), grad_x.data_ptr<scalar_t>(),
         sum_g.data_ptr<A>(), sum_gc.data_ptr<A>());
   });
-  NCP_CHECK_LAUNCH(op);
+  NCPFAST_CHECK_LAUNCH(op);
   return {grad_x, sum_g, sum_gc};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_cuda(const at::Tensor& x, const at::Tensor& weight,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                                      const at::Tensor& bias, double eps) {
-  require_nchw("batch_norm_swish", "x", x, kBackend);
+  require_nchw("bn_swish_batch_stats", "x", x, kBackend);
   const c10::cuda::CUDAGuard guard(x.device());
-  return batch_norm_swish_with(x, weight, bias, eps, &plane_moments_cuda, &bn_swish_cuda);
+  return bn_swish_batch_stats_with(x, weight, bias, eps, &plane_moments_cuda, &bn_swish_given_stats_cuda);
 }
 
-// bn_swish_backward's kernel, then the statistics' share of grad_x added
+// bn_swish_given_stats_backward's kernel, then the statistics' share of grad_x added
 // with ATen ops (two more passes than a kernel would need; not yet measured
 // on a GPU).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_swish_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
   const c10::cuda::CUDAGuard guard(x.device());
-  auto [grad_x, sum_g, sum_gc] = bn_swish_backward_cuda(grad_y, x, mean, invstd, weight, bias);
+  auto [grad_x, sum_g, sum_gc] = bn_swish_given_stats_backward_cuda(grad_y, x, mean, invstd, weight, bias);
   const BatchNormGradients g = batch_norm_gradients(x, sum_g, sum_gc, mean, invstd, weight);
   const int64_t C = x.size(1);
   grad_x.add_(x * g.beta.view({1, C, 1, 1}) + g.alpha.view({1, C, 1, 1}));
   return {grad_x, g.grad_weight, g.grad_bias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_dwconv_cuda(
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& conv_weight, const at::Tensor& conv_bias) {
-  const char* op = "dwconv_bn_swish";
+  const char* op = "bn_swish_dwconv";
   const int64_t K = check_dwconv(op, x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias);
   const auto acc = accumulation_type(x);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -154,22 +154,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_cuda(
   at::Tensor tile_sumsq = at::empty_like(tile_sum);
   const dim3 grid(plane_grid(x).x, static_cast<unsigned>(tiles));
   const size_t shared = dwconv_shared_bytes(tile_rows, W, K, element_bytes);
-  NCP_DISPATCH(x, "dwconv_bn_swish_cuda", [&] {
+  NCPFAST_DISPATCH(x, "bn_swish_dwconv_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     dwconv_kernel<scalar_t, A><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), x.size(1), H, W, K, tile_rows, scale.data_ptr<A>(), shift.data_ptr<A>(),
         conv_weight.data_ptr<A>(), conv_bias.data_ptr<A>(), y.data_ptr<scalar_t>(), tile_sum.data_ptr<A>(),
         tile_sumsq.data_ptr<A>());
   });
-  NCP_CHECK_LAUNCH(op);
+  NCPFAST_CHECK_LAUNCH(op);
   return {y, tile_sum.sum(2), tile_sumsq.sum(2)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_swish_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_swish_dwconv_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq, const at::Tensor& out,
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
-  const char* op = "dwconv_bn_swish_backward";
+  const char* op = "bn_swish_dwconv_backward";
   const int64_t K = check_dwconv_backward(op, grad_out, grad_sum, grad_sumsq, out, x, mean, invstd, bn_weight,
                                           bn_bias, conv_weight);
   const auto acc = accumulation_type(x);
@@ -191,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
   const size_t shared = dwconv_backward_shared_bytes(tile_rows, W, K, element_bytes);
   TORCH_CHECK_VALUE(shared <= kSharedLimit, op, ": a ", K, "x", K,
                     " kernel needs more shared memory than the CUDA kernel may use (", shared, " bytes)");
-  NCP_DISPATCH(x, "dwconv_bn_swish_backward_cuda", [&] {
+  NCPFAST_DISPATCH(x, "bn_swish_dwconv_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     dwconv_backward_kernel<scalar_t, A><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
         grad_out.data_ptr<scalar_t>(), grad_sum.data_ptr<A>(), grad_sumsq.data_ptr<A>(), out.data_ptr<scalar_t>(),
@@ -199,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
         mean.data_ptr<A>(), conv_weight.data_ptr<A>(), grad_x.data_ptr<scalar_t>(), sum_g.data_ptr<A>(),
         sum_gc.data_ptr<A>(), grad_w.data_ptr<A>(), grad_b.data_ptr<A>());
   });
-  NCP_CHECK_LAUNCH(op);
+  NCPFAST_CHECK_LAUNCH(op);
   return {grad_x, sum_g.sum(2), sum_gc.sum(2), grad_w.sum(2), grad_b.sum(2)};
 }
 
@@ -213,13 +213,13 @@ at::Tensor bn_gate_residual_cuda(const at::Tensor& h, const at::Tensor& skip, co
   auto [coef_a, coef_c] = gate_coefficients(scale, shift, gate, residual_scale);
   at::Tensor out = at::empty_like(h);
   if (h.numel() == 0) return out;
-  NCP_DISPATCH(h, "bn_gate_residual_cuda", [&] {
+  NCPFAST_DISPATCH(h, "bn_gate_residual_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     gate_residual_kernel<scalar_t, A><<<plane_grid(h), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         h.data_ptr<scalar_t>(), skip.data_ptr<scalar_t>(), h.size(2) * h.size(3), coef_a.data_ptr<A>(),
         coef_c.data_ptr<A>(), out.data_ptr<scalar_t>());
   });
-  NCP_CHECK_LAUNCH("bn_gate_residual");
+  NCPFAST_CHECK_LAUNCH("bn_gate_residual");
   return out;
 }
 
@@ -233,14 +233,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cuda(
   at::Tensor coef_a = gate_scale(invstd * weight, gate, residual_scale);
   at::Tensor grad_h = at::empty_like(h), sum_g = plane_tensor(h, acc), sum_gc = plane_tensor(h, acc);
   if (h.numel() == 0) return {grad_h, sum_g.zero_(), sum_gc.zero_()};
-  NCP_DISPATCH(h, "bn_gate_residual_backward_cuda", [&] {
+  NCPFAST_DISPATCH(h, "bn_gate_residual_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     gate_residual_backward_kernel<scalar_t, A><<<plane_grid(h), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         grad_out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h.size(1), h.size(2) * h.size(3),
         coef_a.data_ptr<A>(), mean.data_ptr<A>(), grad_h.data_ptr<scalar_t>(), sum_g.data_ptr<A>(),
         sum_gc.data_ptr<A>());
   });
-  NCP_CHECK_LAUNCH(op);
+  NCPFAST_CHECK_LAUNCH(op);
   return {grad_h, sum_g, sum_gc};
 }
 
@@ -249,12 +249,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cuda(
 TORCH_LIBRARY_IMPL(ncpfast, CUDA, m) {
   m.impl("plane_moments", &plane_moments_cuda);
   m.impl("plane_moments_backward", &plane_moments_backward_cuda);
-  m.impl("bn_swish", &bn_swish_cuda);
-  m.impl("bn_swish_backward", &bn_swish_backward_cuda);
-  m.impl("batch_norm_swish", &batch_norm_swish_cuda);
-  m.impl("batch_norm_swish_backward", &batch_norm_swish_backward_cuda);
-  m.impl("dwconv_bn_swish", &dwconv_bn_swish_cuda);
-  m.impl("dwconv_bn_swish_backward", &dwconv_bn_swish_backward_cuda);
+  m.impl("bn_swish_given_stats", &bn_swish_given_stats_cuda);
+  m.impl("bn_swish_given_stats_backward", &bn_swish_given_stats_backward_cuda);
+  m.impl("bn_swish_batch_stats", &bn_swish_batch_stats_cuda);
+  m.impl("bn_swish_batch_stats_backward", &bn_swish_batch_stats_backward_cuda);
+  m.impl("bn_swish_dwconv", &bn_swish_dwconv_cuda);
+  m.impl("bn_swish_dwconv_backward", &bn_swish_dwconv_backward_cuda);
   m.impl("bn_gate_residual", &bn_gate_residual_cuda);
   m.impl("bn_gate_residual_backward", &bn_gate_residual_backward_cuda);
 }

@@ -168,7 +168,7 @@ template <typename T, typename A>
 __global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows,
                               const A* scale, const A* shift, const A* weight, const A* bias, T* y,
                               A* tile_sum, A* tile_sumsq) {
-  NCP_DYNAMIC_SHARED(unsigned char, shared_bytes);
+  NCPFAST_DYNAMIC_SHARED(unsigned char, shared_bytes);
   A* tile = reinterpret_cast<A*>(shared_bytes);
   const int64_t p = blockIdx.x, c = p % C, r0 = blockIdx.y * tile_rows, P = K / 2, Wp = W + 2 * P;
   const int64_t rows = min(tile_rows, H - r0);
@@ -201,7 +201,7 @@ __global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const
                                        const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows,
                                        const A* scale, const A* shift, const A* mean, const A* weight, T* grad_x,
                                        A* tile_sum_g, A* tile_sum_gc, A* tile_grad_w, A* tile_grad_b) {
-  NCP_DYNAMIC_SHARED(unsigned char, shared_bytes);
+  NCPFAST_DYNAMIC_SHARED(unsigned char, shared_bytes);
   const int64_t p = blockIdx.x, c = p % C, r0 = blockIdx.y * tile_rows, P = K / 2, Wp = W + 2 * P;
   const int64_t rows = min(tile_rows, H - r0), tile_size = (tile_rows + 2 * P) * Wp;
   const int64_t tile_index = p * gridDim.y + blockIdx.y;

@@ -28,7 +28,7 @@ void linear_swish_tile(const float* in, int64_t rows, int64_t K, const at::Tenso
   const auto options = at::TensorOptions().dtype(at::kFloat);
   at::Tensor out_tile = at::from_blob(out, {rows, H}, options);
   at::mm_out(out_tile, at::from_blob(const_cast<float*>(in), {rows, K}, options), weight_t);
-  core::for_each_plane(0, rows, [&](int64_t r) NCP_ALWAYS_INLINE {
+  core::for_each_plane(0, rows, [&](int64_t r) NCPFAST_ALWAYS_INLINE {
     float* row = out + r * H;
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h) row[h] = core::swish(row[h] + b[h]);

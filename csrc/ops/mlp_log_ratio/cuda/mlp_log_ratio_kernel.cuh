@@ -85,7 +85,7 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
   static_assert(kTileRows % kRowsPerThread == 0, "row groups must tile the block's rows");
   constexpr int kGroups = kTileRows / kRowsPerThread;
   constexpr int kUnits = kThreads / kGroups;  // output units a pass computes
-  NCP_DYNAMIC_SHARED(float, shared);
+  NCPFAST_DYNAMIC_SHARED(float, shared);
   float* const tile_a = shared;                             // outputs of even layers
   float* const tile_b = shared + kTileRows * widest;        // outputs of odd layers
   float* const staged = shared + 2 * kTileRows * widest;    // [kTileRows][kStageColumns] proposals

@@ -13,8 +13,9 @@ from typing import Tuple
 import torch
 
 from .. import _extension  # noqa: F401  (loads the operator library)
+from .layout import accumulation_dtype, contiguous_like
 
-__all__ = ["plane_moments", "bn_swish", "batch_norm_swish", "dwconv_bn_swish", "bn_gate_residual"]
+__all__ = ["plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv", "bn_gate_residual"]
 
 Tensor = torch.Tensor
 
@@ -26,27 +27,27 @@ def plane_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.ops.ncpfast.plane_moments(x)
 
 
-def bn_swish(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+def bn_swish_given_stats(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """swish((x - mean) * invstd * weight + bias), per channel, in one pass.
     The backward recomputes the normalised input from x instead of storing it."""
-    return torch.ops.ncpfast.bn_swish(x, mean, invstd, weight, bias)
+    return torch.ops.ncpfast.bn_swish_given_stats(x, mean, invstd, weight, bias)
 
 
-def batch_norm_swish(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+def bn_swish_batch_stats(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     """Training-mode batch norm (statistics of this batch) followed by Swish:
-    (y, mean, var), mean and biased var per channel, as plane_moments + bn_swish
+    (y, mean, var), mean and biased var per channel, as plane_moments + bn_swish_given_stats
     would give. mean and var are statistics (for the running averages) and are
     not differentiable; the gradient through them reaches x inside this op's
     backward, which needs one full-size pass fewer than the two ops'."""
-    return torch.ops.ncpfast.batch_norm_swish(x, weight, bias, float(eps))
+    return torch.ops.ncpfast.bn_swish_batch_stats(x, weight, bias, float(eps))
 
 
-def dwconv_bn_swish(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor,
+def bn_swish_dwconv(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor,
                     conv_weight: Tensor, conv_bias: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """out = depthwise_conv(swish(BN(x)), conv_weight [C, 1, K, K], 'same' padding) + conv_bias,
     with BN(x) computed as x is read (never stored), plus out's plane_moments
     (what the next batch norm needs) from the same pass."""
-    return torch.ops.ncpfast.dwconv_bn_swish(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias)
+    return torch.ops.ncpfast.bn_swish_dwconv(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias)
 
 
 def bn_gate_residual(h: Tensor, skip: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor, bias: Tensor,
@@ -57,27 +58,6 @@ def bn_gate_residual(h: Tensor, skip: Tensor, mean: Tensor, invstd: Tensor, weig
 
 
 # ---------------------------------------------------------------- fake impls
-
-def accumulation_dtype(x: Tensor) -> torch.dtype:
-    """The dtype of x's batch-norm parameters and reductions in these ops:
-    float64 for float64 activations, float32 otherwise (half precision included)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """The layout these ops read x in: channels_last where x is NHWC-contiguous
-    and not NCHW-contiguous (the CPU kernels take both; CUDA and the depthwise
-    conv take NCHW), contiguous_format otherwise."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def contiguous_like(t: Tensor, x: Tensor) -> Tensor:
-    """t, contiguous in x's layout (memory_format_of): what an op that takes
-    both t and x expects, e.g. an incoming gradient and the saved input."""
-    return t.contiguous(memory_format=memory_format_of(x))
-
 
 def _planes(x: Tensor) -> Tensor:
     return x.new_empty((x.shape[0], x.shape[1]), dtype=accumulation_dtype(x))
@@ -93,32 +73,32 @@ def _(x, grad_sum, grad_sumsq):
     return torch.empty_like(x)
 
 
-@torch.library.register_fake("ncpfast::bn_swish")
+@torch.library.register_fake("ncpfast::bn_swish_given_stats")
 def _(x, mean, invstd, weight, bias):
     return torch.empty_like(x)
 
 
-@torch.library.register_fake("ncpfast::bn_swish_backward")
+@torch.library.register_fake("ncpfast::bn_swish_given_stats_backward")
 def _(grad_out, x, mean, invstd, weight, bias):
     return torch.empty_like(x), _planes(x), _planes(x)
 
 
-@torch.library.register_fake("ncpfast::batch_norm_swish")
+@torch.library.register_fake("ncpfast::bn_swish_batch_stats")
 def _(x, weight, bias, eps):
     return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
-@torch.library.register_fake("ncpfast::batch_norm_swish_backward")
+@torch.library.register_fake("ncpfast::bn_swish_batch_stats_backward")
 def _(grad_y, x, mean, invstd, weight, bias):
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
 
 
-@torch.library.register_fake("ncpfast::dwconv_bn_swish")
+@torch.library.register_fake("ncpfast::bn_swish_dwconv")
 def _(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias):
     return torch.empty_like(x), _planes(x), _planes(x)
 
 
-@torch.library.register_fake("ncpfast::dwconv_bn_swish_backward")
+@torch.library.register_fake("ncpfast::bn_swish_dwconv_backward")
 def _(grad_out, grad_sum, grad_sumsq, out, x, mean, invstd, bn_weight, bn_bias, conv_weight):
     N, C = x.shape[:2]
     K = conv_weight.shape[-1]
@@ -167,21 +147,21 @@ torch.library.register_autograd("ncpfast::plane_moments", _plane_moments_backwar
                                 setup_context=_plane_moments_setup)
 
 
-def _bn_swish_setup(ctx, inputs, output):
+def _bn_swish_given_stats_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _bn_swish_backward(ctx, grad_out):
+def _bn_swish_given_stats_backward(ctx, grad_out):
     x, mean, invstd, weight, bias = ctx.saved_tensors
-    grad_x, s1, s2 = torch.ops.ncpfast.bn_swish_backward(contiguous_like(grad_out, x), x, mean, invstd, weight,
+    grad_x, s1, s2 = torch.ops.ncpfast.bn_swish_given_stats_backward(contiguous_like(grad_out, x), x, mean, invstd, weight,
                                                          bias)
     return (grad_x, *_affine_grads(s1, s2, invstd, weight))
 
 
-torch.library.register_autograd("ncpfast::bn_swish", _bn_swish_backward, setup_context=_bn_swish_setup)
+torch.library.register_autograd("ncpfast::bn_swish_given_stats", _bn_swish_given_stats_backward, setup_context=_bn_swish_given_stats_setup)
 
 
-def _batch_norm_swish_setup(ctx, inputs, output):
+def _bn_swish_batch_stats_setup(ctx, inputs, output):
     x, weight, bias, eps = inputs
     _, mean, var = output
     ctx.mark_non_differentiable(mean, var)
@@ -189,15 +169,15 @@ def _batch_norm_swish_setup(ctx, inputs, output):
     ctx.eps = eps
 
 
-def _batch_norm_swish_backward(ctx, grad_y, _grad_mean, _grad_var):
+def _bn_swish_batch_stats_backward(ctx, grad_y, _grad_mean, _grad_var):
     x, weight, bias, mean, var = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = torch.ops.ncpfast.batch_norm_swish_backward(
+    grad_x, grad_weight, grad_bias = torch.ops.ncpfast.bn_swish_batch_stats_backward(
         contiguous_like(grad_y, x), x, mean, torch.rsqrt(var + ctx.eps), weight, bias)
     return grad_x, grad_weight, grad_bias, None
 
 
-torch.library.register_autograd("ncpfast::batch_norm_swish", _batch_norm_swish_backward,
-                                setup_context=_batch_norm_swish_setup)
+torch.library.register_autograd("ncpfast::bn_swish_batch_stats", _bn_swish_batch_stats_backward,
+                                setup_context=_bn_swish_batch_stats_setup)
 
 
 def _dwconv_setup(ctx, inputs, output):
@@ -209,12 +189,12 @@ def _dwconv_backward(ctx, grad_out, grad_sum, grad_sumsq):
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
     grad_sum = _planes(x).zero_() if grad_sum is None else grad_sum.contiguous()
     grad_sumsq = _planes(x).zero_() if grad_sumsq is None else grad_sumsq.contiguous()
-    grad_x, s1, s2, grad_w, grad_b = torch.ops.ncpfast.dwconv_bn_swish_backward(
+    grad_x, s1, s2, grad_w, grad_b = torch.ops.ncpfast.bn_swish_dwconv_backward(
         grad_out, grad_sum, grad_sumsq, out, x, mean, invstd, bn_weight, bn_bias, conv_weight)
     return (grad_x, *_affine_grads(s1, s2, invstd, bn_weight), grad_w.sum(0).unsqueeze(1), grad_b.sum(0))
 
 
-torch.library.register_autograd("ncpfast::dwconv_bn_swish", _dwconv_backward, setup_context=_dwconv_setup)
+torch.library.register_autograd("ncpfast::bn_swish_dwconv", _dwconv_backward, setup_context=_dwconv_setup)
 
 
 def _gate_setup(ctx, inputs, output):

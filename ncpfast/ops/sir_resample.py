@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _extension  # noqa: F401  (loads the operator library)
-from ._sir_args import SIR_METHODS, check_generator, check_method_and_count
+from ._sir_resample_checks import SIR_METHODS, check_generator, check_method_and_count
 
 __all__ = ["SIR_METHODS", "sir_resample"]
 

@@ -28,6 +28,9 @@ class GaussianMixture(nn.Module):
 
     def __init__(self, weights: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor):
         super().__init__()
+        if means.dim() != 2 or weights.shape != means.shape[:1] or log_stds.shape != means.shape:
+            raise ValueError(f"GaussianMixture needs weights [K], means [K, dim] and log_stds [K, dim]; got "
+                             f"{tuple(weights.shape)}, {tuple(means.shape)} and {tuple(log_stds.shape)}")
         self.register_buffer("log_weights", torch.log(weights))
         self.register_buffer("means", means)
         self.register_buffer("log_stds", log_stds)
@@ -36,13 +39,20 @@ class GaussianMixture(nn.Module):
     @classmethod
     def fit(cls, data: torch.Tensor, components: int = 10, iterations: int = 100, min_std: float = 1e-3,
             generator: Optional[torch.Generator] = None) -> "GaussianMixture":
+        """EM from `components` distinct data points chosen with `generator` (on any device);
+        every tensor lives on data.device."""
+        if data.dim() != 2:
+            raise ValueError(f"GaussianMixture.fit: data must be [N, dim], got shape {tuple(data.shape)}")
+        if components < 1:
+            raise ValueError(f"GaussianMixture.fit: components must be >= 1, got {components}")
         data = data.detach().float()
         n = data.shape[0]
         if n < components:
             raise ValueError(f"GaussianMixture.fit: {n} points cannot fit {components} components")
-        means = data[torch.randperm(n, generator=generator)[:components]].clone()
+        order = torch.randperm(n, generator=generator, device=generator.device if generator is not None else "cpu")
+        means = data[order[:components].to(data.device)].clone()
         stds = data.std(0, keepdim=True).expand(components, -1).clone().clamp_min(min_std)
-        weights = torch.full((components,), 1.0 / components)
+        weights = torch.full((components,), 1.0 / components, device=data.device)
         for _ in range(iterations):
             mixture = cls(weights, means, stds.log())
             resp = torch.softmax(mixture._component_log_probs(data), dim=1)  # [N, K]
@@ -64,6 +74,8 @@ class GaussianMixture(nn.Module):
     def sample(self, shape, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         count = math.prod(shape)
+        if count == 0:
+            return self.means.new_zeros(*shape, self.dim)
         component = torch.multinomial(self.log_weights.exp(), count, replacement=True, generator=generator)
         eps = torch.randn(count, self.dim, device=self.means.device, generator=generator)
         z = self.means[component] + self.log_stds.exp()[component] * eps

@@ -15,7 +15,9 @@ from tqdm import tqdm
 
 from .. import _extension
 from ..ops import mlp_log_ratio, mlp_parameters, sir_resample
+from .base_adapter import DistributionBase
 from .base_priors import GaussianMixture, StandardNormal
+from .base_state import base_from_state, base_to_state
 from .classifiers import default_classifier
 from .estimators import log_mean_exp_with_stderr
 from .sampling import check_sampling_arguments, langevin
@@ -24,8 +26,16 @@ from .sampling import check_sampling_arguments, langevin
 class NCPPrior(nn.Module):
     """A reweighted prior r(z) p(z) / Z over flat latents z of shape [..., dim].
 
-    base_prior: anything with sample(shape, generator) and log_prob(z), e.g.
-        StandardNormal(dim) or GaussianMixture.fit(posterior_means).
+    base_prior: a torch.distributions.Distribution over vectors (batch_shape (),
+        event_shape (dim,)), e.g. Independent(Normal(loc, scale), 1),
+        MultivariateNormal or MixtureSameFamily, sampled from the generators
+        this class takes (see base_adapter for which families exactly); or
+        StandardNormal(dim), GaussianMixture.fit(posterior_means), or anything
+        with sample(shape, generator), log_prob(z) and dim.
+        Devices: samples live on the base's device and the classifier must be
+        there too. `.to(device)` moves the package's bases and the Gaussian
+        torch.distributions families with the classifier; another family's
+        distribution stays where it was built (see base_adapter).
     classifier: maps [N, dim] to [N, 1] logits (default: an MLP).
     kernels: "auto" evaluates log r with the fused op ncpfast::mlp_log_ratio
         whenever no gradient is needed and the classifier is an MLP of the
@@ -38,7 +48,19 @@ class NCPPrior(nn.Module):
     def __init__(self, base_prior, classifier: Optional[nn.Module] = None, dim: Optional[int] = None,
                  hidden: int = 256, layers: int = 2):
         super().__init__()
-        self.dim = dim or base_prior.dim
+        if isinstance(base_prior, torch.distributions.Distribution):
+            base_prior = DistributionBase(base_prior, "base_prior")
+        if not (callable(getattr(base_prior, "sample", None)) and callable(getattr(base_prior, "log_prob", None))):
+            raise TypeError(f"base_prior must be a torch.distributions.Distribution over vectors or have "
+                            f"sample(shape, generator) and log_prob(z); got {type(base_prior).__name__}")
+        base_dim = getattr(base_prior, "dim", None)
+        if base_dim is None and dim is None:
+            raise ValueError(f"base_prior ({type(base_prior).__name__}) has no dim attribute: pass dim=")
+        if base_dim is not None and dim is not None and dim != base_dim:
+            raise ValueError(f"dim={dim} disagrees with base_prior, whose samples have {base_dim} dimensions")
+        self.dim = int(dim if dim is not None else base_dim)
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
         self.base = base_prior
         self.classifier = classifier if classifier is not None else default_classifier(self.dim, hidden, layers)
         self.hidden, self.layers = hidden, layers
@@ -74,7 +96,8 @@ class NCPPrior(nn.Module):
         data = posterior_samples.detach().reshape(-1, self.dim)
         if data.shape[0] < 10:
             raise ValueError(f"NCPPrior.fit needs at least 10 posterior samples, got {data.shape[0]}")
-        order = torch.randperm(data.shape[0], generator=generator)
+        order = torch.randperm(data.shape[0], generator=generator,
+                               device=generator.device if generator is not None else "cpu").to(data.device)
         n_val = max(1, int(validation_fraction * data.shape[0]))
         val_pos, train_pos = data[order[:n_val]], data[order[n_val:]]
         val_neg = self.base.sample(n_val, generator=generator).to(data)
@@ -84,7 +107,8 @@ class NCPPrior(nn.Module):
         bar = tqdm(range(epochs), desc="NCP classifier", disable=not progress, leave=False)
         for _ in bar:
             self.classifier.train()
-            perm = torch.randperm(train_pos.shape[0], generator=generator)
+            perm = torch.randperm(train_pos.shape[0], generator=generator,
+                                  device=generator.device if generator is not None else "cpu").to(data.device)
             total, count = 0.0, 0
             for start in range(0, train_pos.shape[0], batch_size):
                 pos = train_pos[perm[start:start + batch_size]]
@@ -173,14 +197,23 @@ class NCPPrior(nn.Module):
     # --- persistence ----------------------------------------------------------------------
 
     def to_checkpoint(self) -> dict:
-        kind = "gmm" if isinstance(self.base, GaussianMixture) else "normal"
-        return {"format": 1, "dim": self.dim, "hidden": self.hidden, "layers": self.layers, "base": kind,
-                "state_dict": self.state_dict(), "log_partition": self._log_partition}
+        """Plain data (loads with weights_only=True). TypeError for a base that cannot be
+        rebuilt from tensors (see base_state.base_to_state) rather than saving another one,
+        and for a classifier that is not the default MLP that from_checkpoint builds."""
+        if repr(self.classifier) != repr(default_classifier(self.dim, self.hidden, self.layers)):
+            raise TypeError(f"NCPPrior cannot save a custom classifier ({type(self.classifier).__name__}): "
+                            f"from_checkpoint rebuilds the default MLP (hidden={self.hidden}, layers={self.layers}). "
+                            f"Save prior.state_dict() instead and load it into an NCPPrior built the same way.")
+        return {"format": 2, "dim": self.dim, "hidden": self.hidden, "layers": self.layers,
+                "base": base_to_state(self.base), "state_dict": self.state_dict(),
+                "log_partition": self._log_partition}
 
     @classmethod
     def from_checkpoint(cls, state: dict) -> "NCPPrior":
         sd = state["state_dict"]
-        if state["base"] == "gmm":
+        if state.get("format", 1) >= 2:
+            base = base_from_state(state["base"])
+        elif state["base"] == "gmm":  # format 1: a kind name, the tensors in the state_dict
             base = GaussianMixture(sd["base.log_weights"].exp(), sd["base.means"], sd["base.log_stds"])
         else:
             base = StandardNormal(state["dim"])

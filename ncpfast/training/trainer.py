@@ -399,6 +399,9 @@ class Trainer:
         checkpoint.save_atomic(state, path)
 
     def _load(self, path: str) -> None:
+        if self.ctx.is_main:  # temporaries of saves that a kill interrupted; only rank 0 writes here
+            for name in (self.run.latest_checkpoint, self.run.best_checkpoint):
+                checkpoint.remove_stale_temporaries(name)
         state = checkpoint.load(path, map_location=self.device)
         if state.get("world_size", 1) != self.ctx.world_size:
             raise ValueError(f"{path} was written by {state['world_size']} processes; resume it with the "

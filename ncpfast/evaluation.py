@@ -22,8 +22,8 @@ from .data import load_dataset
 from .fid_inception import load_fid_inception
 from .models.base import iw_images_per_pass
 from .ncp.stage2 import image_reader, load_ncp, load_run
+from .run_dir import RunDir
 
-FEATURE_NET = "fd_feature_net.pt"
 FD_NAME = "FD (small classifier features)"
 FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
 
@@ -48,7 +48,7 @@ class FeatureNet(nn.Module):
 def feature_net_for(run_dir: str, dataset: str, data_dir: Optional[str], device, epochs: int = 3,
                     progress: bool = True) -> FeatureNet:
     """The run's cached feature network, trained on the data set's labels on first use."""
-    path = os.path.join(run_dir, FEATURE_NET)
+    path = RunDir(run_dir).feature_net_path
     train, _ = load_dataset(dataset, data_dir)
     if train.labels is None:
         raise ValueError(f"{dataset} has no labels to train the Frechet-distance feature network on")

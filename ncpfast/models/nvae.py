@@ -1,7 +1,7 @@
-"""An NVAE-style hierarchical VAE (Vahdat & Kautz, 2020), as summarised in
-shared/NVAE-NOTES.md: encoder and decoder towers of residual cells, latent
-groups at several scales (adaptive group counts), a residual posterior, and
-Bernoulli (binary MNIST, central 28x28) or logistic-mixture (colour) outputs.
+"""An NVAE-style hierarchical VAE (NVAE, Vahdat & Kautz, 2020): encoder and
+decoder towers of residual cells, latent groups at several scales (adaptive
+group counts), a residual posterior, and Bernoulli (binary MNIST, central
+28x28) or logistic-mixture (colour) outputs.
 """
 from dataclasses import dataclass, fields
 from typing import List

@@ -1,6 +1,5 @@
 """Stage 2 on a run directory: load the frozen VAE, train the NCP classifiers,
 estimate log Z, save checkpoints/ncp.pt."""
-import os
 import time
 from typing import Optional
 
@@ -9,37 +8,25 @@ import torch
 from .. import checkpoint
 from ..data import load_dataset, read_batch
 from ..models import build_model
+from ..run_dir import RunDir
 from ..training.config import load_config
 from ..training.distributed import DistributedContext, replicas_identical
 from .grouped import GroupedNCP
 
-NCP_CHECKPOINT = "ncp.pt"
-
-
-class RunDirError(ValueError):
-    """A run directory lacks what a command needs."""
-
 
 def load_run(run_dir: str, device: torch.device):
     """(config, VAE in eval mode) of a stage-1 run (its best checkpoint, EMA weights when present)."""
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise RunDirError(f"{run_dir} is not a run directory (no config.json); train one with python -m ncpfast.train")
-    config = load_config(config_path)
-    path = os.path.join(run_dir, "checkpoints", "best.pt")
-    if not os.path.isfile(path):
-        path = os.path.join(run_dir, "checkpoints", "latest.pt")
-    state = checkpoint.load(path, map_location=device)
+    run = RunDir(run_dir)
+    config = load_config(run.require_config())
+    state = checkpoint.load(run.stage1_checkpoint(), map_location=device)
     vae = build_model(config).to(device)
     vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return config, vae.eval()
 
 
 def load_ncp(run_dir: str, vae) -> GroupedNCP:
-    path = os.path.join(run_dir, "checkpoints", NCP_CHECKPOINT)
-    if not os.path.isfile(path):
-        raise RunDirError(f"{run_dir} has no NCP stage ({path} is missing); train it with "
-                          f"python -m ncpfast.train --stage 2 --from {run_dir}")
+    """The run's stage-2 GroupedNCP over vae (RunDirError where stage 2 has not run)."""
+    path = RunDir(run_dir).require_ncp_checkpoint()
     return GroupedNCP.from_checkpoint(vae, checkpoint.load(path, map_location=next(vae.parameters()).device))
 
 
@@ -77,8 +64,7 @@ def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: in
     if not distributed.is_main:
         return None
     log_z, stderr = ncp.log_partition(log_z_samples, generator=g)
-    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history},
-                           os.path.join(run_dir, "checkpoints", NCP_CHECKPOINT))
+    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
     return dict(groups=ncp.num_groups, epochs=epochs, fit_seconds=fit_seconds, world_size=distributed.world_size,
                 replicas_identical=identical, log_z=log_z, log_z_stderr=stderr, log_z_samples=log_z_samples, val_accuracy=history["best_val_accuracy"],
                 groups_at_chance=history["groups_at_chance"])

@@ -1,0 +1,79 @@
+"""python -m ncpfast.evaluate RUN_DIR: the base prior and the NCP prior side by side.
+
+NLL: the importance-weighted bound with K samples (nats, bits/dim), with log Z
+and its standard error folded in for the NCP prior. Frechet distance of
+generated vs held-out test images, on the features of a small classifier
+trained on the data set's labels (named as such; it is not FID), and FID
+proper when --fid-weights gives pytorch-fid's Inception weights file (it cannot
+be downloaded here). Results go to RUN_DIR/metrics.json ("evaluation") and
+print as a table.
+"""
+import argparse
+import json
+import sys
+
+from ..run_dir import RunDir
+from ..training.trainer import pick_device
+from .common import USER_ERRORS
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m ncpfast.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with both stages (python -m ncpfast.train)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed of every random stream (default 0)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    nll = p.add_argument_group("NLL (importance weighted) and log Z")
+    nll.add_argument("--iw-samples", type=int, default=100, metavar="K",
+                     help="importance samples K of the NLL (default 100)")
+    nll.add_argument("--max-images", type=int, default=0, metavar="N", help="test images of the NLL (0: all)")
+    nll.add_argument("--iw-chunk", type=int, default=0, metavar="N",
+                     help="importance samples per pass (0: all; bounds memory)")
+    nll.add_argument("--log-z-samples", type=int, default=10000, metavar="N",
+                     help="prior samples of the log Z estimate (default 10000)")
+    sampling = p.add_argument_group("sampling the NCP prior")
+    sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
+                          help="how the NCP prior is sampled (default sir)")
+    sampling.add_argument("--num-proposals", type=int, default=50, metavar="N",
+                          help="SIR proposals per latent group (default 50)")
+    sampling.add_argument("--steps", type=int, default=50, metavar="N",
+                          help="Langevin steps per latent group (default 50)")
+    sampling.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
+                          help="Langevin step size (default 0.01)")
+    sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                          help="prior temperature for the generated images (default 1.0)")
+    frechet = p.add_argument_group("Frechet distances")
+    frechet.add_argument("--num-generated", type=int, default=1000, metavar="N",
+                         help="images per prior for the Frechet distance (default 1000)")
+    frechet.add_argument("--num-real", type=int, default=0, metavar="N",
+                         help="test images of the Frechet distances' reference set (0: max(num-generated, 1000))")
+    frechet.add_argument("--fid-weights", default="", metavar="FILE",
+                         help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also compute FID with it")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..evaluation import evaluate_run, format_table
+
+    try:
+        for name in ("num_proposals", "steps", "log_z_samples"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        result, _, _ = evaluate_run(
+            args.run_dir, pick_device(args.device), iw_samples=args.iw_samples, max_images=args.max_images,
+            iw_chunk=args.iw_chunk, num_generated=args.num_generated, method=args.method,
+            num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
+            temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed,
+            fid_weights=args.fid_weights, num_real=args.num_real)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    RunDir(args.run_dir).merge_metrics("evaluation", result)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

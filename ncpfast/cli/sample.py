@@ -1,0 +1,79 @@
+"""python -m ncpfast.sample RUN_DIR: images from a trained run's base or NCP prior.
+
+    python -m ncpfast.sample runs/tiny-... --method sir -n 64 --num-proposals 50
+    python -m ncpfast.sample runs/tiny-... --method langevin --steps 100 --step-size 0.01
+    python -m ncpfast.sample runs/tiny-... --method base --temperature 0.8 --npz samples.npz
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ..run_dir import RunDir
+from ..training.trainer import pick_device
+from .common import USER_ERRORS
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m ncpfast.sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by python -m ncpfast.train")
+    what = p.add_argument_group("what to sample")
+    what.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
+                      help="sir / langevin with the NCP prior, or the base prior (default: sir)")
+    what.add_argument("-n", "--num-samples", type=int, default=64, metavar="N", help="images to generate (default 64)")
+    what.add_argument("--temperature", type=float, default=1.0, metavar="T", help="prior temperature (default 1.0)")
+    what.add_argument("--seed", type=int, default=0, metavar="SEED",
+                      help="seed of the sampling generator (default 0)")
+    what.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
+    sampler = p.add_argument_group("the samplers")
+    sampler.add_argument("--num-proposals", type=int, default=50, metavar="N",
+                         help="SIR proposals per latent group (default 50)")
+    sampler.add_argument("--steps", type=int, default=50, metavar="N",
+                         help="Langevin steps per latent group (default 50)")
+    sampler.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
+                         help="Langevin step size (default 0.01)")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", metavar="PNG", help="PNG grid to write (default RUN_DIR/samples_<method>.png)")
+    output.add_argument("--npz", metavar="FILE", help="also write the images, uint8 [N, H, W, C], to this .npz")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..images import save_grid
+    from ..ncp.stage2 import load_ncp, load_run
+
+    try:
+        if args.num_samples < 1:
+            raise ValueError(f"-n must be >= 1, got {args.num_samples}")
+        if not args.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+        device = pick_device(args.device)
+        _, vae = load_run(args.run_dir, device)
+        generator = torch.Generator(device).manual_seed(args.seed)
+        start = time.perf_counter()
+        if args.method == "base":
+            images = vae.sample(args.num_samples, args.temperature, generator=generator)
+        else:
+            images = load_ncp(args.run_dir, vae).sample(
+                args.num_samples, method=args.method, num_proposals=args.num_proposals, steps=args.steps,
+                step_size=args.step_size, temperature=args.temperature, generator=generator)
+        seconds = time.perf_counter() - start
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = args.out or RunDir(args.run_dir).sampler_output(args.method)
+    save_grid(images, out)
+    if args.npz:
+        array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        np.savez_compressed(args.npz, images=array)
+    print(f"{args.num_samples} images ({args.method}, temperature {args.temperature}) in {seconds:.2f} s -> {out}"
+          + (f" and {args.npz}" if args.npz else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,6 @@
     samples/epoch_NNNN.png   stage 1's sample grids (samples/final.png at the end)
     samples.png              the latest grid; after stage 2, base | NCP side by side
     samples_<method>.png     where python -m ncpfast.sample writes by default
-    fd_feature_net.pt        the Frechet-distance feature network, trained on first use
 """
 import json
 import os
@@ -33,7 +32,6 @@ class RunDir:
     TENSORBOARD = "tensorboard"
     SAMPLES = "samples"
     SAMPLE_GRID = "samples.png"
-    FEATURE_NET = "fd_feature_net.pt"
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -91,10 +89,6 @@ class RunDir:
     def sampler_output(self, method: str) -> str:
         """samples_<method>.png: the grid python -m ncpfast.sample writes by default."""
         return self._join(f"samples_{method}.png")
-
-    @property
-    def feature_net_path(self) -> str:
-        return self._join(self.FEATURE_NET)
 
     # --- what a command needs ----------------------------------------------------------------
 

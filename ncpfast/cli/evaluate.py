@@ -31,12 +31,18 @@ def build_parser():
     nll.add_argument("--iw-chunk", type=int, default=0, metavar="N",
                      help="importance samples per pass (0: all; bounds memory)")
     nll.add_argument("--log-z-samples", type=int, default=10000, metavar="N",
-                     help="prior samples of the log Z estimate (default 10000)")
+                     help="samples of the log Z estimate (default 10000)")
+    nll.add_argument("--log-z-proposal", choices=["auto", "prior", "aggregate-posterior"], default="auto",
+                     help="proposal of the log Z estimate (default auto: aggregate-posterior for single-group "
+                          "flat models, the prior otherwise)")
     sampling = p.add_argument_group("sampling the NCP prior")
     sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
                           help="how the NCP prior is sampled (default sir)")
+    sampling.add_argument("--mode", choices=["group", "joint"], default="group",
+                          help="group: group by group (the paper's samplers); joint: SIR over whole samples or "
+                               "Langevin on all groups, targeting the density the NLL scores (default group)")
     sampling.add_argument("--num-proposals", type=int, default=50, metavar="N",
-                          help="SIR proposals per latent group (default 50)")
+                          help="SIR proposals per latent group, or per image in joint mode (default 50)")
     sampling.add_argument("--steps", type=int, default=50, metavar="N",
                           help="Langevin steps per latent group (default 50)")
     sampling.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
@@ -66,7 +72,8 @@ def main(argv=None) -> int:
             iw_chunk=args.iw_chunk, num_generated=args.num_generated, method=args.method,
             num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
             temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed,
-            fid_weights=args.fid_weights, num_real=args.num_real)
+            fid_weights=args.fid_weights, num_real=args.num_real, mode=args.mode,
+            log_z_proposal=args.log_z_proposal)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -29,8 +29,11 @@ def build_parser():
                       help="seed of the sampling generator (default 0)")
     what.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
     sampler = p.add_argument_group("the samplers")
+    sampler.add_argument("--mode", choices=["group", "joint"], default="group",
+                         help="group: group by group (the paper's samplers); joint: SIR over whole samples or "
+                              "Langevin on all groups, targeting the density the NLL scores (default group)")
     sampler.add_argument("--num-proposals", type=int, default=50, metavar="N",
-                         help="SIR proposals per latent group (default 50)")
+                         help="SIR proposals per latent group, or per image in joint mode (default 50)")
     sampler.add_argument("--steps", type=int, default=50, metavar="N",
                          help="Langevin steps per latent group (default 50)")
     sampler.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         else:
             images = load_ncp(args.run_dir, vae).sample(
                 args.num_samples, method=args.method, num_proposals=args.num_proposals, steps=args.steps,
-                step_size=args.step_size, temperature=args.temperature, generator=generator)
+                step_size=args.step_size, temperature=args.temperature, generator=generator, mode=args.mode)
         seconds = time.perf_counter() - start
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
     if args.npz:
         array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         np.savez_compressed(args.npz, images=array)
-    print(f"{args.num_samples} images ({args.method}, temperature {args.temperature}) in {seconds:.2f} s -> {out}"
+    print(f"{args.num_samples} images ({args.method}, {args.mode} mode, temperature {args.temperature}) in {seconds:.2f} s -> {out}"
           + (f" and {args.npz}" if args.npz else ""))
     return 0
 

@@ -108,7 +108,7 @@ def run_stage2(config, run_dir: str, distributed) -> None:
     try:
         summary = train_stage2(run_dir, device, config.ncp_epochs, config.ncp_batch_size, config.ncp_lr,
                                config.ncp_hidden, config.ncp_cells, config.ncp_log_z_samples, config.seed,
-                               config.progress, writer, distributed)
+                               config.progress, writer, distributed, log_z_proposal=config.ncp_log_z_proposal)
     finally:
         if writer is not None:
             writer.close()
@@ -118,17 +118,20 @@ def run_stage2(config, run_dir: str, distributed) -> None:
     at_chance = summary["groups_at_chance"]
     print(f"stage 2: {summary['groups']} classifiers, held-out accuracy "
           f"{', '.join(f'{a:.3f}' for a in summary['val_accuracy'])}; log Z = {summary['log_z']:.4f} "
-          f"+- {summary['log_z_stderr']:.4f}" + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
+          f"+- {summary['log_z_stderr']:.4f} (effective sample size "
+          f"{100 * summary['log_z_estimate']['ess_fraction']:.1f}%)" + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
     result, base_images, ncp_images = evaluate_run(
         run_dir, device, iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
         iw_chunk=config.eval_chunk, num_generated=config.eval_generated, num_proposals=config.ncp_num_proposals,
         log_z_samples=config.ncp_log_z_samples, seed=config.seed, progress=config.progress,
-        fid_weights=config.fid_weights)
+        fid_weights=config.fid_weights, mode=config.ncp_sampling_mode, log_z_proposal=config.ncp_log_z_proposal)
     run.merge_metrics("evaluation", result)
     n = config.num_sample_images
     save_side_by_side([base_images[:n], ncp_images[:n]], run.sample_grid)
     print(format_table(result))
-    print(f"{RunDir.SAMPLE_GRID}: base prior (left) | NCP prior, SIR with {config.ncp_num_proposals} proposals (right)")
+    per = "per image, joint" if config.ncp_sampling_mode == "joint" else "per latent group"
+    print(f"{RunDir.SAMPLE_GRID}: base prior (left) | NCP prior, SIR with {config.ncp_num_proposals} proposals "
+          f"{per} (right)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Stage 2: noise contrastive priors (NCP), flat and hierarchical."""
 from .base_priors import GaussianMixture, StandardNormal
 from .classifiers import GroupClassifier
-from .estimators import log_mean_exp_with_stderr
+from .estimators import LogPartitionEstimate, log_mean_exp_with_stderr
 from .grouped import GroupedNCP
 from .prior import NCPPrior
 
-__all__ = ["GroupedNCP", "GroupClassifier", "NCPPrior", "StandardNormal", "GaussianMixture", "log_mean_exp_with_stderr"]
+__all__ = ["GroupedNCP", "GroupClassifier", "NCPPrior", "StandardNormal", "GaussianMixture", "log_mean_exp_with_stderr",
+           "LogPartitionEstimate"]

@@ -12,7 +12,7 @@ GroupedNCP ties the pieces together: the classifiers (classifiers.py), their
 training (fitting.py), log Z and the likelihood (estimators.py) and the
 group-wise samplers (sampling.py).
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,8 +20,10 @@ import torch.nn as nn
 from ..models.base import LatentVAE
 from ..training.distributed import DistributedContext
 from .classifiers import GroupClassifier, probe_groups
-from .estimators import grouped_importance_weighted_log_likelihood, grouped_log_partition
+from .estimators import (PROPOSALS, LogPartitionEstimate, grouped_aggregate_posterior_log_partition,
+                         grouped_importance_weighted_log_likelihood, grouped_log_partition)
 from .fitting import evaluate_classifiers, fit_classifiers, group_losses
+from .joint_sampling import check_sampling_mode, decode_latents, joint_langevin_latents, joint_sir_latents
 from .sampling import check_sampling_arguments, default_proposal_bytes, langevin_group, sir_group
 
 
@@ -78,17 +80,39 @@ class GroupedNCP(nn.Module):
     # --- the partition function and the likelihood (estimators.py) ------------------------------
 
     def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 500,
-                      generator: Optional[torch.Generator] = None, refresh: bool = False):
-        """(log Z, standard error): Z = E_p[prod_k r_k(z_k | z_<k)], z drawn from the
-        VAE's prior group by group. Cached until the next fit (or refresh=True);
-        without num_samples the cached estimate is returned whatever its sample count."""
+                      generator: Optional[torch.Generator] = None, refresh: bool = False, proposal: str = "prior",
+                      posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[float, float]:
+        """(log Z, standard error); see log_partition_estimate."""
+        estimate = self.log_partition_estimate(num_samples, batch_size, generator, refresh, proposal, posterior)
+        return estimate.log_z, estimate.stderr
+
+    def log_partition_estimate(self, num_samples: Optional[int] = None, batch_size: int = 500,
+                               generator: Optional[torch.Generator] = None, refresh: bool = False,
+                               proposal: str = "prior",
+                               posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
+        """Z = E_p[prod_k r_k(z_k | z_<k)] with its standard error and effective sample
+        size. proposal "prior": z drawn from the VAE's prior group by group;
+        "aggregate-posterior" (single-group flat models): the defensive mixture of
+        the prior and posterior=(mu, sigma) [N, D] of N training images
+        (estimators.flat_posterior_parameters). Cached until the next fit (or
+        refresh=True); without num_samples the cached estimate is returned."""
         cached = self._log_partition
-        if cached is not None and not refresh and num_samples in (None, cached[2]):
-            return cached[:2]
+        if cached is not None and not refresh and (num_samples is None or
+                                                   (num_samples, proposal) == (cached.num_samples, cached.proposal)):
+            return cached
         num_samples = num_samples or 10_000
-        log_z, stderr = grouped_log_partition(self.vae, self.log_ratio, num_samples, batch_size, generator)
-        self._log_partition = (log_z, stderr, num_samples)
-        return log_z, stderr
+        if proposal == "prior":
+            estimate = grouped_log_partition(self.vae, self.log_ratio, num_samples, batch_size, generator)
+        elif proposal == "aggregate-posterior":
+            if posterior is None:
+                raise ValueError("the aggregate-posterior proposal needs posterior=(mu, sigma) of training images "
+                                 "(ncpfast.ncp.estimators.flat_posterior_parameters)")
+            estimate = grouped_aggregate_posterior_log_partition(self.vae, self.log_ratio, *posterior, num_samples,
+                                                                 generator)
+        else:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+        self._log_partition = estimate
+        return estimate
 
     def importance_weighted_log_likelihood(self, x: torch.Tensor, num_samples: int, chunk: int = 0,
                                            log_z: Optional[float] = None) -> torch.Tensor:
@@ -101,13 +125,22 @@ class GroupedNCP(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, method: str = "sir", num_proposals: int = 50, steps: int = 50, step_size: float = 1e-2,
                temperature: float = 1.0, generator: Optional[torch.Generator] = None,
-               max_proposal_bytes: Optional[int] = None) -> torch.Tensor:
-        """n images in [0, 1]: group by group, SIR (num_proposals per group given the
-        chosen z_<k), Langevin (steps on E_k = -log r_k - log p_k), or the base prior.
-        SIR scores the n x num_proposals proposals of a group in chunks of images
+               max_proposal_bytes: Optional[int] = None, mode: str = "group") -> torch.Tensor:
+        """n images in [0, 1] from the NCP prior, or the base prior (method "base").
+
+        mode "group" (the paper's samplers): group by group, SIR (num_proposals per
+        group given the chosen z_<k) or Langevin (steps on E_k = -log r_k - log p_k);
+        each group is normalised on its own, so this draws from prod_k r_k p_k /
+        Z_k(z_<k), not exactly from the density the NLL scores. mode "joint": SIR
+        over whole ancestral samples or Langevin on all groups in the noise
+        (joint_sampling.py), which target that density, p_NCP itself.
+        Group-wise SIR scores the n x num_proposals proposals of a group in chunks of images
         whose scoring working set (proposals and classifier activations) stays
         within max_proposal_bytes (default: default_proposal_bytes(device))."""
         check_sampling_arguments(method, n, num_proposals, steps, step_size, max_proposal_bytes)
+        check_sampling_mode(mode)
+        if mode == "joint" and method != "base":
+            return self._sample_joint(n, method, num_proposals, steps, step_size, temperature, generator)
         if max_proposal_bytes is None:
             max_proposal_bytes = default_proposal_bytes(self._device())
         if method == "base":
@@ -120,6 +153,13 @@ class GroupedNCP(nn.Module):
                 return self._langevin_group(k, z, context, prior, steps, step_size, generator)
         return self.vae.sample(n, temperature, intercept=intercept, generator=generator)
 
+    def _sample_joint(self, n, method, num_proposals, steps, step_size, temperature, generator):
+        if method == "sir":
+            latents = joint_sir_latents(self.vae, self.log_ratio, n, num_proposals, temperature, generator)
+        else:
+            latents = joint_langevin_latents(self.vae, self.log_ratio, n, steps, step_size, temperature, generator)
+        return decode_latents(self.vae, latents, temperature)
+
     def _sir_group(self, k, context, prior, M, generator, max_proposal_bytes):
         return sir_group(self.classifiers[k], context, prior, M, generator, max_proposal_bytes,
                          shared_context=self.kernels != "torch")
@@ -131,11 +171,24 @@ class GroupedNCP(nn.Module):
 
     def to_checkpoint(self) -> dict:
         return {"format": 1, "hidden": self.hidden, "cells": self.cells,
-                "classifiers": self.classifiers.state_dict(), "log_partition": self._log_partition}
+                "classifiers": self.classifiers.state_dict(),
+                "log_partition": None if self._log_partition is None else self._log_partition.as_dict()}
 
     @classmethod
     def from_checkpoint(cls, vae: LatentVAE, state: dict) -> "GroupedNCP":
         ncp = cls(vae, hidden=state["hidden"], cells=state["cells"]).to(next(vae.parameters()).device)
         ncp.classifiers.load_state_dict(state["classifiers"])
-        ncp._log_partition = state.get("log_partition")
+        ncp._log_partition = _estimate_from_state(state.get("log_partition"))
         return ncp.eval()
+
+
+def _estimate_from_state(saved) -> Optional[LogPartitionEstimate]:
+    """A checkpoint's log Z: a dict (LogPartitionEstimate.as_dict), or the
+    (log Z, stderr, samples) tuple of checkpoints written before the ESS was kept."""
+    if saved is None:
+        return None
+    if isinstance(saved, dict):
+        return LogPartitionEstimate(saved["log_z"], saved["stderr"], saved["ess"], saved["num_samples"],
+                                    saved["proposal"])
+    log_z, stderr, num_samples = saved
+    return LogPartitionEstimate(log_z, stderr, float("nan"), num_samples, "prior")

@@ -11,6 +11,7 @@ from ..models import build_model
 from ..run_dir import RunDir
 from ..training.config import load_config
 from ..training.distributed import DistributedContext, replicas_identical
+from .estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
 from .grouped import GroupedNCP
 
 
@@ -35,9 +36,40 @@ def image_reader(split, likelihood: str, device: torch.device, generator: Option
     return lambda indices: read_batch(split, indices, likelihood, device, generator)
 
 
+# Training images whose posteriors make up the aggregate-posterior proposal of log Z.
+AGGREGATE_POSTERIOR_IMAGES = 2000
+
+
+def resolve_log_z_proposal(vae, proposal: str) -> str:
+    """"auto": the aggregate-posterior proposal for single-group flat models (where the
+    prior's weights are heavy-tailed), the prior otherwise."""
+    if proposal not in ("auto",) + PROPOSALS:
+        raise ValueError(f"log Z proposal must be auto, {' or '.join(PROPOSALS)}, got {proposal!r}")
+    if proposal != "auto":
+        return proposal
+    shapes = []
+    vae.sample_decoder_output(1, intercept=lambda k, z, context, prior: shapes.append(z.shape) or z,
+                              generator=torch.Generator(next(vae.parameters()).device), decode=False)
+    return "aggregate-posterior" if len(shapes) == 1 and len(shapes[0]) == 2 else "prior"
+
+
+@torch.no_grad()
+def estimate_log_partition(ncp: GroupedNCP, vae, train, device, num_samples: int, proposal: str,
+                           generator: torch.Generator) -> LogPartitionEstimate:
+    """ncp's log Z from num_samples draws of the proposal (resolve_log_z_proposal)."""
+    proposal = resolve_log_z_proposal(vae, proposal)
+    posterior = None
+    if proposal == "aggregate-posterior":
+        read = image_reader(train, vae.likelihood, device, generator)
+        posterior = flat_posterior_parameters(vae, read, min(len(train), AGGREGATE_POSTERIOR_IMAGES))
+    return ncp.log_partition_estimate(num_samples, generator=generator, refresh=True, proposal=proposal,
+                                      posterior=posterior)
+
+
 def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
                  cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None,
-                 distributed: DistributedContext = DistributedContext()) -> Optional[dict]:
+                 distributed: DistributedContext = DistributedContext(),
+                 log_z_proposal: str = "auto") -> Optional[dict]:
     """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
     estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None)."""
     config, vae = load_run(run_dir, device)
@@ -63,8 +95,9 @@ def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: in
     identical = replicas_identical(ncp.classifiers, distributed)  # collective: before rank 0 goes on alone
     if not distributed.is_main:
         return None
-    log_z, stderr = ncp.log_partition(log_z_samples, generator=g)
+    estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
     checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
     return dict(groups=ncp.num_groups, epochs=epochs, fit_seconds=fit_seconds, world_size=distributed.world_size,
-                replicas_identical=identical, log_z=log_z, log_z_stderr=stderr, log_z_samples=log_z_samples, val_accuracy=history["best_val_accuracy"],
-                groups_at_chance=history["groups_at_chance"])
+                replicas_identical=identical, log_z=estimate.log_z, log_z_stderr=estimate.stderr,
+                log_z_samples=log_z_samples, log_z_estimate=estimate.as_dict(),
+                val_accuracy=history["best_val_accuracy"], groups_at_chance=history["groups_at_chance"])

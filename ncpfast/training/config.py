@@ -97,8 +97,13 @@ class TrainConfig:
     ncp_lr: float = _f(1e-3, "Adam learning rate", STAGE2, metavar="LR")
     ncp_hidden: int = _f(32, "width of each group's classifier", STAGE2)
     ncp_cells: int = _f(2, "residual cells of each group's classifier", STAGE2)
-    ncp_log_z_samples: int = _f(10000, "prior samples of the log Z estimate", STAGE2)
-    ncp_num_proposals: int = _f(50, "SIR proposals per latent group", EVALUATION)
+    ncp_log_z_samples: int = _f(10000, "samples of the log Z estimate", STAGE2)
+    ncp_log_z_proposal: str = _f("auto", "proposal of the log Z estimate: prior | aggregate-posterior (single-group "
+                                 "flat models) | auto (aggregate-posterior where it applies)", STAGE2,
+                                 metavar="PROPOSAL")
+    ncp_num_proposals: int = _f(50, "SIR proposals per latent group (per image in joint mode)", EVALUATION)
+    ncp_sampling_mode: str = _f("group", "NCP sampler: group (group by group, the paper's) | joint (targets the "
+                                "density the NLL scores)", EVALUATION, metavar="MODE")
     eval_generated: int = _f(1000, "generated images for the Frechet distance", EVALUATION)
     fid_weights: str = _f("", "path of pytorch-fid's Inception weights "
                           "(pt_inception-2015-12-05-6726825d.pth); adds FID to the small-classifier FD",
@@ -204,6 +209,11 @@ def validate_config(config: TrainConfig) -> None:
         problems.append(f"model must be nvae, mlp or conv, got {config.model!r}")
     if not 0 <= config.ema_decay < 1:
         problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.ncp_log_z_proposal not in ("auto", "prior", "aggregate-posterior"):
+        problems.append(f"ncp_log_z_proposal must be auto, prior or aggregate-posterior, got "
+                        f"{config.ncp_log_z_proposal!r}")
+    if config.ncp_sampling_mode not in ("group", "joint"):
+        problems.append(f"ncp_sampling_mode must be group or joint, got {config.ncp_sampling_mode!r}")
     if config.ncp_num_proposals < 1:
         problems.append(f"ncp_num_proposals must be >= 1, got {config.ncp_num_proposals}")
     if config.eval_iw_samples < 1:

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from ncpfast.ncp.importance import (aggregate_posterior_log_weights, effective_sample_size, log_mixture_density,
+from ncpfast.ncp.estimators import (aggregate_posterior_log_weights, effective_sample_size, log_mixture_density,
                                     summarize_log_weights)
 
 

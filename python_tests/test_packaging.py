@@ -115,6 +115,8 @@ def test_extras(project):
     dev = extras["dev"]
     assert any(re.fullmatch(r"ncpfast\[(test,bench|bench,test)\]", r.replace(" ", "")) for r in dev), \
         "the dev extra should include the test and bench extras"
+    # scripts/format.sh runs these.
+    assert {"ruff", "clang-format"} <= {_distribution(r) for r in dev}
 
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="needs sys.stdlib_module_names and packages_distributions")

@@ -2,7 +2,8 @@
 # ncpfast's one entry point for people and CI.
 #
 #   bash scripts/dev.sh run [ARGS]   set up, then run the main job (python -m ncpfast.train ARGS)
-#   bash scripts/dev.sh test         set up, then run every test (pytest + native ctest under ASan/UBSan)
+#   bash scripts/dev.sh test         set up, then check the style (scripts/format.sh --check) and run
+#                                    every test (pytest + native ctest under ASan/UBSan)
 #   bash scripts/dev.sh bench [ARGS] set up, then run the benchmarks (pytest-benchmark)
 #   bash scripts/dev.sh setup        only set up: .venv, its packages, the extension
 #
@@ -65,6 +66,7 @@ case "$cmd" in
   run) setup; exec "$PY" -m ncpfast.train "$@" ;;
   test)
     setup
+    NCPFAST_VENV="$VENV" bash scripts/format.sh --check
     native_tests
     echo "== python tests"
     "$PY" -m pytest python_tests -q -ra "$@"

@@ -67,6 +67,10 @@ def _third_party_imports():
     return imports
 
 
+def _package_source():
+    return "\n".join(path.read_text() for path in sorted(PACKAGE.rglob("*.py")))
+
+
 def test_one_version(pyproject, project):
     assert "version" in project.get("dynamic", []) and "version" not in project, \
         "pyproject.toml must take the version from ncpfast/_version.py, not state its own"
@@ -133,6 +137,10 @@ def test_runtime_imports_are_declared_dependencies(project):
         candidates = {_distribution(d) for d in module_to_distributions.get(top, [top])}
         if not candidates & declared:
             undeclared[name] = sorted(files)
+    source = _package_source()
+    for distribution, use in INDIRECT_USES.items():
+        if use in source and distribution not in declared:
+            undeclared[use] = [distribution]
     assert not undeclared, f"imported by ncpfast but not in [project].dependencies: {undeclared}"
 
 
@@ -145,7 +153,7 @@ def test_declared_dependencies_are_used(project):
     for name in _third_party_imports():
         top = name.split(".")[0]
         imported |= {_distribution(d) for d in module_to_distributions.get(top, [top])}
-    source = "\n".join(path.read_text() for path in PACKAGE.rglob("*.py"))
+    source = _package_source()
     unused = [d for d in map(_distribution, project["dependencies"])
               if d not in imported and not (d in INDIRECT_USES and INDIRECT_USES[d] in source)]
     assert not unused, f"declared in [project].dependencies but not used by ncpfast: {unused}"

@@ -19,6 +19,7 @@ from .data import load_dataset
 from .fid_inception import load_fid_inception
 from .frechet import FD_NAME, extract_features, fd_summary, feature_network, frechet_distance
 from .models.base import iw_images_per_pass
+from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
 from .ncp.stage2 import estimate_log_partition, image_reader, load_ncp, load_run
 
 FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
@@ -29,20 +30,38 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
                  iw_chunk: int = 0, num_generated: int = 1000, method: str = "sir", num_proposals: int = 50,
                  steps: int = 50, step_size: float = 1e-2, temperature: float = 1.0, log_z_samples: int = 10_000,
                  seed: int = 0, progress: bool = True, fid_weights: str = "", num_real: int = 0,
-                 mode: str = "group", log_z_proposal: str = "auto", fd_cache_dir=None) -> dict:
+                 mode: str = "group", log_z_proposal: str = "auto", fd_cache_dir=None, readjust_bn: bool = False,
+                 readjust_bn_batches: int = DEFAULT_BATCHES) -> dict:
     """Base prior and NCP prior side by side: NLL and Frechet distance (and FID given `fid_weights`).
 
     `num_real` held-out images are the reference set of the Frechet distances
     (0: max(num_generated, 1000), at most the whole test split). mode: "group"
     or "joint" samplers (GroupedNCP.sample). log_z_proposal: "prior",
     "aggregate-posterior" or "auto" (the latter for single-group flat models).
-    The NCP NLL's standard error includes log Z's, which shifts every image alike."""
+    The NCP NLL's standard error includes log Z's, which shifts every image alike.
+
+    An NCP whose base is a GMM (stage 2 with --ncp-base gmm, a FlatNCP) adds a "gmm"
+    entry: NLL and FD under the GMM prior alone, with the paired differences
+    NCP-GMM minus GMM and GMM minus base.
+
+    temperature scales the priors of the generated images; at T < 1 the NCP
+    classifiers score latents (and, in hierarchical models, decoder contexts)
+    they were not trained on. readjust_bn: sample from a copy of the VAE whose
+    decoder BatchNorm statistics were re-estimated on readjust_bn_batches batches
+    of prior samples at that temperature (NVAE's re-adjustment,
+    ncpfast.models.temperature); the NLL always uses the checkpoint's statistics."""
     if iw_samples < 1 or num_generated < 2 or num_real < 0 or num_real == 1:
         raise ValueError(f"need iw_samples >= 1, num_generated >= 2 and num_real 0 or >= 2, got {iw_samples}, "
                          f"{num_generated} and {num_real}")
     inception = load_fid_inception(fid_weights, device) if fid_weights else None  # a bad path fails first
     config, vae = load_run(run_dir, device)
     ncp = load_ncp(run_dir, vae)
+    sampler = ncp
+    if readjust_bn:
+        adjusted = readjust_batchnorm(vae, temperature, readjust_bn_batches,
+                                      generator=torch.Generator(device).manual_seed(seed + 1))
+        sampler = load_ncp(run_dir, adjusted)
+    gmm = getattr(ncp, "base_kind", None) == "gmm"
     train, test = load_dataset(config.dataset, config.data_dir)
     n = len(test) if max_images <= 0 else min(max_images, len(test))
     g = torch.Generator(device).manual_seed(seed)
@@ -51,7 +70,7 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
 
     read = image_reader(test, vae.likelihood, device, g)
     batch = iw_images_per_pass(iw_samples, iw_chunk, device, most=100)
-    base_ll, ncp_ll = [], []
+    base_ll, ncp_ll, gmm_ll = [], [], []
     for start in tqdm(range(0, n, batch), desc=f"NLL (K={iw_samples})", disable=not progress, leave=False):
         x = read(torch.arange(start, min(n, start + batch)))
         # The same posterior draws for both priors, on every device: a paired comparison.
@@ -59,6 +78,9 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
             base_ll.append(vae.importance_weighted_log_likelihood(x, iw_samples, iw_chunk))
         with _seeded(seed * 1_000_003 + start, device):
             ncp_ll.append(ncp.importance_weighted_log_likelihood(x, iw_samples, iw_chunk, log_z=log_z))
+        if gmm:
+            with _seeded(seed * 1_000_003 + start, device):
+                gmm_ll.append(ncp.base_log_likelihood(x, iw_samples, iw_chunk))
     base_ll, ncp_ll = torch.cat(base_ll).cpu(), torch.cat(ncp_ll).cpu()
     dims = vae.num_data_dims()
 
@@ -67,9 +89,10 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     real_features = extract_features(features.net.features, real)
     timings = {}
 
-    def generate(name, **kw):
+    def generate(name, draw=None, **kw):
         start = time.perf_counter()
-        images = torch.cat([ncp.sample(min(250, num_generated - i), temperature=temperature, generator=g, **kw)
+        draw = draw or sampler.sample
+        images = torch.cat([draw(min(250, num_generated - i), temperature=temperature, generator=g, **kw)
                             for i in range(0, num_generated, 250)])
         timings[name] = time.perf_counter() - start
         return images
@@ -88,7 +111,8 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     log_z_variance = log_z_estimate.stderr ** 2
     paired_error = float((ncp_ll - base_ll).std() / math.sqrt(len(base_ll)))
     result = {
-        "iw_samples": iw_samples, "test_images": n, "temperature": temperature,
+        "iw_samples": iw_samples, "test_images": n, "temperature": temperature, "readjust_bn": readjust_bn,
+        "readjust_bn_batches": readjust_bn_batches if readjust_bn else None,
         "log_z": log_z, "log_z_stderr": log_z_estimate.stderr, "log_z_samples": log_z_estimate.num_samples,
         "log_z_estimate": log_z_estimate.as_dict(),
         "fd_name": FD_NAME, "fd_feature_net": features.describe(), "generated_images": num_generated,
@@ -105,10 +129,25 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
         "nll_difference_std_error": math.sqrt(paired_error ** 2 + log_z_variance),
         "nll_difference_std_error_images": paired_error,
     }
+    sampled = [("base", base_images), ("ncp", ncp_images)]
+    if gmm:
+        gmm_ll = torch.cat(gmm_ll).cpu()
+        gmm_images = generate("gmm", draw=sampler.base_sample)
+        sampled.append(("gmm", gmm_images))
+        result["ncp"]["base"] = "gmm"
+        result["gmm"] = {**nll_summary(gmm_ll), "components": ncp.base.means.shape[0],
+                         **fd_summary(extract_features(features.net.features, gmm_images), real_features,
+                                      fd_generator),
+                         "sampling_seconds": timings["gmm"]}
+        ncp_gmm_error = float((ncp_ll - gmm_ll).std() / math.sqrt(len(gmm_ll)))
+        result["nll_difference_ncp_minus_gmm"] = float(-(ncp_ll - gmm_ll).mean())
+        result["nll_difference_ncp_minus_gmm_std_error"] = math.sqrt(ncp_gmm_error ** 2 + log_z_variance)
+        result["nll_difference_gmm_minus_base"] = float(-(gmm_ll - base_ll).mean())
+        result["nll_difference_gmm_minus_base_std_error"] = float((gmm_ll - base_ll).std() / math.sqrt(len(base_ll)))
     if inception is not None:
         real_inception = extract_features(inception, real, batch=50)
         result["fid_name"] = FID_NAME
-        for prior, images in (("base", base_images), ("ncp", ncp_images)):
+        for prior, images in sampled:
             result[prior]["fid"] = frechet_distance(extract_features(inception, images, batch=50), real_inception)
     return result, base_images, ncp_images
 
@@ -116,7 +155,9 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
 def format_table(result: dict) -> str:
     with_fid = "fid_name" in result
     rows = [("prior", "NLL (nats)", "bits/dim", result["fd_name"]) + ((result["fid_name"],) if with_fid else ())]
-    for label, key in (("base", "base"), ("NCP", "ncp")):
+    gmm = "gmm" in result
+    priors = (("base", "base"),) + ((("GMM", "gmm"),) if gmm else ()) + (("NCP-GMM" if gmm else "NCP", "ncp"),)
+    for label, key in priors:
         scores = result[key]
         rows.append((label, f"{scores['nll_nats']:.2f} +- {scores['nll_std_error']:.2f}",
                      f"{scores['bits_per_dim']:.4f}", f"{scores['fd']:.3f} +- {scores['fd_std_error']:.3f}")
@@ -129,7 +170,15 @@ def format_table(result: dict) -> str:
                  f"{100 * estimate['ess_fraction']:.1f}%); "
                  f"K = {result['iw_samples']} on {result['test_images']} test images; NCP - base NLL = "
                  f"{result['nll_difference_ncp_minus_base']:.3f} +- {result['nll_difference_std_error']:.3f} nats; "
-                 f"temperature {result['temperature']}; Frechet distances: {result['generated_images']} generated vs "
+                 + (f"NCP-GMM - GMM NLL = {result['nll_difference_ncp_minus_gmm']:.3f} +- "
+                    f"{result['nll_difference_ncp_minus_gmm_std_error']:.3f} nats; GMM - base NLL = "
+                    f"{result['nll_difference_gmm_minus_base']:.3f} +- "
+                    f"{result['nll_difference_gmm_minus_base_std_error']:.3f} nats "
+                    f"(GMM of {result['gmm']['components']} components); " if "gmm" in result else "")
+                 + f"temperature {result['temperature']}"
+                 + (f" (BatchNorm re-adjusted on {result['readjust_bn_batches']} batches)"
+                    if result.get("readjust_bn") else "")
+                 + f"; Frechet distances: {result['generated_images']} generated vs "
                  f"{result['real_images']} test images, features of a classifier with "
                  f"{100 * result['fd_feature_net']['test_accuracy']:.1f}% test accuracy; NCP sampling: "
                  f"{result['ncp']['sampling']} ({result['ncp']['sampling_mode']})")

@@ -6,12 +6,19 @@ generated vs held-out test images, on the features of a small classifier
 trained on the data set's labels (named as such; it is not FID), and FID
 proper when --fid-weights gives pytorch-fid's Inception weights file (it cannot
 be downloaded here). Results go to RUN_DIR/metrics.json ("evaluation") and
-print as a table.
+print as a table. A run whose NCP has a GMM base (train --ncp-base gmm) gets a
+GMM row too.
+
+At a temperature T < 1 the NCP classifiers score latents (and decoder contexts)
+they were not trained on; --readjust-bn re-estimates the decoder's BatchNorm
+statistics at T before sampling (NVAE's re-adjustment, on a copy of the model;
+the NLL keeps the checkpoint's statistics).
 """
 import argparse
 import json
 import sys
 
+from ..models.temperature import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES
 from ..run_dir import RunDir
 from ..training.trainer import pick_device
 from .common import USER_ERRORS
@@ -48,7 +55,14 @@ def build_parser():
     sampling.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
                           help="Langevin step size (default 0.01)")
     sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                          help="prior temperature for the generated images (default 1.0)")
+                          help="prior temperature for the generated images (default 1.0); at T < 1 the NCP "
+                               "classifiers score latents and decoder contexts they were not trained on")
+    sampling.add_argument("--readjust-bn", action="store_true",
+                          help="re-estimate the decoder's BatchNorm statistics on prior samples at the temperature "
+                               "before sampling (NVAE's re-adjustment for T < 1; on a copy of the model)")
+    sampling.add_argument("--readjust-bn-batches", type=int, default=DEFAULT_BATCHES, metavar="N",
+                          help=f"batches of {DEFAULT_BATCH_SIZE} prior samples for --readjust-bn "
+                               f"(default {DEFAULT_BATCHES})")
     frechet = p.add_argument_group("Frechet distances")
     frechet.add_argument("--num-generated", type=int, default=1000, metavar="N",
                          help="images per prior for the Frechet distance (default 1000)")
@@ -64,7 +78,7 @@ def main(argv=None) -> int:
     from ..evaluation import evaluate_run, format_table
 
     try:
-        for name in ("num_proposals", "steps", "log_z_samples"):
+        for name in ("num_proposals", "steps", "log_z_samples", "readjust_bn_batches"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         result, _, _ = evaluate_run(
@@ -73,7 +87,8 @@ def main(argv=None) -> int:
             num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
             temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed,
             fid_weights=args.fid_weights, num_real=args.num_real, mode=args.mode,
-            log_z_proposal=args.log_z_proposal)
+            log_z_proposal=args.log_z_proposal, readjust_bn=args.readjust_bn,
+            readjust_bn_batches=args.readjust_bn_batches)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

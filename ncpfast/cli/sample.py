@@ -3,6 +3,12 @@
     python -m ncpfast.sample runs/tiny-... --method sir -n 64 --num-proposals 50
     python -m ncpfast.sample runs/tiny-... --method langevin --steps 100 --step-size 0.01
     python -m ncpfast.sample runs/tiny-... --method base --temperature 0.8 --npz samples.npz
+    python -m ncpfast.sample runs/tiny-... --temperature 0.7 --readjust-bn
+
+At a temperature T < 1 the NCP classifiers score latents (and decoder contexts)
+they were not trained on. --readjust-bn re-estimates the decoder's BatchNorm
+statistics on prior samples at T first (NVAE's re-adjustment, on a copy of the
+model; ncpfast.models.temperature).
 """
 import argparse
 import sys
@@ -11,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from ..models.temperature import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, readjust_batchnorm
 from ..run_dir import RunDir
 from ..training.trainer import pick_device
 from .common import USER_ERRORS
@@ -24,7 +31,15 @@ def build_parser():
     what.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
                       help="sir / langevin with the NCP prior, or the base prior (default: sir)")
     what.add_argument("-n", "--num-samples", type=int, default=64, metavar="N", help="images to generate (default 64)")
-    what.add_argument("--temperature", type=float, default=1.0, metavar="T", help="prior temperature (default 1.0)")
+    what.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                      help="prior temperature (default 1.0); at T < 1 the NCP classifiers score latents and decoder "
+                           "contexts they were not trained on")
+    what.add_argument("--readjust-bn", action="store_true",
+                      help="re-estimate the decoder's BatchNorm statistics on prior samples at the temperature "
+                           "before sampling (NVAE's re-adjustment for T < 1; on a copy of the model)")
+    what.add_argument("--readjust-bn-batches", type=int, default=DEFAULT_BATCHES, metavar="N",
+                      help=f"batches of {DEFAULT_BATCH_SIZE} prior samples for --readjust-bn "
+                           f"(default {DEFAULT_BATCHES})")
     what.add_argument("--seed", type=int, default=0, metavar="SEED",
                       help="seed of the sampling generator (default 0)")
     what.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -55,7 +70,12 @@ def main(argv=None) -> int:
         if not args.temperature > 0:
             raise ValueError(f"--temperature must be > 0, got {args.temperature}")
         device = pick_device(args.device)
+        if args.readjust_bn_batches < 1:
+            raise ValueError(f"--readjust-bn-batches must be >= 1, got {args.readjust_bn_batches}")
         _, vae = load_run(args.run_dir, device)
+        if args.readjust_bn:
+            vae = readjust_batchnorm(vae, args.temperature, args.readjust_bn_batches,
+                                     generator=torch.Generator(device).manual_seed(args.seed + 1))
         generator = torch.Generator(device).manual_seed(args.seed)
         start = time.perf_counter()
         if args.method == "base":
@@ -73,7 +93,9 @@ def main(argv=None) -> int:
     if args.npz:
         array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         np.savez_compressed(args.npz, images=array)
-    print(f"{args.num_samples} images ({args.method}, {args.mode} mode, temperature {args.temperature}) in {seconds:.2f} s -> {out}"
+    readjusted = f", BatchNorm re-adjusted on {args.readjust_bn_batches} batches" if args.readjust_bn else ""
+    print(f"{args.num_samples} images ({args.method}, {args.mode} mode, temperature {args.temperature}{readjusted}) "
+          f"in {seconds:.2f} s -> {out}"
           + (f" and {args.npz}" if args.npz else ""))
     return 0
 

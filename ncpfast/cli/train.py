@@ -108,7 +108,8 @@ def run_stage2(config, run_dir: str, distributed) -> None:
     try:
         summary = train_stage2(run_dir, device, config.ncp_epochs, config.ncp_batch_size, config.ncp_lr,
                                config.ncp_hidden, config.ncp_cells, config.ncp_log_z_samples, config.seed,
-                               config.progress, writer, distributed, log_z_proposal=config.ncp_log_z_proposal)
+                               config.progress, writer, distributed, log_z_proposal=config.ncp_log_z_proposal,
+                               base=config.ncp_base, gmm_components=config.ncp_gmm_components)
     finally:
         if writer is not None:
             writer.close()

@@ -125,6 +125,40 @@ def aggregate_posterior_log_weights(log_ratio: Callable[[torch.Tensor], torch.Te
 
 
 @torch.no_grad()
+def base_aggregate_posterior_log_weights(log_ratio: Callable[[torch.Tensor], torch.Tensor], base,
+                                         posterior_mu: torch.Tensor, posterior_sigma: torch.Tensor,
+                                         num_samples: int, prior_share: float = 0.5,
+                                         generator: Optional[torch.Generator] = None,
+                                         batch_size: int = 1000) -> torch.Tensor:
+    """aggregate_posterior_log_weights with any base p (sample(n, generator), log_prob(z)),
+    e.g. a GaussianMixture, in place of N(prior_mu, prior_sigma^2): log p + log r - log g
+    of draws from g = prior_share p + (1 - prior_share) (1/N) sum_i q(z | x_i)."""
+    if not 0 < prior_share <= 1:
+        raise ValueError(f"prior_share must be in (0, 1], got {prior_share}")
+    if posterior_mu.dim() != 2 or posterior_mu.shape != posterior_sigma.shape:
+        raise ValueError(f"posterior_mu and posterior_sigma must both be [N, D], got "
+                         f"{list(posterior_mu.shape)} and {list(posterior_sigma.shape)}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    device = posterior_mu.device
+    count, dim = posterior_mu.shape
+    values = []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        from_prior = torch.rand(n, device=device, generator=generator) < prior_share
+        component = torch.randint(count, (n,), device=device, generator=generator)
+        eps = torch.randn(n, dim, device=device, generator=generator)
+        from_base = base.sample(n, generator=generator).to(device)
+        z = torch.where(from_prior[:, None], from_base, posterior_mu[component] + posterior_sigma[component] * eps)
+        log_p = base.log_prob(z).double()
+        log_q = log_mixture_density(z, posterior_mu, posterior_sigma)
+        log_g = (torch.logaddexp(math.log(prior_share) + log_p, math.log1p(-prior_share) + log_q)
+                 if prior_share < 1 else log_p)
+        values.append((log_p + log_ratio(z).double() - log_g).cpu())
+    return torch.cat(values)
+
+
+@torch.no_grad()
 def grouped_log_partition(vae, log_ratio: GroupLogRatio, num_samples: int, batch_size: int = 500,
                           generator: Optional[torch.Generator] = None) -> LogPartitionEstimate:
     """Z = E_p[prod_k r_k(z_k | z_<k)], z drawn from the VAE's prior group by group,

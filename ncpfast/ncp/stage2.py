@@ -11,8 +11,16 @@ from ..models import build_model
 from ..run_dir import RunDir
 from ..training.config import load_config
 from ..training.distributed import DistributedContext, replicas_identical
+from .base_priors import GaussianMixture
 from .estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
+from .fitting import CHANCE_ACCURACY
+from .flat import CHECKPOINT_KIND as FLAT_KIND
+from .flat import FlatNCP
 from .grouped import GroupedNCP
+
+NCP_BASES = ("gaussian", "gmm")
+# Posterior samples per training image that the flat classifier sees (each epoch).
+FLAT_POSTERIOR_DRAWS = 10
 
 
 def load_run(run_dir: str, device: torch.device):
@@ -25,10 +33,14 @@ def load_run(run_dir: str, device: torch.device):
     return config, vae.eval()
 
 
-def load_ncp(run_dir: str, vae) -> GroupedNCP:
-    """The run's stage-2 GroupedNCP over vae (RunDirError where stage 2 has not run)."""
+def load_ncp(run_dir: str, vae):
+    """The run's stage-2 NCP over vae: a FlatNCP (--ncp-base gmm) or a GroupedNCP
+    (RunDirError where stage 2 has not run)."""
     path = RunDir(run_dir).require_ncp_checkpoint()
-    return GroupedNCP.from_checkpoint(vae, checkpoint.load(path, map_location=next(vae.parameters()).device))
+    state = checkpoint.load(path, map_location=next(vae.parameters()).device)
+    if state.get("kind") == FLAT_KIND:
+        return FlatNCP.from_checkpoint(vae, state)
+    return GroupedNCP.from_checkpoint(vae, state)
 
 
 def image_reader(split, likelihood: str, device: torch.device, generator: Optional[torch.Generator]):
@@ -54,7 +66,7 @@ def resolve_log_z_proposal(vae, proposal: str) -> str:
 
 
 @torch.no_grad()
-def estimate_log_partition(ncp: GroupedNCP, vae, train, device, num_samples: int, proposal: str,
+def estimate_log_partition(ncp, vae, train, device, num_samples: int, proposal: str,
                            generator: torch.Generator) -> LogPartitionEstimate:
     """ncp's log Z from num_samples draws of the proposal (resolve_log_z_proposal)."""
     proposal = resolve_log_z_proposal(vae, proposal)
@@ -69,11 +81,19 @@ def estimate_log_partition(ncp: GroupedNCP, vae, train, device, num_samples: int
 def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
                  cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None,
                  distributed: DistributedContext = DistributedContext(),
-                 log_z_proposal: str = "auto") -> Optional[dict]:
+                 log_z_proposal: str = "auto", base: str = "gaussian", gmm_components: int = 10) -> Optional[dict]:
     """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
-    estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None)."""
+    estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None).
+    base "gmm" (single-group models): train_flat_gmm_stage2, on rank 0 alone."""
+    if base not in NCP_BASES:
+        raise ValueError(f"ncp base must be one of {NCP_BASES}, got {base!r}")
     config, vae = load_run(run_dir, device)
     train, _ = load_dataset(config.dataset, config.data_dir)
+    if base == "gmm":
+        if not distributed.is_main:
+            return None
+        return train_flat_gmm_stage2(run_dir, vae, train, device, gmm_components, epochs, batch_size, lr, hidden,
+                                     log_z_samples, seed, progress, log_z_proposal)
     # Each rank draws its own posterior samples, negatives and binarisations;
     # rank 0's streams are those of a single-process run.
     g = torch.Generator(device).manual_seed(seed + 1000 * distributed.rank)
@@ -101,3 +121,34 @@ def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: in
                 replicas_identical=identical, log_z=estimate.log_z, log_z_stderr=estimate.stderr,
                 log_z_samples=log_z_samples, log_z_estimate=estimate.as_dict(),
                 val_accuracy=history["best_val_accuracy"], groups_at_chance=history["groups_at_chance"])
+
+
+def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, components: int, epochs: int,
+                          batch_size: int, lr: float, hidden: int, log_z_samples: int, seed: int = 0,
+                          progress: bool = True, log_z_proposal: str = "auto") -> dict:
+    """NCP-GMM on a single-group VAE: a GaussianMixture of `components` fitted (on the
+    model's device) to the posterior means of the training images (the last 10%
+    held out, as for GroupedNCP), then a FlatNCP classifier of posterior samples
+    against GMM samples, log Z, and checkpoints/ncp.pt. One process."""
+    g = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)  # the classifier's initial weights
+    n_fit = len(train) - max(batch_size, len(train) // 10)
+    if n_fit < max(components, 10):
+        raise ValueError(f"stage 2: {n_fit} training images are too few for a GMM of {components} components")
+    read = image_reader(train, vae.likelihood, device, g)
+    start = time.perf_counter()
+    mu, sigma = flat_posterior_parameters(vae, read, n_fit)
+    gmm = GaussianMixture.fit(mu, components, generator=g)
+    ncp = FlatNCP(vae, gmm, hidden=hidden).to(device)
+    history = ncp.fit(mu, sigma, draws=FLAT_POSTERIOR_DRAWS, epochs=epochs, batch_size=batch_size, lr=lr,
+                      generator=g, progress=progress)
+    fit_seconds = time.perf_counter() - start
+    estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
+    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
+    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+    accuracy = history["val_accuracy"][best]
+    return dict(groups=1, base="gmm", gmm_components=components, epochs=epochs,
+                epochs_run=history["epochs_run"], fit_seconds=fit_seconds, world_size=1, replicas_identical=True,
+                log_z=estimate.log_z, log_z_stderr=estimate.stderr, log_z_samples=log_z_samples,
+                log_z_estimate=estimate.as_dict(), val_accuracy=[accuracy],
+                groups_at_chance=[0] if accuracy < CHANCE_ACCURACY else [])

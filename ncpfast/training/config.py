@@ -101,6 +101,10 @@ class TrainConfig:
     ncp_log_z_proposal: str = _f("auto", "proposal of the log Z estimate: prior | aggregate-posterior (single-group "
                                  "flat models) | auto (aggregate-posterior where it applies)", STAGE2,
                                  metavar="PROPOSAL")
+    ncp_base: str = _f("gaussian", "base prior of the NCP: gaussian (the VAE's own prior) | gmm (a Gaussian mixture "
+                       "fitted to the posterior means, the paper's NCP-GMM; models mlp and conv only)", STAGE2,
+                       metavar="BASE")
+    ncp_gmm_components: int = _f(10, "components of the GMM base (--ncp-base gmm)", STAGE2)
     ncp_num_proposals: int = _f(50, "SIR proposals per latent group (per image in joint mode)", EVALUATION)
     ncp_sampling_mode: str = _f("group", "NCP sampler: group (group by group, the paper's) | joint (targets the "
                                 "density the NLL scores)", EVALUATION, metavar="MODE")
@@ -212,6 +216,13 @@ def validate_config(config: TrainConfig) -> None:
     if config.ncp_log_z_proposal not in ("auto", "prior", "aggregate-posterior"):
         problems.append(f"ncp_log_z_proposal must be auto, prior or aggregate-posterior, got "
                         f"{config.ncp_log_z_proposal!r}")
+    if config.ncp_base not in ("gaussian", "gmm"):
+        problems.append(f"ncp_base must be gaussian or gmm, got {config.ncp_base!r}")
+    elif config.ncp_base == "gmm" and config.model == "nvae":
+        problems.append("ncp_base gmm needs a single-group model (model mlp or conv); the hierarchical nvae "
+                        "model's groups have conditional priors a GMM cannot replace")
+    if config.ncp_gmm_components < 1:
+        problems.append(f"ncp_gmm_components must be >= 1, got {config.ncp_gmm_components}")
     if config.ncp_sampling_mode not in ("group", "joint"):
         problems.append(f"ncp_sampling_mode must be group or joint, got {config.ncp_sampling_mode!r}")
     if config.ncp_num_proposals < 1:

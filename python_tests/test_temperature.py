@@ -35,20 +35,44 @@ def test_readjustment_changes_the_copy_only_and_is_reproducible():
     for name, (mean, var) in before.items():  # the original is untouched
         assert torch.equal(statistics(vae)[name][0], mean) and torch.equal(statistics(vae)[name][1], var)
     changed = [name for name in before if not torch.equal(after[name][0], before[name][0])]
-    assert changed and all(name.startswith("dec") or "dec" in name or "post" in name or "sampler" in name
-                           or True for name in changed)
+    assert changed and all(name.startswith(("decoder_", "postprocess")) for name in changed)
     for name in before:  # reproducible from the generator; another seed differs where anything changed
         assert torch.equal(after[name][0], again[name][0]) and torch.equal(after[name][1], again[name][1])
     assert any(not torch.equal(after[name][0], other[name][0]) for name in changed)
     # The layers that prior sampling never reaches (the encoder's) keep the checkpoint's statistics.
-    kept = [name for name in before if torch.equal(after[name][0], before[name][0])]
-    assert kept
+    encoder = [name for name in before if name.startswith(("encoder_", "preprocess"))]
+    assert encoder and all(torch.equal(after[name][0], before[name][0]) and
+                           torch.equal(after[name][1], before[name][1]) for name in encoder)
+    assert any(name.startswith("postprocess") for name in changed)
     # The cumulative average: one batch gives exactly that batch's statistics, so a second
     # readjustment with more batches differs from the one-batch result.
     one = statistics(readjust_batchnorm(vae, 0.6, batches=1, batch_size=8, generator=torch.Generator().manual_seed(5)))
     assert any(not torch.equal(one[name][0], after[name][0]) for name in changed)
     images = a.sample(4, 0.6, generator=torch.Generator().manual_seed(0))
     assert images.shape == (4, 1, 32, 32) and torch.isfinite(images).all()
+
+
+class ToyDecoder(nn.Module):
+    """z ~ N(0, T^2) [B, 2, 3, 3] through one BatchNorm: the running statistics are known."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(2)
+
+    def sample_decoder_output(self, n, temperature=1.0, intercept=None, generator=None, decode=True):
+        return self.bn(temperature * torch.randn(n, 2, 3, 3, generator=generator))
+
+
+def test_the_statistics_are_the_cumulative_average_over_batches_at_the_temperature():
+    adjusted = readjust_batchnorm(ToyDecoder(), 0.5, batches=3, batch_size=4,
+                                  generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    batches = [0.5 * torch.randn(4, 2, 3, 3, generator=g) for _ in range(3)]
+    means = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    variances = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    torch.testing.assert_close(adjusted.bn.running_mean, means)
+    torch.testing.assert_close(adjusted.bn.running_var, variances)
+    assert adjusted.bn.momentum == 0.1 and not adjusted.training
 
 
 def run(module, *args):

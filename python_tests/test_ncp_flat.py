@@ -11,7 +11,7 @@ import torch
 from ncpfast import checkpoint
 from ncpfast.models import HierarchicalVAE, MLPVAE
 from ncpfast.ncp import GaussianMixture
-from ncpfast.ncp.flat import FlatNCP
+from ncpfast.ncp.flat import FlatNCP, posterior_samples
 from ncpfast.training.config import resolve_config
 
 from test_ncp_grouped import TINY
@@ -83,7 +83,9 @@ def test_fit_sample_and_weights_only_round_trip(tmp_path):
     gmm = GaussianMixture.fit(mu, 3, generator=g)
     ncp = FlatNCP(vae, gmm, hidden=8)
     assert ncp.prior.hidden == 64 and ncp.base_kind == "gmm"  # the flat classifier's minimum width
-    history = ncp.fit(mu, sigma, draws=3, epochs=2, batch_size=32, generator=g, progress=False)
+    samples = posterior_samples(mu, sigma, 3, g)
+    assert samples.shape == (180, 4)
+    history = ncp.fit(samples, epochs=2, batch_size=32, generator=g, progress=False)
     assert 1 <= history["epochs_run"] <= 2
     ncp.log_partition_estimate(300, generator=g)
     path = tmp_path / "ncp.pt"

@@ -27,6 +27,15 @@ CHECKPOINT_KIND = "flat"
 MIN_HIDDEN = 64  # as GroupClassifier's flat groups: narrower MLPs underfit the posterior/base boundary
 
 
+def posterior_samples(posterior_mu: torch.Tensor, posterior_sigma: torch.Tensor, draws: int,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """draws samples z = mu + sigma * eps per image ([N, D] -> [draws * N, D]), eps from generator."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    mu, sigma = posterior_mu.repeat(draws, 1), posterior_sigma.repeat(draws, 1)
+    return mu + sigma * torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+
+
 class FlatNCP(nn.Module):
     """The VAE (frozen, eval mode) and an NCPPrior over its flat latents with base `base`
     (StandardNormal, GaussianMixture, ...). hidden: the classifier's width (at least 64)."""
@@ -61,17 +70,12 @@ class FlatNCP(nn.Module):
 
     # --- training -------------------------------------------------------------------------
 
-    def fit(self, posterior_mu: torch.Tensor, posterior_sigma: torch.Tensor, draws: int = 10, epochs: int = 10,
-            batch_size: int = 256, lr: float = 1e-3, generator: Optional[torch.Generator] = None,
-            progress: bool = True) -> dict:
-        """Trains the classifier (NCPPrior.fit: early stopping on a held-out tenth of the
-        samples) on `draws` posterior samples per image, z = mu + sigma * eps with eps
-        from `generator`, against fresh base samples. A fit changes Z."""
-        if draws < 1:
-            raise ValueError(f"draws must be >= 1, got {draws}")
-        mu, sigma = posterior_mu.repeat(draws, 1), posterior_sigma.repeat(draws, 1)
-        samples = mu + sigma * torch.randn(mu.shape, device=mu.device, generator=generator)
-        history = self.prior.fit(samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=generator,
+    def fit(self, posterior_samples: torch.Tensor, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3,
+            generator: Optional[torch.Generator] = None, progress: bool = True) -> dict:
+        """Trains the classifier on posterior samples [N, dim] (posterior_samples())
+        against fresh base samples: NCPPrior.fit, early stopping on a held-out tenth of
+        the samples. A fit changes Z."""
+        history = self.prior.fit(posterior_samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=generator,
                                  progress=progress)
         self._log_partition = None
         return history

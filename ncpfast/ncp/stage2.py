@@ -15,7 +15,7 @@ from .base_priors import GaussianMixture
 from .estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
 from .fitting import CHANCE_ACCURACY
 from .flat import CHECKPOINT_KIND as FLAT_KIND
-from .flat import FlatNCP
+from .flat import FlatNCP, posterior_samples
 from .grouped import GroupedNCP
 
 NCP_BASES = ("gaussian", "gmm")
@@ -125,11 +125,20 @@ def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: in
 
 def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, components: int, epochs: int,
                           batch_size: int, lr: float, hidden: int, log_z_samples: int, seed: int = 0,
-                          progress: bool = True, log_z_proposal: str = "auto") -> dict:
+                          progress: bool = True, log_z_proposal: str = "auto", gmm_data: str = "samples") -> dict:
     """NCP-GMM on a single-group VAE: a GaussianMixture of `components` fitted (on the
-    model's device) to the posterior means of the training images (the last 10%
-    held out, as for GroupedNCP), then a FlatNCP classifier of posterior samples
-    against GMM samples, log Z, and checkpoints/ncp.pt. One process."""
+    model's device) to the training images' posteriors (the last 10% held out, as for
+    GroupedNCP), then a FlatNCP classifier of posterior samples against GMM samples,
+    log Z, and checkpoints/ncp.pt. One process.
+
+    gmm_data "samples" (the default): the GMM is fitted to FLAT_POSTERIOR_DRAWS posterior
+    samples per image, i.e. to the aggregate posterior. "means": to the posterior
+    means, as the paper does for the RAE, whose codes are deterministic; in a VAE the
+    means miss the posteriors' spread (an inactive dimension has means near 0 and
+    sigma near 1), so that GMM is far narrower than the aggregate posterior and its
+    NLL far worse than N(0, I)'s."""
+    if gmm_data not in ("samples", "means"):
+        raise ValueError(f"gmm_data must be samples or means, got {gmm_data!r}")
     g = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)  # the classifier's initial weights
     n_fit = len(train) - max(batch_size, len(train) // 10)
@@ -138,16 +147,16 @@ def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, compon
     read = image_reader(train, vae.likelihood, device, g)
     start = time.perf_counter()
     mu, sigma = flat_posterior_parameters(vae, read, n_fit)
-    gmm = GaussianMixture.fit(mu, components, generator=g)
+    samples = posterior_samples(mu, sigma, FLAT_POSTERIOR_DRAWS, g)
+    gmm = GaussianMixture.fit(samples if gmm_data == "samples" else mu, components, generator=g)
     ncp = FlatNCP(vae, gmm, hidden=hidden).to(device)
-    history = ncp.fit(mu, sigma, draws=FLAT_POSTERIOR_DRAWS, epochs=epochs, batch_size=batch_size, lr=lr,
-                      generator=g, progress=progress)
+    history = ncp.fit(samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=g, progress=progress)
     fit_seconds = time.perf_counter() - start
     estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
     checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
     best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
     accuracy = history["val_accuracy"][best]
-    return dict(groups=1, base="gmm", gmm_components=components, epochs=epochs,
+    return dict(groups=1, base="gmm", gmm_components=components, gmm_data=gmm_data, epochs=epochs,
                 epochs_run=history["epochs_run"], fit_seconds=fit_seconds, world_size=1, replicas_identical=True,
                 log_z=estimate.log_z, log_z_stderr=estimate.stderr, log_z_samples=log_z_samples,
                 log_z_estimate=estimate.as_dict(), val_accuracy=[accuracy],

@@ -136,7 +136,10 @@ class GroupedNCP(nn.Module):
         (joint_sampling.py), which target that density, p_NCP itself.
         Group-wise SIR scores the n x num_proposals proposals of a group in chunks of images
         whose scoring working set (proposals and classifier activations) stays
-        within max_proposal_bytes (default: default_proposal_bytes(device))."""
+        within max_proposal_bytes (default: default_proposal_bytes(device)).
+        temperature T scales every group's prior; at T < 1 the classifiers score
+        latents and decoder contexts they were not trained on (the VAE's BatchNorm
+        statistics can be re-estimated at T first: ncpfast.models.temperature)."""
         check_sampling_arguments(method, n, num_proposals, steps, step_size, max_proposal_bytes)
         check_sampling_mode(mode)
         if mode == "joint" and method != "base":

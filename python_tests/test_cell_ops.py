@@ -77,7 +77,8 @@ def test_ops_match_twins_values_and_gradients(shape, dtype, layout):
         i_fused, i_twin = make_inputs(shape, dtype, seed=k, layout=layout), make_inputs(shape, dtype, seed=k)
         fused = as_tuple(dict(calls(i_fused))[name](ops))
         twin = as_tuple(dict(calls(i_twin))[name](ref))
-        weights = [torch.randn_like(o) for o in twin]
+        g = torch.Generator().manual_seed(k)
+        weights = [torch.randn(o.shape, dtype=o.dtype, generator=g) for o in twin]
         for a, b in zip(fused, twin):
             torch.testing.assert_close(a, b.to(a.dtype), **tol, msg=f"{name} values")
         loss_f = sum((o * w.to(o.dtype)).sum() for o, w in zip(fused, weights))
@@ -304,7 +305,8 @@ def test_cuda_ops_match_twins(dtype, tol):
             twin = as_tuple(dict(calls(i_t))[name](ref))
             for a, b in zip(fused, twin):
                 torch.testing.assert_close(a.double().cpu(), b.double(), rtol=tol, atol=tol * max(1, b.abs().max().item()))
-            weights = [torch.randn_like(o.double()) for o in twin]
+            g = torch.Generator().manual_seed(0)
+            weights = [torch.randn(o.shape, dtype=torch.float64, generator=g) for o in twin]
             gf = torch.autograd.grad(sum((o.float() * w.to(o.device).float()).sum() for o, w in zip(fused, weights)),
                                      leaves(i_f), allow_unused=True)
             gt = torch.autograd.grad(sum((o * w).sum() for o, w in zip(twin, weights)), leaves(i_t), allow_unused=True)

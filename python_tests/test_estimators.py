@@ -192,8 +192,12 @@ def test_grouped_log_z_within_its_standard_error_and_calibrated(name, kind):
     logit = LOGITS[name]
     ncp = grouped_ncp(logit, kind)
     n = 100_000
-    log_z, stderr = ncp.log_partition(n, batch_size=10_000, generator=torch.Generator().manual_seed(0))
+    estimate = ncp.log_partition_estimate(n, batch_size=10_000, generator=torch.Generator().manual_seed(0))
+    log_z, stderr = estimate.log_z, estimate.stderr
     assert stderr == pytest.approx(math.sqrt(logit.relative_variance() / n), rel=0.05)
+    # Kish's effective sample size (sum w)^2 / sum w^2 -> N / (1 + Var(w) / E[w]^2)
+    assert estimate.ess == pytest.approx(n / (1 + logit.relative_variance()), rel=0.02)
+    assert estimate.num_samples == n
     assert abs(log_z - logit.log_z()) < 4 * stderr, (log_z, logit.log_z(), stderr)
     n = 500
     runs = [ncp.log_partition(n, batch_size=n, generator=torch.Generator().manual_seed(seed), refresh=True)

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from ncpfast.ncp.prior import langevin  # the one import of the sampler under test
+from ncpfast.ncp.sampling import langevin  # the one import of the sampler under test
 
 SCALES = torch.tensor([0.7, 1.5], dtype=torch.float64)
 

@@ -9,7 +9,7 @@ Every cell gets eager, fused and compile; the encoder cell also the rest:
     eager          the eager cell on an NCHW input (what eager code gets)
     eager-nhwc-in  the eager cell on a channels-last input
     fused          the fused cell on an NCHW input (it converts once)
-    fused-nhwc-in  the fused cell on a channels-last input (as inside NVAE)
+    fused-nhwc-in  the fused cell on a channels-last input (as inside HierarchicalVAE)
     compile        torch.compile of the eager cell, NCHW input
     convs-floor    only the cell's two weight-normalised 3x3 convs (channels-last)
                    and the residual add: what no fusion of the BN/Swish/SE work

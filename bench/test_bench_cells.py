@@ -122,7 +122,7 @@ def _module_variants(module, impl):
 
 # (module, input shape, input layout). The fused CPU encoder cell computes
 # channels-last and the model feeds it channels-last activations (see
-# NVAE._encoder_input); the "-nhwc-in" blocks give that input to every variant.
+# HierarchicalVAE._encoder_input); the "-nhwc-in" blocks give that input to every variant.
 NCHW, NHWC = torch.contiguous_format, torch.channels_last
 BLOCKS = {
     "chain-bn-swish-dw5-bn-swish": (lambda: _Chain(C), (N, C, S, S), NCHW),

@@ -142,9 +142,6 @@ def test_two_processes_of_16_train_like_one_of_32(mlp_runs):
     assert b["test"]["nll_nats"] == pytest.approx(a["test"]["nll_nats"], rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="under torchrun the trainer logs rank 0's loss on its own 16 images "
-                                       "(train/* in TensorBoard, train_nelbo in metrics.json), not the global "
-                                       "batch's mean that a single process logs")
 def test_two_processes_log_the_loss_curve_of_one(mlp_runs):
     one, two = mlp_runs
     a, b = logged_curve(one), logged_curve(two)

@@ -18,17 +18,16 @@ ENV = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def session(*args, out, cwd=ROOT, env=None, timeout=120):
-    result = subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                            env={**(env or ENV), "OUT": out})
-    return result
+def session(*args, out, cwd=ROOT, env=None, timeout=300):
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**(env or ENV), "OUT": out})
 
 
 def dry_run(call, out, cwd=ROOT):
     result = session(call, "--dry-run", out=out, cwd=cwd)
     assert result.returncode == 0, result.stderr
-    stages = dict(re.findall(r"^\[([\w-]+)\] timeout (\d+ s: .*)$", result.stdout, re.M))
-    return result.stdout, {name: (int(text.split(" s: ")[0]), text.split(" s: ", 1)[1]) for name, text in stages.items()}
+    stages = re.findall(r"^\[([\w-]+)\] timeout (\d+) s: (.*)$", result.stdout, re.M)
+    return result.stdout, {name: (int(seconds), command) for name, seconds, command in stages}
 
 
 @pytest.mark.parametrize("call", ["check", "bench"])
@@ -105,7 +104,8 @@ def test_summary_is_written_when_a_stage_fails_or_times_out(tmp_path, body, stat
 
 @pytest.fixture(scope="module")
 def smoke():
-    spec = importlib.util.spec_from_file_location("ops_smoke", os.path.join(ROOT, "scripts", "gpu_smoke", "ops_smoke.py"))
+    path = os.path.join(ROOT, "scripts", "gpu_smoke", "ops_smoke.py")
+    spec = importlib.util.spec_from_file_location("ops_smoke", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -45,7 +45,7 @@ def test_dry_run_resolves_out_once_to_an_absolute_path(tmp_path, call, relative)
     if call == "bench":
         assert {p.rsplit("/", 1)[1] for p in written} == {
             "end-to-end-nvidia-h200.json", "bench-sir-nvidia-h200.json", "bench-mlp-nvidia-h200.json",
-            "bench-cells-nvidia-h200.json"}
+            "bench-cells-nvidia-h200.json", "bench-compile-nvidia-h200.json"}
 
 
 @pytest.mark.parametrize("call", ["check", "bench"])
@@ -67,9 +67,11 @@ def test_dry_run_prints_every_stage_within_the_call_budget(call):
             assert "scripts/gpu_smoke/ops_smoke.py all" in stages[f"{tool}-ops"][1]
         assert stages["memcheck-ops"][1].startswith("PYTORCH_NO_CUDA_MEMORY_CACHING=1 ")
     else:
-        assert list(stages) == ["env", "build", "end-to-end", "bench-sir", "bench-mlp", "bench-cells"]
+        assert list(stages) == ["env", "build", "end-to-end", "bench-sir", "bench-mlp", "bench-cells", "bench-compile"]
         assert "--device cuda" in stages["end-to-end"][1]
-        assert all("-m cuda" in stages[f"bench-{k}"][1] for k in ("sir", "mlp", "cells"))
+        assert all("-m cuda" in stages[f"bench-{k}"][1] for k in ("sir", "mlp", "cells", "compile"))
+        assert all("--bench-compile=none" in stages[f"bench-{k}"][1] for k in ("sir", "mlp", "cells"))
+        assert "--bench-compile=one" in stages["bench-compile"][1]
 
 
 def test_bad_arguments_are_named():

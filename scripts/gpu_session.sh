@@ -124,14 +124,18 @@ if [ "$call" = check ]; then
 else
   e2e_json=$q_out/end-to-end-$gpu_tag.json
   add env 10 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)'"
-  add build 105 "$build"
-  add end-to-end 105 "$PY bench/end_to_end.py --device cuda --out $e2e_json"
-  for kind in sir mlp cells; do
-    json=$q_out/bench-$kind-$gpu_tag.json
-    # cells: its one torch.compile comparison (bench/conftest.py --bench-compile=one) included
-    add "bench-$kind" "$([ $kind = cells ] && echo 70 || echo 35)" \
-      "$PY -m pytest bench/test_bench_$kind.py $bench_flags --benchmark-json=$json; rc=\$?; [ ! -f $json ] || $PY bench/report.py $json; exit \$rc"
-  done
+  add build 90 "$build"
+  add end-to-end 95 "$PY bench/end_to_end.py --device cuda --out $e2e_json"
+  # One pytest-benchmark JSON per stage (a stage cut short loses only its own); the
+  # torch.compile comparison (one cell, in training; a compile takes tens of seconds) last.
+  bench_stage() {  # bench_stage NAME BUDGET FILE PYTEST-ARGS
+    local json=$q_out/bench-$1-$gpu_tag.json
+    add "bench-$1" "$2" "$PY -m pytest bench/$3 $bench_flags $4 --benchmark-json=$json; rc=\$?; [ ! -f $json ] || $PY bench/report.py $json; exit \$rc"
+  }
+  bench_stage sir 35 test_bench_sir.py "--bench-compile=none"
+  bench_stage mlp 35 test_bench_mlp.py "--bench-compile=none"
+  bench_stage cells 50 test_bench_cells.py "--bench-compile=none"
+  bench_stage compile 45 test_bench_cells.py "--bench-compile=one -k 'test_cell and generative-cell-C32-e6 and train'"
 fi
 
 selected() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }

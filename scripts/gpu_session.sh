@@ -211,7 +211,11 @@ on_exit() {
 }
 on_signal() {
   echo "gpu_session.sh: interrupted" | tee -a "$log" >&2
-  [ -z "$current" ] || { echo "interrupted" >"$work/$current.status"; records+=("$current|interrupted|-|-"); }
+  if [ -n "$current" ]; then
+    echo "interrupted" >"$work/$current.status"
+    tail -n 30 "$out/stage-$current.log" >"$work/$current.tail" 2>/dev/null  # that log stays in OUT
+    records+=("$current|interrupted|-|-")
+  fi
   failed=$((failed + 1))
   exit 130
 }

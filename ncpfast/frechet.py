@@ -124,7 +124,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2), in float64."""
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # atleast_2d: torch.cov of a single feature is 0-d.
+    cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
     vals, vecs = torch.linalg.eigh(cov_a)
     sqrt_a = vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
     middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()

@@ -27,7 +27,7 @@ from ..models import build_model
 from ..models.base import iw_images_per_pass
 from ..run_dir import RunDir
 from .config import TrainConfig, save_config
-from .distributed import broadcast_buffers, init_distributed, parameters_identical, replicas_identical
+from .distributed import all_reduce_sum, broadcast_buffers, init_distributed, parameters_identical, replicas_identical
 from .regularizers import SpectralRegularizer, batchnorm_max_gamma
 from .schedules import kl_coefficient, learning_rate, regularizer_weight
 
@@ -178,9 +178,13 @@ class Trainer:
                 self._update_ema()
         else:
             self._record_non_finite(loss_value, grad_norm)
-        nelbo = (-recon + kl_all.sum(0)).mean().detach()
-        return dict(loss=loss_value, nelbo=float(nelbo), kl=float(kl_all.detach().sum(0).mean()), lr=lr,
-                    kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=kl_all.detach().mean(1))
+        # What is logged is the global batch's mean, as a single process logs it:
+        # every rank's share averaged (equal shares per rank).
+        logged = torch.cat([torch.stack([loss.detach().float(), (-recon + kl_all.sum(0)).mean().detach(),
+                                         kl_all.detach().sum(0).mean()]), kl_all.detach().mean(1)]).cpu()
+        logged = all_reduce_sum(logged, self.ctx) / self.ctx.world_size
+        return dict(loss=float(logged[0]), nelbo=float(logged[1]), kl=float(logged[2]), lr=lr,
+                    kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=logged[3:])
 
     def _record_non_finite(self, loss: float, grad_norm: float) -> None:
         self.nan_streak += 1

@@ -9,7 +9,8 @@
 // the cores get the rounded values, outputs stored in half are compared to
 // half precision, sums kept in float to float precision. Buffers are exactly
 // the sizes the launchers allocate, so under ASan an out-of-range access fails
-// here; under TSan an access no barrier orders does.
+// here; under TSan an access no barrier orders does. And batch-norm moments of
+// values with a large mean (the sums must be correctly rounded).
 #include "cuda_emulation.h"
 
 #include <cmath>
@@ -217,6 +218,63 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
 #undef DEPTHWISE_EXPECT
 }
 
+// Whether `got` is `exact` rounded to float: within half an ulp (and a hair
+// for the double sum's own rounding).
+bool correctly_rounded(float got, double exact) {
+  const double ulp = std::nextafter(std::fabs(got), INFINITY) - std::fabs(got);
+  return std::fabs(got - exact) <= 0.5 * ulp * (1 + 1e-6);
+}
+
+// Batch-norm moments of values with a large mean and a small spread
+// (x = 1000 + N(0, 0.01^2)): the variance lives in the last bits of the sum of
+// squares, so each per-plane (and per-tile) sum must be the exact sum rounded
+// once to float, as the CPU's double accumulation gives, not float
+// accumulation's error of several ulps.
+void test_moments_of_large_mean() {
+  for (const Shape& s : {Shape{2, 2, 64, 64}, Shape{1, 3, 37, 29}}) {
+    const int64_t P = s.planes(), n = s.plane_size();
+    std::vector<float> x = random_values(s.numel(), 0.01f);
+    for (float& v : x) v += 1000.f;
+    std::vector<float> sum(P), sumsq(P);
+    emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_kernel<float, float>, x.data(), n,
+                sum.data(), sumsq.data());
+    int64_t wrong = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      double exact_sum = 0, exact_sumsq = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        exact_sum += x[p * n + i];
+        exact_sumsq += double(x[p * n + i]) * x[p * n + i];
+      }
+      wrong += !correctly_rounded(sum[p], exact_sum) + !correctly_rounded(sumsq[p], exact_sumsq);
+    }
+    NCPFAST_EXPECT(wrong == 0, "plane_moments of 1000 + N(0, 0.01^2), %lldx%lld planes: %lld of %lld sums not the "
+                   "exact sum rounded to float", (long long)s.H, (long long)s.W, (long long)wrong, (long long)(2 * P));
+
+    // The depthwise conv's moments of its output: a bias of 1000, small weights.
+    const int64_t K = 3, tile_rows = 16, tiles = (s.H + tile_rows - 1) / tile_rows;
+    const std::vector<float> scale(s.C, 1.f), shift(s.C, 0.f), bias(s.C, 1000.f);
+    const std::vector<float> input = random_values(s.numel()), weight = random_values(s.C * K * K, 1e-3f);
+    std::vector<float> y(s.numel()), tile_sum(P * tiles), tile_sumsq(P * tiles);
+    emu::launch(dim3(P, tiles), dim3(kThreads), ops::cell_kernels::dwconv_shared_bytes(tile_rows, s.W, K, sizeof(float)),
+                ops::cell_kernels::dwconv_kernel<float, float>, input.data(), s.C, s.H, s.W, K, tile_rows,
+                scale.data(), shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
+    wrong = 0;
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t t = 0; t < tiles; ++t) {
+        double exact_sum = 0, exact_sumsq = 0;
+        for (int64_t i = t * tile_rows * s.W; i < std::min(s.H, (t + 1) * tile_rows) * s.W; ++i) {
+          exact_sum += y[p * n + i];
+          exact_sumsq += double(y[p * n + i]) * y[p * n + i];
+        }
+        wrong += !correctly_rounded(tile_sum[p * tiles + t], exact_sum) +
+                 !correctly_rounded(tile_sumsq[p * tiles + t], exact_sumsq);
+      }
+    NCPFAST_EXPECT(wrong == 0, "depthwise moments of 1000 + small, %lldx%lld planes: %lld of %lld tile sums not the "
+                   "exact sum rounded to float", (long long)s.H, (long long)s.W, (long long)wrong,
+                   (long long)(2 * P * tiles));
+  }
+}
+
 template <typename T>
 void test_storage_type() {
   for (const Shape& s : kShapes) test_elementwise<T>(s);
@@ -230,6 +288,7 @@ void test_storage_type() {
 }  // namespace
 
 int main() {
+  test_moments_of_large_mean();
   test_storage_type<float>();
 #if NCPFAST_HAVE_FLOAT16
   test_storage_type<_Float16>();

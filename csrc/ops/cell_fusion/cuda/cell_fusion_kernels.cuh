@@ -63,19 +63,23 @@ __device__ __forceinline__ void swish_affine_backward(A grad_a, A xv, A sc, A sh
   v[1] += g * (xv - m);
 }
 
+// The moments accumulate in double, as on the CPU (core::plane_moments): in
+// float, the sum of squares of values with a large mean (x = 1000 + noise) is
+// off by many float ulps, and the variance, E[x^2] - mean^2, lives in its last
+// bits. Each output is then one rounding of the exact sum.
 template <typename T, typename A>
 __global__ void plane_moments_kernel(const T* x, int64_t HW, A* sum, A* sumsq) {
   const int64_t p = blockIdx.x;
-  A v[2] = {0, 0};
+  double v[2] = {0, 0};
   for (int64_t i = threadIdx.x; i < HW; i += kThreads) {
-    const A value = load<T, A>(x, p * HW + i);
+    const double value = static_cast<double>(load<T, A>(x, p * HW + i));
     v[0] += value;
     v[1] += value * value;
   }
   block_sum(v);
   if (threadIdx.x == 0) {
-    sum[p] = v[0];
-    sumsq[p] = v[1];
+    sum[p] = static_cast<A>(v[0]);
+    sumsq[p] = static_cast<A>(v[1]);
   }
 }
 
@@ -177,7 +181,7 @@ __global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64
   fill_tile(tile, r0, rows, H, W, P, [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
   __syncthreads();
   const A* w = weight + c * K * K;
-  A v[2] = {0, 0};
+  double v[2] = {0, 0};  // the moments in double, as in plane_moments_kernel
   for (int64_t t = threadIdx.x; t < rows * W; t += kThreads) {
     const int64_t i = t / W, j = t % W;
     A acc = bias[c];
@@ -185,14 +189,14 @@ __global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64
       for (int64_t kj = 0; kj < K; ++kj) acc += w[ki * K + kj] * tile[(i + ki) * Wp + j + kj];
     const T stored = static_cast<T>(acc);
     y[p * H * W + (r0 + i) * W + j] = stored;
-    const A value = static_cast<A>(stored);  // the moments of what the next op reads
+    const double value = static_cast<double>(static_cast<A>(stored));  // the moments of what the next op reads
     v[0] += value;
     v[1] += value * value;
   }
   block_sum(v);
   if (threadIdx.x == 0) {
-    tile_sum[p * gridDim.y + blockIdx.y] = v[0];
-    tile_sumsq[p * gridDim.y + blockIdx.y] = v[1];
+    tile_sum[p * gridDim.y + blockIdx.y] = static_cast<A>(v[0]);
+    tile_sumsq[p * gridDim.y + blockIdx.y] = static_cast<A>(v[1]);
   }
 }
 

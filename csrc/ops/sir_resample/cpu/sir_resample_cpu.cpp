@@ -1,5 +1,5 @@
 // CPU backend of ncpfast::sir_resample: rows in parallel (at::parallel_for,
-// OpenMP in torch's builds), one reusable CDF buffer per worker.
+// OpenMP in torch's builds), one reusable CDF buffer (and tile offsets) per worker.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -36,10 +36,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sir_resample_cpu(const at::Tensor
     const int64_t grain = std::max<int64_t>(1, 32768 / M);
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
       std::vector<float> cdf(static_cast<size_t>(M));
+      std::vector<double> tile_offsets(static_cast<size_t>(core::sir_tile_count(M) + 1));
       for (int64_t row = begin; row < end; ++row) {
         normalizer_ptr[row] = core::sir_resample_row_cpu(weights + row * M, M, S, systematic,
                                                          seed_value, row, cdf.data(),
-                                                         index_ptr + row * S);
+                                                         tile_offsets.data(), index_ptr + row * S);
         core::sir_gather_row(proposal_bytes + row * M * row_bytes, index_ptr + row * S, S,
                              row_bytes, sample_bytes + row * S * row_bytes);
       }

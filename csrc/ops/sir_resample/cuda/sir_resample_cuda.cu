@@ -1,9 +1,11 @@
 // CUDA backend of ncpfast::sir_resample: the kernel lives in the torch-free
 // core (csrc/core/sir_resample_cuda.cuh); this file checks, allocates,
-// launches on the current stream and reports invalid rows.
+// launches on the current stream and reports invalid rows (outside CUDA graph
+// capture).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -40,8 +42,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sir_resample_cuda(const at::Tenso
                 cudaGetErrorString(status));
   });
   // One small device-to-host read (B floats reduced to a flag): the price of
-  // reporting a bad row as an error instead of returning garbage.
-  check_sir_row_normalizers(log_normalizer);
+  // reporting a bad row as an error instead of returning garbage. A stream
+  // being captured into a CUDA graph cannot synchronise: there the check is
+  // skipped, and a bad row shows as a NaN or -inf log-normaliser (its indices
+  // 0, its samples not written).
+  if (c10::cuda::captureStatusMayInitCtx(stream) == c10::cuda::CaptureStatus::None) {
+    check_sir_row_normalizers(log_normalizer);
+  }
   return {samples, indices, log_normalizer};
 }
 

@@ -12,7 +12,7 @@ from ncpfast.ops import reference as ref
 
 from test_ncp_grouped import TINY
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = pytest.mark.cuda  # skipped without a device (conftest.py)
 
 
 def mlp(dim, hidden, layers, seed=0):

@@ -284,17 +284,15 @@ def test_bad_inputs_raise_clear_errors(device, impl):
             IMPLS[impl](*args, **kwargs)
 
 
+@pytest.mark.cuda  # needs a second device type for the generator
 @pytest.mark.parametrize("impl", IMPLS)
 def test_generator_on_wrong_device_is_rejected(impl):
     lw, props = torch.zeros(2, 3), torch.zeros(2, 3, 1)
-    meta_gen = torch.Generator(device="cuda") if torch.cuda.is_available() else None
-    if meta_gen is None:
-        pytest.skip("needs a second device type for the generator")
     with pytest.raises(ValueError, match="generator is on"):
-        IMPLS[impl](lw, props, 1, generator=meta_gen)
+        IMPLS[impl](lw, props, 1, generator=torch.Generator(device="cuda"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("impl", IMPLS)
 def test_mixed_devices_are_rejected(impl):
     with pytest.raises(ValueError, match="proposals are on"):
@@ -312,7 +310,7 @@ def test_raw_op_checks_contiguity_and_seed():
         torch.ops.ncpfast.sir_resample(lw, props, 1, False, torch.tensor([1.0]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cpu_and_cuda_share_the_random_stream():
     # The same Philox stream and the same tiles: the indices agree except where
     # a target falls within float rounding of a CDF step (the two sum a tile
@@ -334,7 +332,7 @@ def test_cpu_and_cuda_share_the_random_stream():
         assert between <= 1e-5, (row, j, low, high, float(between))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_graph_capture_and_replay():
     # No host synchronisation inside the op: it can be captured into a CUDA
     # graph, and a replay equals an eager call with the same seed.

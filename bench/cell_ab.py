@@ -88,7 +88,8 @@ def main():
                   f"{eager['median_ms'] / s['median_ms']:.2f}x | {eager['min_ms'] / s['min_ms']:.2f}x |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"cell": args.cell, "machine": cpu_name(), "cores": torch.get_num_threads(), "torch": torch.__version__,
+            json.dump({"cell": args.cell, "machine": cpu_name(), "cores": torch.get_num_threads(),
+                       "torch": torch.__version__,
                        "results": results}, f, indent=2)
 
 

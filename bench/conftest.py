@@ -6,7 +6,6 @@ compile per shape (tens of seconds), so by default ("one") only the variants a
 module names in COMPILE_REFERENCE run (the cells: one cell size, one mode), enough
 for one fused-vs-compile comparison; "all" runs every one, "none" none.
 """
-import pytest
 
 COMPILE_CHOICES = ("none", "one", "all")
 

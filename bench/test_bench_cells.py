@@ -62,7 +62,8 @@ OP_SIZES = {"bn_swish_dwconv": [(N, C, S), (32, 768, 8), (32, 1536, 4)]}
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", [0, 1, 2])
-@pytest.mark.parametrize("op", ["plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv", "bn_gate_residual"])
+@pytest.mark.parametrize("op", ["plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv",
+                                "bn_gate_residual"])
 def test_cell_op_forward_backward(benchmark, device, impl, op, size):
     sizes = OP_SIZES.get(op, [(N, C, S)])
     if size >= len(sizes):

@@ -22,7 +22,8 @@ def make_inputs(shape, dtype=torch.float64, device="cpu", seed=0, grad=True, lay
     param = torch.float64 if dtype == torch.float64 else torch.float32
 
     def t(*size, positive=False):
-        v = torch.rand(size, generator=g, dtype=torch.float64) + 0.5 if positive else torch.randn(size, generator=g, dtype=torch.float64)
+        v = (torch.rand(size, generator=g, dtype=torch.float64) + 0.5 if positive
+             else torch.randn(size, generator=g, dtype=torch.float64))
         return v
 
     x = t(N, C, H, W).to(device, dtype).contiguous(memory_format=layout).requires_grad_(grad)

@@ -3,8 +3,12 @@ import math
 
 import torch
 
-from ncpfast.ncp.estimators import (aggregate_posterior_log_weights, effective_sample_size, log_mixture_density,
-                                    summarize_log_weights)
+from ncpfast.ncp.estimators import (
+    aggregate_posterior_log_weights,
+    effective_sample_size,
+    log_mixture_density,
+    summarize_log_weights,
+)
 
 
 def test_log_mixture_density_matches_direct_sum():

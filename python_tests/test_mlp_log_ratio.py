@@ -9,7 +9,6 @@ from ncpfast.ncp import GroupedNCP
 from ncpfast.ncp.base_priors import StandardNormal
 from ncpfast.ncp.prior import default_classifier
 from ncpfast.ops import reference as ref
-
 from test_ncp_grouped import TINY
 
 cuda = pytest.mark.cuda  # skipped without a device (conftest.py)
@@ -58,7 +57,8 @@ def test_errors_name_the_argument():
 
 def test_only_the_default_mlp_shape_is_fused():
     assert ops.mlp_parameters(mlp(4, 8, 2)) is not None
-    assert ops.mlp_parameters(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))) is None
+    relu_mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    assert ops.mlp_parameters(relu_mlp) is None
     assert ops.mlp_parameters(torch.nn.Linear(4, 1)) is None
 
 

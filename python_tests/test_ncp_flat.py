@@ -13,7 +13,6 @@ from ncpfast.models import HierarchicalVAE, MLPVAE
 from ncpfast.ncp import GaussianMixture
 from ncpfast.ncp.flat import FlatNCP, posterior_samples
 from ncpfast.training.config import resolve_config
-
 from test_ncp_grouped import TINY
 
 

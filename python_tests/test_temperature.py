@@ -9,7 +9,6 @@ import torch.nn as nn
 
 from ncpfast.models import HierarchicalVAE
 from ncpfast.models.temperature import readjust_batchnorm
-
 from test_ncp_grouped import SMALL, TINY
 
 

@@ -43,10 +43,9 @@ NCPFAST_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
 // total * 2^-bits (with 24 bits that moves an index's probability by about
 // 0.6% at M = 1e5 and 6% at M = 1e6).
 NCPFAST_HD double sir_uniform(uint64_t seed, uint64_t row, uint64_t sample) {
-  const Philox4 ctr{{static_cast<uint32_t>(sample), static_cast<uint32_t>(sample >> 32),
-                     static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32)}};
-  const Philox4 out =
-      philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const Philox4 ctr{{static_cast<uint32_t>(sample), static_cast<uint32_t>(sample >> 32), static_cast<uint32_t>(row),
+                     static_cast<uint32_t>(row >> 32)}};
+  const Philox4 out = philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   const uint64_t bits = (static_cast<uint64_t>(out.v[0]) << 21) | (out.v[1] >> 11);
   return static_cast<double>(bits) * (1.0 / 9007199254740992.0);  // 2^-53
 }

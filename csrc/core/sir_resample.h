@@ -30,8 +30,7 @@ NCPFAST_HD int64_t sir_tile_count(int64_t M) { return (M + kSirTile - 1) / kSirT
 // Where sample `j` of `num_samples` falls in [0, 1) of the row's probability
 // mass. Multinomial: an independent uniform per sample. Systematic: one
 // uniform u per row and the evenly spaced points (u + j) / S.
-NCPFAST_HD double sir_target_fraction(uint64_t seed, uint64_t row, int64_t j, int64_t num_samples,
-                                      bool systematic) {
+NCPFAST_HD double sir_target_fraction(uint64_t seed, uint64_t row, int64_t j, int64_t num_samples, bool systematic) {
   if (systematic) return (sir_uniform(seed, row, 0) + static_cast<double>(j)) / static_cast<double>(num_samples);
   return sir_uniform(seed, row, static_cast<uint64_t>(j));
 }
@@ -50,8 +49,8 @@ NCPFAST_HD float sir_log_normalizer(float row_max, double total) {
 // weight is -inf, NaN when a weight is NaN or +inf. For an invalid row the
 // indices are set to 0 and the caller must report the row as an error.
 template <typename T>
-float sir_resample_row_cpu(const T* log_weights, int64_t M, int64_t S, bool systematic, uint64_t seed,
-                           int64_t row, float* cdf_scratch, double* tile_offsets, int64_t* indices_out) {
+float sir_resample_row_cpu(const T* log_weights, int64_t M, int64_t S, bool systematic, uint64_t seed, int64_t row,
+                           float* cdf_scratch, double* tile_offsets, int64_t* indices_out) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   // The max (with a NaN/+inf flag) and the exponentials vectorise (omp simd,
   // built with -fopenmp-simd; no OpenMP runtime needed). The prefix sum stays
@@ -99,8 +98,8 @@ float sir_resample_row_cpu(const T* log_weights, int64_t M, int64_t S, bool syst
       const float* cdf = cdf_scratch + t * kSirTile;
       const int64_t length = std::min(kSirTile, M - t * kSirTile);
       const double local = target - tile_offsets[t];
-      const int64_t i = std::upper_bound(cdf, cdf + length, local,
-                                         [](double value, float entry) { return value < entry; }) - cdf;
+      const int64_t i =
+          std::upper_bound(cdf, cdf + length, local, [](double value, float entry) { return value < entry; }) - cdf;
       if (i < length) k = t * kSirTile + i;
     }
     // A target rounded up to a tile's or the row's total finds no entry: it
@@ -112,12 +111,11 @@ float sir_resample_row_cpu(const T* log_weights, int64_t M, int64_t S, bool syst
 
 // Copies the chosen proposals of one row: out[j] = proposals[indices[j]], each
 // proposal `row_bytes` bytes (the op is dtype-agnostic here).
-inline void sir_gather_row(const unsigned char* proposals_row, const int64_t* indices, int64_t S,
-                           int64_t row_bytes, unsigned char* out_row) {
+inline void sir_gather_row(const unsigned char* proposals_row, const int64_t* indices, int64_t S, int64_t row_bytes,
+                           unsigned char* out_row) {
   if (row_bytes == 0) return;  // memcpy's pointers must be valid even for 0 bytes
   for (int64_t j = 0; j < S; ++j) {
-    std::memcpy(out_row + j * row_bytes, proposals_row + indices[j] * row_bytes,
-                static_cast<size_t>(row_bytes));
+    std::memcpy(out_row + j * row_bytes, proposals_row + indices[j] * row_bytes, static_cast<size_t>(row_bytes));
   }
 }
 

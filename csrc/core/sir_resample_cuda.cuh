@@ -27,11 +27,15 @@ constexpr int kSirItemsPerThread = static_cast<int>(kSirTile) / kSirThreads;  //
 
 struct MaxOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+  __device__ T operator()(T a, T b) const {
+    return a > b ? a : b;
+  }
 };
 struct SumOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 
 // Block-wide all-reduce: every thread gets the result. `scratch` holds one
@@ -100,7 +104,8 @@ __device__ __forceinline__ int upper_bound_shared(const float* cdf, int length, 
   int lo = 0, hi = length;
   while (lo < hi) {
     const int mid = (lo + hi) >> 1;
-    if (static_cast<double>(cdf[mid]) > target) hi = mid; else lo = mid + 1;
+    if (static_cast<double>(cdf[mid]) > target) hi = mid;
+    else lo = mid + 1;
   }
   return lo;
 }
@@ -111,8 +116,8 @@ __device__ __forceinline__ int upper_bound_shared(const float* cdf, int length, 
 // bit. With `resident`, the tile already holds the weights (as floats), each
 // written by the thread that reads it here.
 template <typename T>
-__device__ float tile_cdf(const T* row_weights, int64_t start, int length, bool resident, float row_max,
-                          float* tile, float* chunk_scratch, float* warp_scratch, long long& thread_last_positive) {
+__device__ float tile_cdf(const T* row_weights, int64_t start, int length, bool resident, float row_max, float* tile,
+                          float* chunk_scratch, float* warp_scratch, long long& thread_last_positive) {
   __syncthreads();  // the previous tile's CDF (and total) is no longer being read
   for (int i = threadIdx.x; i < length; i += kSirThreads) {
     const float x = resident ? tile[i] : to_float(row_weights[start + i]);
@@ -128,8 +133,8 @@ __device__ float tile_cdf(const T* row_weights, int64_t start, int length, bool 
 // Copies `row_bytes` bytes for each of S samples, all threads of the block
 // sharing the work; Word is the widest type that the alignment allows.
 template <typename Word>
-__device__ void gather_rows(const unsigned char* proposals_row, const int64_t* indices, int64_t S,
-                            int64_t row_bytes, unsigned char* out_row) {
+__device__ void gather_rows(const unsigned char* proposals_row, const int64_t* indices, int64_t S, int64_t row_bytes,
+                            unsigned char* out_row) {
   const int64_t words_per_row = row_bytes / static_cast<int64_t>(sizeof(Word));
   const int64_t total_words = S * words_per_row;
   for (int64_t w = threadIdx.x; w < total_words; w += kSirThreads) {
@@ -142,10 +147,10 @@ __device__ void gather_rows(const unsigned char* proposals_row, const int64_t* i
 
 template <typename T>
 __global__ void __launch_bounds__(kSirThreads)
-sir_resample_kernel(const T* __restrict__ log_weights, const unsigned char* __restrict__ proposals,
-                    int64_t M, int64_t S, int64_t row_bytes, bool systematic,
-                    const int64_t* __restrict__ seed_ptr, unsigned char* __restrict__ samples,
-                    int64_t* __restrict__ indices, float* __restrict__ log_normalizer) {
+    sir_resample_kernel(const T* __restrict__ log_weights, const unsigned char* __restrict__ proposals, int64_t M,
+                        int64_t S, int64_t row_bytes, bool systematic, const int64_t* __restrict__ seed_ptr,
+                        unsigned char* __restrict__ samples, int64_t* __restrict__ indices,
+                        float* __restrict__ log_normalizer) {
   __shared__ float tile[kSirTile];
   __shared__ float chunk_scratch[kSirThreads];
   __shared__ float float_scratch[kSirThreads / 32];
@@ -195,8 +200,8 @@ sir_resample_kernel(const T* __restrict__ log_weights, const unsigned char* __re
   double tile_offset = 0.0;
   for (int64_t start = 0; start < M; start += kSirTile) {
     const int length = static_cast<int>(M - start < kSirTile ? M - start : kSirTile);
-    const float tile_total = tile_cdf(row_weights, start, length, resident, row_max, tile, chunk_scratch,
-                                      float_scratch, thread_last_positive);
+    const float tile_total = tile_cdf(row_weights, start, length, resident, row_max, tile, chunk_scratch, float_scratch,
+                                      thread_last_positive);
     if (resident) total = tile_total;
     const double next_offset = tile_offset + tile_total;
     for (int64_t j = threadIdx.x; j < S; j += kSirThreads) {
@@ -234,14 +239,13 @@ sir_resample_kernel(const T* __restrict__ log_weights, const unsigned char* __re
 // Launches one block per row on `stream`. Pointers are device pointers; the
 // proposal buffers must be 16-byte aligned for the wide path (allocations are).
 template <typename T>
-cudaError_t launch_sir_resample(const T* log_weights, const void* proposals, int64_t B, int64_t M,
-                                int64_t S, int64_t row_bytes, bool systematic,
-                                const int64_t* seed, void* samples, int64_t* indices,
-                                float* log_normalizer, cudaStream_t stream) {
+cudaError_t launch_sir_resample(const T* log_weights, const void* proposals, int64_t B, int64_t M, int64_t S,
+                                int64_t row_bytes, bool systematic, const int64_t* seed, void* samples,
+                                int64_t* indices, float* log_normalizer, cudaStream_t stream) {
   if (B == 0) return cudaSuccess;
   NCPFAST_LAUNCH(sir_resample_kernel<T>, static_cast<unsigned int>(B), kSirThreads, 0, stream, log_weights,
-             static_cast<const unsigned char*>(proposals), M, S, row_bytes, systematic, seed,
-             static_cast<unsigned char*>(samples), indices, log_normalizer);
+                 static_cast<const unsigned char*>(proposals), M, S, row_bytes, systematic, seed,
+                 static_cast<unsigned char*>(samples), indices, log_normalizer);
   return cudaGetLastError();
 }
 

@@ -120,8 +120,8 @@ class Barrier {
     for (unsigned spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
       std::this_thread::yield();
       if (spins % 4096 == 0 && std::chrono::steady_clock::now() > deadline) {
-        std::fprintf(stderr, "cuda emulation: block (%u, %u): threads waited 300 s at %s\n", blockIdx.x,
-                     blockIdx.y, kind);
+        std::fprintf(stderr, "cuda emulation: block (%u, %u): threads waited 300 s at %s\n", blockIdx.x, blockIdx.y,
+                     kind);
         std::abort();
       }
     }
@@ -150,8 +150,8 @@ struct Launch {
 
   Launch(unsigned threads_, size_t shared_bytes_)
       : threads(threads_), block(threads_), lanes(threads_), shared_bytes(shared_bytes_),
-        dynamic_shared(static_cast<unsigned char*>(::operator new(shared_bytes_ + (shared_bytes_ == 0),
-                                                                  std::align_val_t(16)))) {
+        dynamic_shared(
+            static_cast<unsigned char*>(::operator new(shared_bytes_ + (shared_bytes_ == 0), std::align_val_t(16)))) {
     poison_shared();
     for (unsigned first = 0; first < threads; first += kWarpSize)
       warps.push_back(new Barrier(std::min(kWarpSize, threads - first)));
@@ -202,9 +202,11 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...
   if (shared_bytes > kDefaultDynamicShared) {
     const auto opt_in = shared_opt_ins().find(reinterpret_cast<const void*>(kernel));
     if (opt_in == shared_opt_ins().end() || opt_in->second < shared_bytes) {
-      std::fprintf(stderr, "cuda emulation: a launch with %zu bytes of dynamic shared memory needs "
+      std::fprintf(stderr,
+                   "cuda emulation: a launch with %zu bytes of dynamic shared memory needs "
                    "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, >= %zu) first "
-                   "(without it a device allows %zu)\n", shared_bytes, shared_bytes, kDefaultDynamicShared);
+                   "(without it a device allows %zu)\n",
+                   shared_bytes, shared_bytes, kDefaultDynamicShared);
       std::abort();
     }
   }

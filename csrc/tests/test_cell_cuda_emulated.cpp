@@ -92,8 +92,8 @@ void test_elementwise(const Shape& s) {
   std::vector<T> grad_x(s.numel());
   emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_kernel<T, float>, x.data.data(), n,
               sum.data(), sumsq.data());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_backward_kernel<T, float>,
-              x.data.data(), n, grad_sum.data(), grad_sumsq.data(), grad_x.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_backward_kernel<T, float>, x.data.data(), n,
+              grad_sum.data(), grad_sumsq.data(), grad_x.data());
   std::vector<double> want_sum(P), want_sumsq(P);
   std::vector<float> want_grad_x(s.numel());
   for (int64_t p = 0; p < P; ++p) {
@@ -102,8 +102,8 @@ void test_elementwise(const Shape& s) {
                                        want_grad_x.data() + p * n);
   }
   NCPFAST_EXPECT(worst_error(sum, want_sum) < Tol::sums && worst_error(sumsq, want_sumsq) < Tol::sums,
-             "plane_moments %lldx%lldx%lldx%lld, %zu-byte storage", (long long)s.N, (long long)s.C, (long long)s.H,
-             (long long)s.W, sizeof(T));
+                 "plane_moments %lldx%lldx%lldx%lld, %zu-byte storage", (long long)s.N, (long long)s.C, (long long)s.H,
+                 (long long)s.W, sizeof(T));
   NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "plane_moments_backward");
 
   // bn_swish_given_stats and its backward
@@ -124,16 +124,15 @@ void test_elementwise(const Shape& s) {
   NCPFAST_EXPECT(worst_error(to_float(y), want_y) < Tol::stored, "bn_swish_given_stats, %zu-byte storage", sizeof(T));
   NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "bn_swish_given_stats_backward grad_x");
   NCPFAST_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
-             "bn_swish_given_stats_backward sums");
+                 "bn_swish_given_stats_backward sums");
 
   // gate_residual and its backward
   std::vector<T> out(s.numel());
   std::vector<float> want_out(s.numel());
   emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_kernel<T, float>, x.data.data(),
               skip.data.data(), n, per_plane_a.data(), per_plane_c.data(), out.data());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_backward_kernel<T, float>,
-              grad.data.data(), x.data.data(), s.C, n, per_plane_a.data(), mean.data(), grad_x.data(), sum_g.data(),
-              sum_gc.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_backward_kernel<T, float>, grad.data.data(),
+              x.data.data(), s.C, n, per_plane_a.data(), mean.data(), grad_x.data(), sum_g.data(), sum_gc.data());
   for (int64_t p = 0; p < P; ++p) {
     core::gate_residual_plane(x.as_float.data() + p * n, skip.as_float.data() + p * n, n, per_plane_a[p],
                               per_plane_c[p], want_out.data() + p * n);
@@ -143,7 +142,7 @@ void test_elementwise(const Shape& s) {
   NCPFAST_EXPECT(worst_error(to_float(out), want_out) < Tol::stored, "gate_residual, %zu-byte storage", sizeof(T));
   NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "gate_residual_backward grad_h");
   NCPFAST_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
-             "gate_residual_backward sums");
+                 "gate_residual_backward sums");
 }
 
 // Sums per-tile partials [P, tiles, width] over the tiles: [P, width].
@@ -172,14 +171,12 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
               shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
 
   std::vector<T> grad_x(s.numel());
-  std::vector<float> tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK),
-      tile_grad_b(P * tiles);
-  emu::launch(dim3(P, tiles), dim3(kThreads),
-              ops::cell_kernels::dwconv_backward_shared_bytes(tile_rows, s.W, K, sizeof(float)),
-              ops::cell_kernels::dwconv_backward_kernel<T, float>, grad.data.data(), grad_sum.data(),
-              grad_sumsq.data(), y.data(), x.data.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(),
-              mean.data(), weight.data(), grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(),
-              tile_grad_b.data());
+  std::vector<float> tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK), tile_grad_b(P * tiles);
+  emu::launch(
+      dim3(P, tiles), dim3(kThreads), ops::cell_kernels::dwconv_backward_shared_bytes(tile_rows, s.W, K, sizeof(float)),
+      ops::cell_kernels::dwconv_backward_kernel<T, float>, grad.data.data(), grad_sum.data(), grad_sumsq.data(),
+      y.data(), x.data.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(), mean.data(), weight.data(),
+      grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(), tile_grad_b.data());
 
   // The references: the forward from the rounded input; the moments of the y
   // the kernel stored (what the next op reads); the backward from that y.
@@ -202,9 +199,9 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
                                          want_sum_g[p], want_sum_gc[p], want_grad_w.data() + p * KK, want_grad_b[p]);
   }
   const char* what = "depthwise %lldx%lldx%lldx%lld K=%lld tile_rows=%lld, %zu-byte storage: %s";
-#define DEPTHWISE_EXPECT(cond, name)                                                                          \
+#define DEPTHWISE_EXPECT(cond, name)                                                                       \
   NCPFAST_EXPECT(cond, what, (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)K, \
-             (long long)tile_rows, sizeof(T), name)
+                 (long long)tile_rows, sizeof(T), name)
   DEPTHWISE_EXPECT(worst_error(stored_y, want_y) < Tol::stored, "y");
   DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum, P, tiles), want_sum) < Tol::sums &&
                        worst_error(over_tiles(tile_sumsq, P, tiles), want_sumsq) < Tol::sums,
@@ -247,17 +244,20 @@ void test_moments_of_large_mean() {
       }
       wrong += !correctly_rounded(sum[p], exact_sum) + !correctly_rounded(sumsq[p], exact_sumsq);
     }
-    NCPFAST_EXPECT(wrong == 0, "plane_moments of 1000 + N(0, 0.01^2), %lldx%lld planes: %lld of %lld sums not the "
-                   "exact sum rounded to float", (long long)s.H, (long long)s.W, (long long)wrong, (long long)(2 * P));
+    NCPFAST_EXPECT(wrong == 0,
+                   "plane_moments of 1000 + N(0, 0.01^2), %lldx%lld planes: %lld of %lld sums not the "
+                   "exact sum rounded to float",
+                   (long long)s.H, (long long)s.W, (long long)wrong, (long long)(2 * P));
 
     // The depthwise conv's moments of its output: a bias of 1000, small weights.
     const int64_t K = 3, tile_rows = 16, tiles = (s.H + tile_rows - 1) / tile_rows;
     const std::vector<float> scale(s.C, 1.f), shift(s.C, 0.f), bias(s.C, 1000.f);
     const std::vector<float> input = random_values(s.numel()), weight = random_values(s.C * K * K, 1e-3f);
     std::vector<float> y(s.numel()), tile_sum(P * tiles), tile_sumsq(P * tiles);
-    emu::launch(dim3(P, tiles), dim3(kThreads), ops::cell_kernels::dwconv_shared_bytes(tile_rows, s.W, K, sizeof(float)),
-                ops::cell_kernels::dwconv_kernel<float, float>, input.data(), s.C, s.H, s.W, K, tile_rows,
-                scale.data(), shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
+    emu::launch(dim3(P, tiles), dim3(kThreads),
+                ops::cell_kernels::dwconv_shared_bytes(tile_rows, s.W, K, sizeof(float)),
+                ops::cell_kernels::dwconv_kernel<float, float>, input.data(), s.C, s.H, s.W, K, tile_rows, scale.data(),
+                shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
     wrong = 0;
     for (int64_t p = 0; p < P; ++p)
       for (int64_t t = 0; t < tiles; ++t) {
@@ -269,9 +269,10 @@ void test_moments_of_large_mean() {
         wrong += !correctly_rounded(tile_sum[p * tiles + t], exact_sum) +
                  !correctly_rounded(tile_sumsq[p * tiles + t], exact_sumsq);
       }
-    NCPFAST_EXPECT(wrong == 0, "depthwise moments of 1000 + small, %lldx%lld planes: %lld of %lld tile sums not the "
-                   "exact sum rounded to float", (long long)s.H, (long long)s.W, (long long)wrong,
-                   (long long)(2 * P * tiles));
+    NCPFAST_EXPECT(wrong == 0,
+                   "depthwise moments of 1000 + small, %lldx%lld planes: %lld of %lld tile sums not the "
+                   "exact sum rounded to float",
+                   (long long)s.H, (long long)s.W, (long long)wrong, (long long)(2 * P * tiles));
   }
 }
 
@@ -280,7 +281,7 @@ void test_storage_type() {
   for (const Shape& s : kShapes) test_elementwise<T>(s);
   for (const Shape& s : kShapes)
     for (int64_t K : {1, 3, 5}) {
-      test_depthwise<T>(s, K, s.H);  // one tile per plane
+      test_depthwise<T>(s, K, s.H);             // one tile per plane
       if (s.H > 2) test_depthwise<T>(s, K, 3);  // several tiles, the last one partial when H % 3 != 0
     }
 }

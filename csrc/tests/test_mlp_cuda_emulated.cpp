@@ -69,7 +69,7 @@ void run_case(int64_t rows, const std::vector<int>& widths) {
     worst = std::max(worst, std::fabs(logits[r] - h[0]) / (1 + std::fabs(h[0])));
   }
   NCPFAST_EXPECT(worst < 1e-4, "rows=%lld D=%d layers=%d widest=%d, %zu-byte proposals: worst relative error %g",
-             (long long)rows, D, layers_count, widest, sizeof(T), worst);
+                 (long long)rows, D, layers_count, widest, sizeof(T), worst);
 }
 
 // The launcher's choice of shared memory: within 48 KiB up to width 352, by
@@ -87,8 +87,9 @@ void test_shared_memory_limits() {
   layers.count = 2;
   float logit = 0.f;
   // Too wide for the limit: refused before any launch (the pointers are never read).
-  NCPFAST_EXPECT(launch_mlp_log_ratio<float>(nullptr, 1, layers, 1785, &logit, kH200SharedOptin, nullptr) ==
-                     cudaErrorInvalidValue, "width 1785 past the H200 limit must be refused");
+  NCPFAST_EXPECT(
+      launch_mlp_log_ratio<float>(nullptr, 1, layers, 1785, &logit, kH200SharedOptin, nullptr) == cudaErrorInvalidValue,
+      "width 1785 past the H200 limit must be refused");
   NCPFAST_EXPECT(launch_mlp_log_ratio<float>(nullptr, 1, layers, 512, &logit, 0, nullptr) == cudaErrorInvalidValue,
                  "width 512 on a device without opt-in must be refused");
 }
@@ -98,15 +99,15 @@ void test_shared_memory_limits() {
 int main() {
   test_shared_memory_limits();
   run_case(1, {1, 3, 1});
-  run_case(21, {5, 20, 1});              // a partial row tile
-  run_case(40, {50, 256, 256, 1});       // the default classifier's widths
-  run_case(33, {7, 300, 64, 1});         // wider than the block: threads own two units
-  run_case(17, {3, 16, 24, 8, 1});       // three hidden layers: the ping-pong buffers swap twice
-  run_case(20, {1280, 64, 64, 1});       // D = 20x8x8: proposals staged in 20 chunks of columns
-  run_case(35, {130, 30, 44, 1});        // a partial last chunk; widths not multiples of 4 (scalar path)
-  run_case(16, {66, 352, 8, 1});         // the widest hidden layer within the default 48 KiB
-  run_case(19, {40, 353, 1});            // the narrowest that needs the opt-in
-  run_case(21, {30, 512, 512, 1});       // a width-512 classifier (68 KiB)
+  run_case(21, {5, 20, 1});         // a partial row tile
+  run_case(40, {50, 256, 256, 1});  // the default classifier's widths
+  run_case(33, {7, 300, 64, 1});    // wider than the block: threads own two units
+  run_case(17, {3, 16, 24, 8, 1});  // three hidden layers: the ping-pong buffers swap twice
+  run_case(20, {1280, 64, 64, 1});  // D = 20x8x8: proposals staged in 20 chunks of columns
+  run_case(35, {130, 30, 44, 1});   // a partial last chunk; widths not multiples of 4 (scalar path)
+  run_case(16, {66, 352, 8, 1});    // the widest hidden layer within the default 48 KiB
+  run_case(19, {40, 353, 1});       // the narrowest that needs the opt-in
+  run_case(21, {30, 512, 512, 1});  // a width-512 classifier (68 KiB)
 #if NCPFAST_HAVE_FLOAT16
   run_case<_Float16>(21, {130, 64, 64, 1});  // half proposals, converted as they are staged
 #endif

@@ -43,8 +43,8 @@ static float resample_row(const std::vector<T>& w, int64_t S, bool systematic, u
   const int64_t M = static_cast<int64_t>(w.size());
   RowScratch scratch(M);
   idx.assign(S, -1);
-  return sir_resample_row_cpu(w.data(), M, S, systematic, seed, row, scratch.cdf.data(),
-                              scratch.tile_offsets.data(), idx.data());
+  return sir_resample_row_cpu(w.data(), M, S, systematic, seed, row, scratch.cdf.data(), scratch.tile_offsets.data(),
+                              idx.data());
 }
 
 static void test_exp_nonpositive() {
@@ -88,7 +88,7 @@ static void test_multinomial_frequencies() {
     const double p = std::exp(w[i] - logsumexp(w));
     const double sd = std::sqrt(S * p * (1 - p)) + 1e-9;
     NCPFAST_EXPECT(std::fabs(counts[i] - S * p) < 5 * sd + 1, "index %lld: %lld draws, expected %g",
-               static_cast<long long>(i), static_cast<long long>(counts[i]), S * p);
+                   static_cast<long long>(i), static_cast<long long>(counts[i]), S * p);
   }
 }
 
@@ -106,8 +106,8 @@ static void test_systematic_counts_within_one() {
     const double lz = logsumexp(wf);
     for (int64_t i = 0; i < M; ++i) {
       const double expected = S * std::exp(wf[i] - lz);
-      NCPFAST_EXPECT(std::fabs(counts[i] - expected) <= 1.0 + 1e-3, "trial %d index %lld: %lld vs %g",
-                 trial, static_cast<long long>(i), static_cast<long long>(counts[i]), expected);
+      NCPFAST_EXPECT(std::fabs(counts[i] - expected) <= 1.0 + 1e-3, "trial %d index %lld: %lld vs %g", trial,
+                     static_cast<long long>(i), static_cast<long long>(counts[i]), expected);
     }
   }
 }
@@ -116,23 +116,19 @@ static void test_invalid_rows() {
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<int64_t> idx;
   std::vector<float> all_neg_inf{-inf, -inf, -inf};
-  NCPFAST_EXPECT(resample_row(all_neg_inf, 4, false, 1, 0, idx) == -inf,
-             "all -inf row must give -inf");
+  NCPFAST_EXPECT(resample_row(all_neg_inf, 4, false, 1, 0, idx) == -inf, "all -inf row must give -inf");
   for (int64_t k : idx) NCPFAST_EXPECT(k == 0, "invalid row index %lld", static_cast<long long>(k));
   std::vector<float> with_nan{0.f, std::nanf(""), 1.f};
-  NCPFAST_EXPECT(std::isnan(resample_row(with_nan, 4, false, 1, 0, idx)),
-             "NaN row must give NaN");
+  NCPFAST_EXPECT(std::isnan(resample_row(with_nan, 4, false, 1, 0, idx)), "NaN row must give NaN");
   std::vector<float> with_inf{0.f, inf, 1.f};
-  NCPFAST_EXPECT(std::isnan(resample_row(with_inf, 4, false, 1, 0, idx)),
-             "+inf row must give NaN");
+  NCPFAST_EXPECT(std::isnan(resample_row(with_inf, 4, false, 1, 0, idx)), "+inf row must give NaN");
   std::vector<float> one_finite{-inf, 3.f, -inf};
   const float lz = resample_row(one_finite, 4, false, 1, 0, idx);
   NCPFAST_EXPECT(lz == 3.f, "one finite weight: log-normaliser %g", lz);
   for (int64_t k : idx) NCPFAST_EXPECT(k == 1, "only index 1 may be drawn, got %lld", static_cast<long long>(k));
   // Extreme but finite weights do not overflow.
   std::vector<float> huge{1e30f, 1e30f - 1e24f, -1e30f};
-  NCPFAST_EXPECT(std::isfinite(resample_row(huge, 4, false, 1, 0, idx)),
-             "large finite weights must stay finite");
+  NCPFAST_EXPECT(std::isfinite(resample_row(huge, 4, false, 1, 0, idx)), "large finite weights must stay finite");
 }
 
 // Precision at large M: a float CDF over the whole row has a spacing of 1/16
@@ -157,8 +153,8 @@ static void test_index_probabilities_at_large_m() {
       // Evenly spaced points: within one point of S p, up to the float CDF
       // of a tile (relative 2^-12 per step at most).
       NCPFAST_EXPECT(std::fabs(hits - S * p) <= 1 + 2.5e-4 * S * p,
-                     "systematic, M = 2^20: %lld draws in the second half, expected %.1f",
-                     static_cast<long long>(hits), S * p);
+                     "systematic, M = 2^20: %lld draws in the second half, expected %.1f", static_cast<long long>(hits),
+                     S * p);
     } else {
       const double z = (hits - S * p) / std::sqrt(S * p * (1 - p));
       NCPFAST_EXPECT(std::fabs(z) < 4.5, "multinomial, M = 2^20: P(second half) = %.5f, expected %.5f, z = %.1f",
@@ -177,7 +173,7 @@ static void test_gather() {
   for (int64_t j = 0; j < S; ++j)
     for (int64_t d = 0; d < D; ++d)
       NCPFAST_EXPECT(out[j * D + d] == proposals[idx[j] * D + d], "gather mismatch at %lld,%lld",
-                 static_cast<long long>(j), static_cast<long long>(d));
+                     static_cast<long long>(j), static_cast<long long>(d));
   sir_gather_row(nullptr, idx, S, 0, nullptr);  // zero-sized proposals: no access at all
 }
 

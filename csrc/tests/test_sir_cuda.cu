@@ -17,13 +17,13 @@
 
 using namespace ncpfast::core;
 
-#define CUDA_OK(call)                                                               \
-  do {                                                                              \
-    const cudaError_t status_ = (call);                                             \
-    if (status_ != cudaSuccess) {                                                   \
+#define CUDA_OK(call)                                                                       \
+  do {                                                                                      \
+    const cudaError_t status_ = (call);                                                     \
+    if (status_ != cudaSuccess) {                                                           \
       std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(status_)); \
-      return false;                                                                 \
-    }                                                                               \
+      return false;                                                                         \
+    }                                                                                       \
   } while (0)
 
 // The block scan alone: one block scans `input` (length <= kSirTile).
@@ -47,8 +47,8 @@ static bool run_scan_case(int length, uint64_t case_seed) {
   std::vector<float> input(length), output(length);
   for (int i = 0; i < length; ++i) {
     const int chunk = i / kSirItemsPerThread;
-    const bool zero = i % kSirItemsPerThread == 0 || (chunk >= 40 && chunk < 43) || (chunk >= 160 && chunk < 192) ||
-                      i >= length - 5;
+    const bool zero =
+        i % kSirItemsPerThread == 0 || (chunk >= 40 && chunk < 43) || (chunk >= 160 && chunk < 192) || i >= length - 5;
     input[i] = zero ? 0.f : std::exp(normal(rng));
   }
   float *d_in, *d_out;
@@ -65,12 +65,13 @@ static bool run_scan_case(int length, uint64_t case_seed) {
   for (int i = 0; i < length; ++i) {
     exact += input[i];
     if (input[i] == 0.f && output[i] != (i == 0 ? 0.f : output[i - 1])) ++zero_steps;
-    NCPFAST_EXPECT(std::fabs(output[i] - exact) <= 1e-5 * total, "scan length %d: cdf[%d] = %.9g, exact %.9g",
-                   length, i, output[i], exact);
+    NCPFAST_EXPECT(std::fabs(output[i] - exact) <= 1e-5 * total, "scan length %d: cdf[%d] = %.9g, exact %.9g", length,
+                   i, output[i], exact);
   }
   NCPFAST_EXPECT(zero_steps == 0, "scan length %d: %lld zero weights got a CDF step (drawable)", length,
                  static_cast<long long>(zero_steps));
-  cudaFree(d_in); cudaFree(d_out);
+  cudaFree(d_in);
+  cudaFree(d_out);
   return true;
 }
 
@@ -94,8 +95,8 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
   CUDA_OK(cudaMemcpy(d_w, w.data(), w.size() * sizeof(float), cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(d_p, proposals.data(), proposals.size() * sizeof(float), cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(d_seed, &seed, sizeof(int64_t), cudaMemcpyHostToDevice));
-  CUDA_OK(launch_sir_resample<float>(d_w, d_p, B, M, S, D * sizeof(float), systematic, d_seed, d_out,
-                                     d_idx, d_lz, nullptr));
+  CUDA_OK(launch_sir_resample<float>(d_w, d_p, B, M, S, D * sizeof(float), systematic, d_seed, d_out, d_idx, d_lz,
+                                     nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<int64_t> idx(B * S);
   std::vector<float> out(B * S * D), lz(B);
@@ -108,15 +109,16 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
   std::vector<int64_t> cpu_idx(S);
   int64_t mismatches = 0;
   for (int64_t b = 0; b < B; ++b) {
-    const float cpu_lz = sir_resample_row_cpu(w.data() + b * M, M, S, systematic, static_cast<uint64_t>(seed),
-                                              b, cdf.data(), tile_offsets.data(), cpu_idx.data());
+    const float cpu_lz = sir_resample_row_cpu(w.data() + b * M, M, S, systematic, static_cast<uint64_t>(seed), b,
+                                              cdf.data(), tile_offsets.data(), cpu_idx.data());
     if (cpu_lz == -INFINITY) {  // every weight -inf: nothing to draw, indices 0, no gather
       NCPFAST_EXPECT(lz[b] == -INFINITY, "row %lld: lz %g for a row of -inf weights", static_cast<long long>(b), lz[b]);
-      for (int64_t j = 0; j < S; ++j) NCPFAST_EXPECT(idx[b * S + j] == 0, "row %lld: index of an empty row", static_cast<long long>(b));
+      for (int64_t j = 0; j < S; ++j)
+        NCPFAST_EXPECT(idx[b * S + j] == 0, "row %lld: index of an empty row", static_cast<long long>(b));
       continue;
     }
     NCPFAST_EXPECT(std::fabs(cpu_lz - lz[b]) < 1e-5f * (1 + std::fabs(cpu_lz)), "row %lld lz %g vs %g",
-               static_cast<long long>(b), lz[b], cpu_lz);
+                   static_cast<long long>(b), lz[b], cpu_lz);
     // The CPU's CDF at index k in the row's mass: its tile's offset plus the
     // tile-local float CDF.
     const auto cdf_at = [&](int64_t k) { return k < 0 ? 0.0 : tile_offsets[k / kSirTile] + cdf[k]; };
@@ -130,29 +132,35 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
     for (int64_t j = 0; j < S; ++j) {
       const int64_t k = idx[b * S + j];
       NCPFAST_EXPECT(k >= 0 && k < M && std::isfinite(w[b * M + k]), "row %lld: bad index %lld",
-                 static_cast<long long>(b), static_cast<long long>(k));
+                     static_cast<long long>(b), static_cast<long long>(k));
       if (k < 0 || k >= M) continue;
       if (k != cpu_idx[j]) {
         ++mismatches;
-        const double target = sir_target_fraction(static_cast<uint64_t>(seed), static_cast<uint64_t>(b), j, S,
-                                                  systematic) * total;
+        const double target =
+            sir_target_fraction(static_cast<uint64_t>(seed), static_cast<uint64_t>(b), j, S, systematic) * total;
         const double tolerance = static_cast<double>(k / kSirTile + 1) * 8.0 *
                                  std::sqrt(static_cast<double>(std::min<int64_t>(M, kSirTile))) * 1.2e-7 * tile_mass;
         NCPFAST_EXPECT(cdf_at(k - 1) - tolerance <= target && target < cdf_at(k) + tolerance,
-                   "row %lld sample %lld: GPU index %lld (CDF %.9g..%.9g) vs CPU %lld for target %.9g",
-                   static_cast<long long>(b), static_cast<long long>(j), static_cast<long long>(k), cdf_at(k - 1),
-                   cdf_at(k), static_cast<long long>(cpu_idx[j]), target);
+                       "row %lld sample %lld: GPU index %lld (CDF %.9g..%.9g) vs CPU %lld for target %.9g",
+                       static_cast<long long>(b), static_cast<long long>(j), static_cast<long long>(k), cdf_at(k - 1),
+                       cdf_at(k), static_cast<long long>(cpu_idx[j]), target);
       }
       for (int64_t d = 0; d < D; ++d) {
-        NCPFAST_EXPECT(out[(b * S + j) * D + d] == proposals[(b * M + k) * D + d], "gather row %lld", static_cast<long long>(b));
+        NCPFAST_EXPECT(out[(b * S + j) * D + d] == proposals[(b * M + k) * D + d], "gather row %lld",
+                       static_cast<long long>(b));
       }
     }
   }
   // Rounding moves few targets (about 1% at M = 20,000); a wrong index moves most.
   NCPFAST_EXPECT(mismatches <= (B * S) / 20 + 1, "B=%lld M=%lld S=%lld: %lld CPU/GPU index mismatches",
-             static_cast<long long>(B), static_cast<long long>(M), static_cast<long long>(S),
-             static_cast<long long>(mismatches));
-  cudaFree(d_w); cudaFree(d_p); cudaFree(d_out); cudaFree(d_lz); cudaFree(d_idx); cudaFree(d_seed);
+                 static_cast<long long>(B), static_cast<long long>(M), static_cast<long long>(S),
+                 static_cast<long long>(mismatches));
+  cudaFree(d_w);
+  cudaFree(d_p);
+  cudaFree(d_out);
+  cudaFree(d_lz);
+  cudaFree(d_idx);
+  cudaFree(d_seed);
   return true;
 }
 
@@ -171,13 +179,12 @@ int main() {
   for (const int length : {kSirItemsPerThread * kSirThreads, 3001, 17}) {
     NCPFAST_EXPECT(run_scan_case(length, 5 + length), "CUDA error in the scan of length %d", length);
   }
-  const int64_t shapes[][4] = {{1, 1, 1, 1}, {3, 16, 5, 64}, {4, 4096, 300, 3}, {2, 5000, 7, 1280},
-                               {2, 20000, 1000, 2}, {64, 512, 1, 64},
-                               {1, 40000, 300, 1}};
+  const int64_t shapes[][4] = {{1, 1, 1, 1},        {3, 16, 5, 64},   {4, 4096, 300, 3}, {2, 5000, 7, 1280},
+                               {2, 20000, 1000, 2}, {64, 512, 1, 64}, {1, 40000, 300, 1}};
   for (const auto& s : shapes) {
     for (int systematic = 0; systematic < 2; ++systematic) {
       NCPFAST_EXPECT(run_case(s[0], s[1], s[2], s[3], systematic != 0, 17 + s[1]), "CUDA error in case M=%lld",
-                 static_cast<long long>(s[1]));
+                     static_cast<long long>(s[1]));
     }
   }
   return finish(kTestName);

@@ -120,7 +120,8 @@ def run_stage2(config, run_dir: str, distributed) -> None:
     print(f"stage 2: {summary['groups']} classifiers, held-out accuracy "
           f"{', '.join(f'{a:.3f}' for a in summary['val_accuracy'])}; log Z = {summary['log_z']:.4f} "
           f"+- {summary['log_z_stderr']:.4f} (effective sample size "
-          f"{100 * summary['log_z_estimate']['ess_fraction']:.1f}%)" + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
+          f"{100 * summary['log_z_estimate']['ess_fraction']:.1f}%)"
+          + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
     result, base_images, ncp_images = evaluate_run(
         run_dir, device, iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
         iw_chunk=config.eval_chunk, num_generated=config.eval_generated, num_proposals=config.ncp_num_proposals,

@@ -6,5 +6,6 @@ from .flat import FlatNCP
 from .grouped import GroupedNCP
 from .prior import NCPPrior
 
-__all__ = ["GroupedNCP", "FlatNCP", "GroupClassifier", "NCPPrior", "StandardNormal", "GaussianMixture", "log_mean_exp_with_stderr",
+__all__ = ["GroupedNCP", "FlatNCP", "GroupClassifier", "NCPPrior", "StandardNormal", "GaussianMixture",
+           "log_mean_exp_with_stderr",
            "LogPartitionEstimate"]

@@ -17,8 +17,7 @@ import torch.nn as nn
 from ..models.base import LatentVAE
 from .base_priors import GaussianMixture, StandardNormal
 from .classifiers import probe_groups
-from .estimators import (PROPOSALS, LogPartitionEstimate, base_aggregate_posterior_log_weights,
-                         summarize_log_weights)
+from .estimators import PROPOSALS, LogPartitionEstimate, base_aggregate_posterior_log_weights, summarize_log_weights
 from .joint_sampling import check_sampling_mode
 from .prior import NCPPrior
 from .sampling import check_sampling_arguments

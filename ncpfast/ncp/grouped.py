@@ -20,8 +20,13 @@ import torch.nn as nn
 from ..models.base import LatentVAE
 from ..training.distributed import DistributedContext
 from .classifiers import GroupClassifier, probe_groups
-from .estimators import (PROPOSALS, LogPartitionEstimate, grouped_aggregate_posterior_log_partition,
-                         grouped_importance_weighted_log_likelihood, grouped_log_partition)
+from .estimators import (
+    PROPOSALS,
+    LogPartitionEstimate,
+    grouped_aggregate_posterior_log_partition,
+    grouped_importance_weighted_log_likelihood,
+    grouped_log_partition,
+)
 from .fitting import evaluate_classifiers, fit_classifiers, group_losses
 from .joint_sampling import check_sampling_mode, decode_latents, joint_langevin_latents, joint_sir_latents
 from .sampling import check_sampling_arguments, default_proposal_bytes, langevin_group, sir_group

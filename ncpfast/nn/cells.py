@@ -8,8 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernel_choice import FusableModule, fused_kernels_apply
-from .kernel_choice import KERNEL_CHOICES, set_cell_kernels  # noqa: F401  (re-exported beside the cells)
+from .kernel_choice import (  # noqa: F401  (re-exported beside the cells)
+    KERNEL_CHOICES,
+    FusableModule,
+    fused_kernels_apply,
+    set_cell_kernels,
+)
 
 BN_MOMENTUM = 0.05
 RESIDUAL_SCALE = 0.1

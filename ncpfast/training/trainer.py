@@ -31,6 +31,7 @@ from .distributed import all_reduce_sum, broadcast_buffers, init_distributed, pa
 from .regularizers import SpectralRegularizer, batchnorm_max_gamma
 from .schedules import kl_coefficient, learning_rate, regularizer_weight
 
+
 class TrainingDiverged(RuntimeError):
     """The loss or gradients stayed non-finite for too many steps in a row."""
 
@@ -150,7 +151,8 @@ class Trainer:
             group["lr"] = lr
         kl_coeff = kl_coefficient(self.step, self.total_steps, c.kl_anneal_portion, c.kl_const_portion,
                                   c.kl_const_coeff)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        autocast_dtype = self.amp_dtype or torch.float32
+        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=self.amp_dtype is not None):
             recon, kl_all = self.objective(x)
         recon, kl_all = recon.float(), kl_all.float()
         kl = balanced_kl(kl_all, self.kl_alpha) if kl_coeff < 1 else kl_all.sum(0)
@@ -353,7 +355,8 @@ class Trainer:
                 log_px.append(model.importance_weighted_log_likelihood(x, c.eval_iw_samples, c.eval_chunk))
         log_px = torch.cat(log_px)
         nll = float(-log_px.mean())
-        return dict(nll_nats=nll, nll_std_error=float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
+        std_error = float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0
+        return dict(nll_nats=nll, nll_std_error=std_error,
                     bits_per_dim=nll / (math.log(2) * model.num_data_dims()), iw_samples=c.eval_iw_samples,
                     test_images=n)
 

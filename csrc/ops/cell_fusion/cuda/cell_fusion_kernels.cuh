@@ -116,8 +116,7 @@ __global__ void bn_swish_backward_kernel(const T* grad_y, const T* x, int64_t C,
 }
 
 template <typename T, typename A>
-__global__ void gate_residual_kernel(const T* h, const T* skip, int64_t HW, const A* coef_a, const A* coef_c,
-                                     T* out) {
+__global__ void gate_residual_kernel(const T* h, const T* skip, int64_t HW, const A* coef_a, const A* coef_c, T* out) {
   const int64_t p = blockIdx.x;
   const A a = coef_a[p], c = coef_c[p];
   for (int64_t i = threadIdx.x; i < HW; i += kThreads)
@@ -125,8 +124,8 @@ __global__ void gate_residual_kernel(const T* h, const T* skip, int64_t HW, cons
 }
 
 template <typename T, typename A>
-__global__ void gate_residual_backward_kernel(const T* grad_out, const T* h, int64_t C, int64_t HW,
-                                              const A* coef_a, const A* mean, T* grad_h, A* sum_g, A* sum_gc) {
+__global__ void gate_residual_backward_kernel(const T* grad_out, const T* h, int64_t C, int64_t HW, const A* coef_a,
+                                              const A* mean, T* grad_h, A* sum_g, A* sum_gc) {
   const int64_t p = blockIdx.x;
   const A a = coef_a[p], m = mean[p % C];
   A v[2] = {0, 0};
@@ -169,16 +168,16 @@ __device__ void fill_tile(A* tile, int64_t r0, int64_t rows, int64_t H, int64_t 
 }
 
 template <typename T, typename A>
-__global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows,
-                              const A* scale, const A* shift, const A* weight, const A* bias, T* y,
-                              A* tile_sum, A* tile_sumsq) {
+__global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows, const A* scale,
+                              const A* shift, const A* weight, const A* bias, T* y, A* tile_sum, A* tile_sumsq) {
   NCPFAST_DYNAMIC_SHARED(unsigned char, shared_bytes);
   A* tile = reinterpret_cast<A*>(shared_bytes);
   const int64_t p = blockIdx.x, c = p % C, r0 = blockIdx.y * tile_rows, P = K / 2, Wp = W + 2 * P;
   const int64_t rows = min(tile_rows, H - r0);
   const T* xp = x + p * H * W;
   const A sc = scale[c], sh = shift[c];
-  fill_tile(tile, r0, rows, H, W, P, [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
+  fill_tile(tile, r0, rows, H, W, P,
+            [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
   __syncthreads();
   const A* w = weight + c * K * K;
   double v[2] = {0, 0};  // the moments in double, as in plane_moments_kernel
@@ -201,10 +200,10 @@ __global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64
 }
 
 template <typename T, typename A>
-__global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const A* grad_sumsq, const T* y,
-                                       const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows,
-                                       const A* scale, const A* shift, const A* mean, const A* weight, T* grad_x,
-                                       A* tile_sum_g, A* tile_sum_gc, A* tile_grad_w, A* tile_grad_b) {
+__global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const A* grad_sumsq, const T* y, const T* x,
+                                       int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows, const A* scale,
+                                       const A* shift, const A* mean, const A* weight, T* grad_x, A* tile_sum_g,
+                                       A* tile_sum_gc, A* tile_grad_w, A* tile_grad_b) {
   NCPFAST_DYNAMIC_SHARED(unsigned char, shared_bytes);
   const int64_t p = blockIdx.x, c = p % C, r0 = blockIdx.y * tile_rows, P = K / 2, Wp = W + 2 * P;
   const int64_t rows = min(tile_rows, H - r0), tile_size = (tile_rows + 2 * P) * Wp;
@@ -216,7 +215,8 @@ __global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const
   const T* gyp = grad_y + p * H * W;
   const T* yp = y + p * H * W;
   const A sc = scale[c], sh = shift[c], m = mean[c], gs = grad_sum[p], gq = grad_sumsq[p];
-  fill_tile(a_tile, r0, rows, H, W, P, [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
+  fill_tile(a_tile, r0, rows, H, W, P,
+            [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
   // The effective output gradient, including the moments' share.
   fill_tile(g_tile, r0, rows, H, W, P, [&](int64_t i, int64_t j) {
     return load<T, A>(gyp, i * W + j) + gs + A(2) * gq * load<T, A>(yp, i * W + j);

@@ -94,9 +94,9 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
   constexpr int kGroups = kTileRows / kRowsPerThread;
   constexpr int kUnits = kThreads / kGroups;  // output units a pass computes
   NCPFAST_DYNAMIC_SHARED(float, shared);
-  float* const tile_a = shared;                             // outputs of even layers
-  float* const tile_b = shared + kTileRows * widest;        // outputs of odd layers
-  float* const staged = shared + 2 * kTileRows * widest;    // [kTileRows][kStageColumns] proposals
+  float* const tile_a = shared;                           // outputs of even layers
+  float* const tile_b = shared + kTileRows * widest;      // outputs of odd layers
+  float* const staged = shared + 2 * kTileRows * widest;  // [kTileRows][kStageColumns] proposals
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   const int count = static_cast<int>(rows - r0 < kTileRows ? rows - r0 : kTileRows);
   const int D = layers.in[0];
@@ -121,8 +121,8 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
           }
           __syncthreads();
           if (h < H)
-            accumulate_columns(staged, kStageColumns, width, layers.weight_t[0] + k0 * H + h, H, group, kGroups,
-                               count, acc);
+            accumulate_columns(staged, kStageColumns, width, layers.weight_t[0] + k0 * H + h, H, group, kGroups, count,
+                               acc);
         }
       } else if (h < H) {
         accumulate_columns(in, K, K, layers.weight_t[l] + h, H, group, kGroups, count, acc);
@@ -173,8 +173,8 @@ template <typename T>
 cudaError_t launch_mlp_log_ratio(const T* z, int64_t rows, const Layers& layers, int widest, float* logits,
                                  size_t shared_optin_limit, cudaStream_t stream) {
   const size_t shared = mlp_shared_bytes(widest);
-  const size_t limit = shared_optin_limit > core::kDefaultSharedBytesPerBlock ? shared_optin_limit
-                                                                               : core::kDefaultSharedBytesPerBlock;
+  const size_t limit =
+      shared_optin_limit > core::kDefaultSharedBytesPerBlock ? shared_optin_limit : core::kDefaultSharedBytesPerBlock;
   if (shared > limit) return cudaErrorInvalidValue;
   const unsigned blocks = static_cast<unsigned>((rows + kTileRows - 1) / kTileRows);
   cudaError_t status = cudaSuccess;

@@ -71,7 +71,8 @@ def run_experiment(experiment: definitions.Experiment, args, argv: List[str], ru
     if panels:
         figures.append(plots.sample_grids(panels, os.path.join(args.out, f"{name}-samples.png")))
     json_path = os.path.join(args.out, f"{name}.json")
-    ctx = report.context(argv, seeds, args.quick, os.path.relpath(json_path, os.path.dirname(os.path.abspath(args.docs))))
+    docs_dir = os.path.dirname(os.path.abspath(args.docs))
+    ctx = report.context(argv, seeds, args.quick, os.path.relpath(json_path, docs_dir))
     write_json({"experiment": name, "title": experiment.title, "paper": experiment.paper, "note": experiment.note,
                 **{k: v for k, v in ctx.items() if k != "json_name"}, "runs": [r.to_json() for r in records],
                 "summary": summary, "figures": figures}, json_path)

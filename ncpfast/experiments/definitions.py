@@ -104,12 +104,25 @@ _QUICK_NVAE = args("--channels 4 --latent-channels 2 --batch-size 250 --epochs 1
 _QUICK_FLAT = args("--batch-size 250 --epochs 1 --eval-iw-samples 20 --eval-max-images 50 --eval-chunk 0 "
                    "--eval-generated 100 --ncp-epochs 1 --ncp-hidden 8 --ncp-cells 1 --ncp-log-z-samples 200 "
                    "--ncp-num-proposals 5")
-# The `tiny` preset's model at half its schedule (4 of 8 epochs), with its evaluation.
-_DEFAULT_NVAE = args("--epochs 4 --eval-iw-samples 100 --eval-max-images 200 --eval-generated 1000 "
+# Defaults: each experiment about 45 minutes or less on 2 unloaded CPU cores. Estimated, not
+# measured, from docs/results.md's unloaded `tiny` run (stage 1: 265 s for 496 steps; stage 2:
+# 39 s; evaluation with K = 100 on 200 digits and 1,000 images per prior: about 160 s) and the
+# sampler benchmark (SIR M = 500, 1,000 images: 35 s), scaled by steps, cells and images:
+#   groups         12 runs x ~3 min (stage 1 ~80 s, stage 2 ~35 s, evaluation ~60 s)   ~36 min
+#   sampler        3 x (training ~3 min + 13 evaluate processes ~6 min) + grids         ~28 min
+#   single-latent  3 x (stage 1 ~30 s + 2 x (stage 2 ~1 min + evaluation ~2 min))       ~20 min
+#   gmm-base       the single-latent runs, reused                                        ~0 min after it
+# The hierarchical model: the `tiny` preset at half its width
+# (channels 8) and half its schedule (4 of 8 epochs), K = 50 on 200 test digits.
+_DEFAULT_NVAE = args("--channels 8 --epochs 4 --eval-iw-samples 50 --eval-max-images 200 --eval-generated 1000 "
                      "--ncp-epochs 5 --ncp-log-z-samples 10000 --ncp-num-proposals 50")
-# The LARS/SNIS MLP VAE at 30 of its 100 epochs, NLL with K = 1,000 on all 1,000 test digits.
-_DEFAULT_FLAT = args("--epochs 30 --eval-iw-samples 1000 --eval-max-images 0 --eval-chunk 250 "
-                     "--eval-generated 1000 --ncp-epochs 10 --ncp-log-z-samples 10000 --ncp-num-proposals 50")
+# The sampler experiment scores its samplers itself: its training's own evaluation is small.
+_DEFAULT_SAMPLER = args("--channels 8 --epochs 4 --eval-iw-samples 10 --eval-max-images 20 --eval-generated 200 "
+                        "--ncp-epochs 5 --ncp-log-z-samples 1000 --ncp-num-proposals 5")
+# The LARS/SNIS MLP VAE with its preset's 100 epochs; stage 2 as in docs/results.md's single-latent
+# runs (50 epochs, 256 wide, log Z from 100,000 samples); NLL with K = 1,000 on all 1,000 test digits.
+_DEFAULT_FLAT = args("--eval-iw-samples 1000 --eval-max-images 0 --eval-chunk 250 --eval-generated 1000 "
+                     "--ncp-epochs 50 --ncp-hidden 256 --ncp-log-z-samples 100000 --ncp-num-proposals 50")
 
 
 def _samplers(sir_group, sir_joint, langevin):
@@ -135,14 +148,15 @@ def _groups() -> Experiment:
         comparisons=tuple((f"{t.label}: base", f"{t.label}: NCP") for t in trainings),
         metrics=("nll_nats", "fd"),
         default=Sizes(_DEFAULT_NVAE), quick=Sizes(_QUICK_NVAE),
-        note="The hierarchical model of the `tiny` preset with one latent scale of 1, 2, 4 or 8 groups "
-             "(8 x 8 x latent-channels each) on the embedded MNIST; the paper's CelebA-64 runs need its data set.")
+        note="The hierarchical model of the `tiny` preset (at half its width and schedule by default) with one "
+             "latent scale of 1, 2, 4 or 8 groups of 8 x 8 x 8 latents on the embedded MNIST; the paper's CelebA-64 "
+             "runs need its data set.")
 
 
 def _sampler() -> Experiment:
     training = Training("sampler", "2 groups", args("--preset tiny --num-latent-scales 1 --num-groups-per-scale 2 "
                                                      "--ncp-hidden 16 --ncp-cells 1"))
-    default = Sizes(_DEFAULT_NVAE, args("--num-generated 500 --num-real 1000 --iw-samples 1 --max-images 2 "
+    default = Sizes(_DEFAULT_SAMPLER, args("--num-generated 500 --num-real 1000 --iw-samples 1 --max-images 2 "
                                         "--log-z-samples 100"),
                     _samplers((5, 50, 500, 5000), (5, 50, 500), (5, 20, 100)))
     quick = Sizes(_QUICK_NVAE, args("--num-generated 100 --num-real 200 --iw-samples 1 --max-images 2 "
@@ -157,7 +171,8 @@ def _sampler() -> Experiment:
               "but its memory grows with the proposal count.",
         trainings=(training,), rows=rows, comparisons=(), metrics=("fd", "seconds_per_1000", "peak_rss_mib"),
         default=default, quick=quick,
-        note="One model (the `tiny` preset's with one latent scale of 2 groups, classifiers 16 wide) per seed; "
+        note="One model (the `tiny` preset's at half width, one latent scale of 2 groups, classifiers 16 wide with "
+             "one cell) per seed; "
              "each sampler setting is one `python -m ncpfast.evaluate` process: FD of its images against held-out "
              "digits, sampling seconds per 1,000 images, and the process's peak resident memory.")
 

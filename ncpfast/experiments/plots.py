@@ -31,8 +31,8 @@ def _save(fig, path: str) -> str:
 def bar_plot(title: str, rows: Sequence[dict], metrics: Sequence[str], path: str) -> str:
     """One panel per metric: a bar per available row (mean over seeds), error bars and each seed's value."""
     rows = [r for r in rows if r["status"] == "complete"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(5.0, 0.9 * len(rows) + 2) * len(metrics) / 1.6, 4.2),
-                             squeeze=False)
+    width = max(3.5, 0.55 * len(rows) + 1.5)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 4.2), squeeze=False)
     for ax, name in zip(axes[0], metrics):
         shown = [r for r in rows if name in r["metrics"]]
         for i, row in enumerate(shown):
@@ -49,7 +49,9 @@ def bar_plot(title: str, rows: Sequence[dict], metrics: Sequence[str], path: str
             ax.set_ylim(max(0.0, low - 1.5 * span) if low >= 0 else low - 1.5 * span, high + 1.5 * span)
     n = max((len(r["seeds"]) for r in rows), default=0)
     fig.suptitle(f"{title}\nmean over {n} seed(s); error bars: "
-                 f"{'sd over seeds' if n > 1 else 'the run standard error'}; dots: seeds", fontsize=9)
+                 f"{'sd over seeds' if n > 1 else 'the run standard error'}; dots: seeds; "
+                 "the y axes do not start at 0", fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -88,6 +90,7 @@ def sampler_plot(title: str, rows: Sequence[dict], path: str) -> str:
     n = max((len(r["seeds"]) for r in rows), default=0)
     fig.suptitle(f"{title}\nmean over {n} seed(s); error bars: {'sd over seeds' if n > 1 else 'run standard error'}",
                  fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -95,11 +98,15 @@ def sample_grids(panels: List[Tuple[str, str]], path: str, columns: int = 4) -> 
     """The given PNG files (label, path) side by side with their labels."""
     columns = min(columns, len(panels))
     rows = (len(panels) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
+    with Image.open(panels[0][1]) as first:
+        aspect = first.height / first.width
+    side = 6.0 if columns == 1 else 4.5
+    fig, axes = plt.subplots(rows, columns, figsize=(side * columns, (side * aspect + 0.5) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (label, png) in zip(axes.flat, panels):
         with Image.open(png) as image:
-            ax.imshow(image.convert("RGB"))
+            ax.imshow(image.convert("RGB"), interpolation="nearest")
         ax.set_title(label, fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)

@@ -91,13 +91,19 @@ def _mean_sd(m: dict) -> str:
     return f"{_number(m['mean'])}" + (f" (+- {_number(se)} s.e.)" if se is not None else "")
 
 
+def _status(entry: dict) -> str:
+    """Why a row or comparison has no numbers (the reason already says 'not available ...')."""
+    if entry["status"] == "unavailable" and entry["reason"]:
+        return entry["reason"]
+    return f"{entry['status']}: {entry['reason']}" if entry["reason"] else entry["status"]
+
+
 def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> List[str]:
     lines = ["| prior | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " | seeds |",
              "|---" * (len(metrics) + 2) + "|"]
     for r in rows:
         if r["status"] != "complete":
-            lines.append(f"| {r['label']} | " + " | ".join("-" for _ in metrics)
-                         + f" | {r['status']}: {r['reason']} |")
+            lines.append(f"| {r['label']} | " + " | ".join("-" for _ in metrics) + f" | {_status(r)} |")
             continue
         cells = [_mean_sd(r["metrics"][m]) if m in r["metrics"] else "-" for m in metrics]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {len(r['seeds'])} |")
@@ -110,13 +116,16 @@ def _comparisons_table(comparisons: Sequence[dict], metrics: Sequence[str]) -> L
     for c in comparisons:
         label = f"{c['b']} - {c['a']}"
         if c["status"] != "complete":
-            lines.append(f"| {label} | " + " | ".join("-" for _ in metrics) + f" | {c['status']}: {c['reason']} |")
+            lines.append(f"| {label} | " + " | ".join("-" for _ in metrics) + f" | {_status(c)} |")
             continue
         cells = []
         for m in metrics:
             d = c["metrics"].get(m)
             if d is None:
                 cells.append("-")
+                continue
+            if d["se"] is None:
+                cells.append(f"{_number(d['mean'])} (no standard error)")
                 continue
             source = "over seeds" if d["se_seeds"] is not None else "run s.e."
             cells.append(f"{_number(d['mean'])} +- {_number(d['se'])} ({source}; {d['direction']})")

@@ -161,7 +161,7 @@ class Runner:
     """Runs (or, with dry_run, lists) an experiment's jobs under runs_dir."""
 
     def __init__(self, runs_dir: str, dry_run: bool = False, say: Callable[[str], None] = tqdm.write):
-        self.runs_dir, self.dry_run, self.say = os.path.abspath(runs_dir), dry_run, say
+        self.runs_dir, self.dry_run, self.say = runs_dir, dry_run, say
         self.grids: List[tuple] = []  # (label, PNG) of the sampler experiment's grids, filled by run()
 
     # --- the plan ------------------------------------------------------------------------
@@ -213,6 +213,8 @@ class Runner:
             history = {"commands": [], "seconds": 0.0}
             if os.path.exists(record.run_dir) and not self.dry_run:
                 shutil.rmtree(record.run_dir)  # died before its first checkpoint: nothing to resume
+        if not self.dry_run:
+            _remove_derived(record.run_dir)
         return self._run_train_command(record, command, what, history, history_path)
 
     def _variant(self, record: RunRecord, primary: RunRecord, variant_args) -> RunRecord:
@@ -356,6 +358,20 @@ class Runner:
     def _log_path(self, run_dir: str, what: str) -> str:
         relative = os.path.relpath(run_dir, self.runs_dir).replace(os.sep, "_")
         return os.path.join(self.runs_dir, "logs", f"{relative}.{what}.log")
+
+
+def _remove_derived(run_dir: str) -> None:
+    """The copies made from an earlier state of a run that is about to change (variants, evaluations)."""
+    parent, name = os.path.split(run_dir)
+    if not os.path.isdir(parent or "."):
+        return
+    for entry in os.listdir(parent or "."):
+        if entry.startswith(name + "-") or entry == name + ".evaluate":
+            path = os.path.join(parent, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
 
 def _json_from_output(path: str) -> Optional[dict]:

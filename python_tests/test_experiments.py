@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ncpfast.experiments import commands, definitions, report
+from ncpfast.experiments import commands, definitions, report, runner
 from ncpfast.experiments.results import summarize
 from ncpfast.experiments.runner import Runner, RunRecord, complete_evaluation, digest
 from ncpfast.experiments.stats import combined_se, direction, mean_sd, paired_difference
@@ -183,6 +183,33 @@ def test_a_run_with_a_checkpoint_resumes_one_without_starts_over(tmp_path):
     records = Runner(str(tmp_path), dry_run=True, say=said.append).run(experiment, [0], quick=True)
     assert records[0].commands[-1].split()[3:5] == ["--resume", str(run_dir)]
     assert run_dir.is_dir()  # a dry run deletes nothing
+
+
+def test_copies_of_a_run_leave_out_its_stage2_results_and_go_when_it_changes(tmp_path):
+    run = tmp_path / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "checkpoints/best.pt", "checkpoints/ncp.pt", "samples.png"):
+        (run / name).write_text(name)
+    (run / "metrics.json").write_text(json.dumps({"status": "complete", "ncp": {}, "evaluation": {"base": {}}}))
+    runner.copy_run(str(run), str(tmp_path / "seed0-gmm-1"), keep_stage2=False)
+    copied = tmp_path / "seed0-gmm-1"
+    assert (copied / "checkpoints" / "best.pt").is_file() and not (copied / "checkpoints" / "ncp.pt").exists()
+    assert not (copied / "samples.png").exists()
+    assert json.loads((copied / "metrics.json").read_text()) == {"status": "complete"}
+    runner.copy_run(str(run), str(tmp_path / "seed0.evaluate"), keep_stage2=True)
+    assert (tmp_path / "seed0.evaluate" / "checkpoints" / "ncp.pt").is_file()
+    (tmp_path / "seed0-gmm-1.experiment.json").write_text("{}")
+    (tmp_path / "seed01").mkdir()  # another seed's run: not derived from seed0
+    runner._remove_derived(str(run))
+    assert sorted(os.listdir(tmp_path)) == ["seed0", "seed01"]
+
+
+def test_the_json_of_evaluate_is_found_after_other_output(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_text('a warning {not json}\n{\n  "base": {"nll_nats": 1.0}\n}\n')
+    assert runner._json_from_output(str(out)) == {"base": {"nll_nats": 1.0}}
+    out.write_text("no json at all")
+    assert runner._json_from_output(str(out)) is None
 
 
 # --- end to end --------------------------------------------------------------------------------------------

@@ -105,9 +105,10 @@ def test_group_wise_sampling_runs_without_the_mode_option_joint_needs_it(fake_he
     joint = definitions.Sampler("sir", "joint", 50)
     fake_help["evaluate"] = "  --method {sir,langevin}\n  --num-proposals N\n"
     assert commands.sampler_arguments("evaluate", sir) == ("--method", "sir", "--num-proposals", "50")
-    assert "--sir-mode" in commands.unavailable_reason("evaluate", commands.sampler_arguments("evaluate", joint))
-    fake_help["evaluate"] += "  --sir-mode {group,joint}\n"
-    assert commands.sampler_arguments("evaluate", sir)[-2:] == ("--sir-mode", "group")
+    flag = definitions.SAMPLING_MODE_FLAG
+    assert f"{flag} missing" in commands.unavailable_reason("evaluate", commands.sampler_arguments("evaluate", joint))
+    fake_help["evaluate"] += f"  {flag} {{group,joint}}\n"
+    assert commands.sampler_arguments("evaluate", sir)[-2:] == (flag, "group")
     assert commands.unavailable_reason("evaluate", commands.sampler_arguments("evaluate", joint)) == ""
 
 

@@ -10,10 +10,11 @@ experiment's size arguments.
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-# The option that picks group-wise or joint sampling in ncpfast.evaluate and
-# ncpfast.sample (issue 15, section 3); experiments that need it report
-# "not available in this build" until the programs accept it.
-SAMPLING_MODE_FLAG = "--sir-mode"
+# The option that picks group-wise or joint sampling (SIR and Langevin) in
+# ncpfast.evaluate and ncpfast.sample (issue 15, section 3; `--mode` on the branch
+# that adds it); the joint settings report "not available in this build" until
+# the programs accept it.
+SAMPLING_MODE_FLAG = "--mode"
 # The option that picks the NCP base prior in stage 2 (issue 15, section 2).
 NCP_BASE_FLAG = "--ncp-base"
 
@@ -46,6 +47,7 @@ class Sampler:
 
     @property
     def label(self) -> str:
+        # joint SIR draws M whole samples per image; group-wise SIR M per latent group
         what = f"M={self.amount}" if self.method == "sir" else f"T={self.amount}"
         return f"{'SIR' if self.method == 'sir' else 'Langevin'} {self.mode} {what}"
 

@@ -123,7 +123,9 @@ class Execution:
 def execute(command: List[str], log_path: str, stdout_path: Optional[str] = None) -> Execution:
     """Runs one child to its end, its output appended to log_path (stdout to stdout_path
     when given), and measures its wall seconds and peak resident memory (its own, from wait4)."""
-    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    for path in (log_path, stdout_path):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"$ {commands.shell_line(command)}\n")
         log.flush()

@@ -213,6 +213,34 @@ def test_the_json_of_evaluate_is_found_after_other_output(tmp_path):
     assert runner._json_from_output(str(out)) is None
 
 
+def test_a_sampler_setting_is_evaluated_once_then_reused(tmp_path, monkeypatch, fake_help):
+    """The sampler job with a stand-in for ncpfast.evaluate that prints its arguments in the JSON."""
+    fake = tmp_path / "fake_evaluate.py"
+    fake.write_text("import json, sys\nprint('loading...')\n"
+                    "print(json.dumps({'argv': sys.argv[1:], 'generated_images': 100,\n"
+                    "  'base': {'nll_nats': 90.0, 'fd': 30.0, 'sampling_seconds': 1.0},\n"
+                    "  'ncp': {'nll_nats': 89.0, 'fd': 25.0, 'sampling_seconds': 4.0}}))\n")
+    monkeypatch.setattr(commands, "python_command", lambda program: [sys.executable, str(fake)])
+    fake_help["evaluate"] = "  --method M\n  --num-proposals N\n  --steps N\n  --num-generated N\n"
+    run = tmp_path / "runs" / "seed3"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ncp.pt").write_text("")
+    primary = RunRecord(3, "sampler", "", "", str(run), status="complete")
+    said = []
+    first = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
+        primary, definitions.Sampler("sir", "group", 50), ("--num-generated", "100"))
+    assert first.status == "complete" and not first.reused and first.peak_rss_mib > 0
+    assert first.evaluation["argv"] == [f"{run}.evaluate", "--json", "--seed", "3", "--method", "sir",
+                                        "--num-proposals", "50", "--num-generated", "100"]
+    assert (run.parent / "seed3.evaluate" / "checkpoints" / "ncp.pt").is_file()  # evaluate sees a copy
+    again = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
+        primary, definitions.Sampler("sir", "group", 50), ("--num-generated", "100"))
+    assert again.reused and again.evaluation == first.evaluation and again.seconds_now == 0
+    joint = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
+        primary, definitions.Sampler("sir", "joint", 50), ("--num-generated", "100"))
+    assert joint.status == "unavailable" and definitions.SAMPLING_MODE_FLAG in joint.reason
+
+
 # --- end to end --------------------------------------------------------------------------------------------
 
 

@@ -171,7 +171,8 @@ def _sampler() -> Experiment:
         name="sampler", title="SIR vs Langevin at equal compute, group-wise and joint (paper Table 6)",
         paper="More SIR proposals or more Langevin steps improve FID; SIR is faster per batch (parallel) "
               "but its memory grows with the proposal count.",
-        trainings=(training,), rows=rows, comparisons=(), metrics=("fd", "seconds_per_1000", "peak_rss_mib"),
+        trainings=(training,), rows=rows, comparisons=tuple(("base prior", r.label) for r in rows[1:]),
+        metrics=("fd", "seconds_per_1000", "peak_rss_mib"),
         default=default, quick=quick,
         note="One model (the `tiny` preset's at half width, one latent scale of 2 groups, classifiers 16 wide with "
              "one cell) per seed; "

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import matplotlib.ticker as ticker  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .results import METRIC_NAMES  # noqa: E402
@@ -86,6 +87,8 @@ def sampler_plot(title: str, rows: Sequence[dict], path: str) -> str:
     axes[2].set(xscale="log", xlabel="proposals M (SIR) or steps T (Langevin)", ylabel=METRIC_NAMES["peak_rss_mib"])
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())  # 500, not 5 x 10^2
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     axes[0].legend(fontsize=7)
     n = max((len(r["seeds"]) for r in rows), default=0)
     fig.suptitle(f"{title}\nmean over {n} seed(s); error bars: {'sd over seeds' if n > 1 else 'run standard error'}",

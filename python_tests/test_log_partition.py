@@ -4,6 +4,7 @@ import math
 import torch
 
 from ncpfast.ncp.estimators import (
+    DiagonalNormal,
     aggregate_posterior_log_weights,
     effective_sample_size,
     log_mixture_density,
@@ -33,8 +34,9 @@ def test_aggregate_posterior_proposal_gives_the_closed_form_log_z():
     exact = b + float(a @ a) / 2
     posterior_mu = a + 0.3 * torch.randn(200, dim, generator=g)   # posteriors where r is large
     posterior_sigma = torch.full((200, dim), 0.5)
-    log_w = aggregate_posterior_log_weights(lambda z: z @ a + b, torch.zeros(1), torch.ones(1),
-                                            posterior_mu, posterior_sigma, 20_000, generator=g)
+    standard_normal = DiagonalNormal(torch.zeros(1), torch.ones(1), dim)
+    log_w = aggregate_posterior_log_weights(lambda z: z @ a + b, standard_normal, posterior_mu, posterior_sigma, 20_000,
+                                            generator=g)
     estimate = summarize_log_weights(log_w, "aggregate-posterior")
     assert abs(estimate.log_z - exact) < 4 * estimate.stderr + 1e-3
     # From the prior the same budget: a valid but noisier estimate.
@@ -56,9 +58,9 @@ def test_aggregate_posterior_proposal_wins_where_the_posterior_is_concentrated()
         log_p = -0.5 * (z.double() ** 2).sum(1) - 0.5 * dim * math.log(2 * math.pi)
         return log_mixture_density(z, posterior_mu, posterior_sigma) - log_p + b
 
+    standard_normal = DiagonalNormal(torch.zeros(1), torch.ones(1), dim)
     mixture = summarize_log_weights(aggregate_posterior_log_weights(
-        log_ratio, torch.zeros(1), torch.ones(1), posterior_mu, posterior_sigma, 20_000, generator=g),
-        "aggregate-posterior")
+        log_ratio, standard_normal, posterior_mu, posterior_sigma, 20_000, generator=g), "aggregate-posterior")
     prior = summarize_log_weights(log_ratio(torch.randn(20_000, dim, generator=g)), "prior")
     assert abs(mixture.log_z - b) < 4 * mixture.stderr + 1e-3
     assert mixture.ess_fraction > 0.4 and prior.ess_fraction < 0.1
@@ -67,7 +69,7 @@ def test_aggregate_posterior_proposal_wins_where_the_posterior_is_concentrated()
 
 def test_prior_share_one_is_plain_prior_sampling():
     g = torch.Generator().manual_seed(2)
-    log_w = aggregate_posterior_log_weights(lambda z: torch.zeros(z.shape[0], dtype=z.dtype), torch.zeros(1),
-                                            torch.ones(1), torch.zeros(3, 2), torch.ones(3, 2), 50,
-                                            prior_share=1.0, generator=g)
+    log_w = aggregate_posterior_log_weights(lambda z: torch.zeros(z.shape[0], dtype=z.dtype),
+                                            DiagonalNormal(torch.zeros(1), torch.ones(1), 2), torch.zeros(3, 2),
+                                            torch.ones(3, 2), 50, prior_share=1.0, generator=g)
     assert torch.allclose(log_w, torch.zeros(50, dtype=log_w.dtype), atol=1e-9)

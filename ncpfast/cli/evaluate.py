@@ -18,10 +18,9 @@ import argparse
 import json
 import sys
 
-from ..models.temperature import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES
 from ..run_dir import RunDir
 from ..training.trainer import pick_device
-from .common import USER_ERRORS
+from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments
 
 
 def build_parser():
@@ -45,24 +44,8 @@ def build_parser():
     sampling = p.add_argument_group("sampling the NCP prior")
     sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
                           help="how the NCP prior is sampled (default sir)")
-    sampling.add_argument("--mode", choices=["group", "joint"], default="group",
-                          help="group: group by group (the paper's samplers); joint: SIR over whole samples or "
-                               "Langevin on all groups, targeting the density the NLL scores (default group)")
-    sampling.add_argument("--num-proposals", type=int, default=50, metavar="N",
-                          help="SIR proposals per latent group, or per image in joint mode (default 50)")
-    sampling.add_argument("--steps", type=int, default=50, metavar="N",
-                          help="Langevin steps per latent group (default 50)")
-    sampling.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
-                          help="Langevin step size (default 0.01)")
-    sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                          help="prior temperature for the generated images (default 1.0); at T < 1 the NCP "
-                               "classifiers score latents and decoder contexts they were not trained on")
-    sampling.add_argument("--readjust-bn", action="store_true",
-                          help="re-estimate the decoder's BatchNorm statistics on prior samples at the temperature "
-                               "before sampling (NVAE's re-adjustment for T < 1; on a copy of the model)")
-    sampling.add_argument("--readjust-bn-batches", type=int, default=DEFAULT_BATCHES, metavar="N",
-                          help=f"batches of {DEFAULT_BATCH_SIZE} prior samples for --readjust-bn "
-                               f"(default {DEFAULT_BATCHES})")
+    add_sampler_arguments(sampling)
+    add_temperature_arguments(sampling)
     frechet = p.add_argument_group("Frechet distances")
     frechet.add_argument("--num-generated", type=int, default=1000, metavar="N",
                          help="images per prior for the Frechet distance (default 1000)")

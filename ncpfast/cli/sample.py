@@ -17,10 +17,10 @@ import time
 import numpy as np
 import torch
 
-from ..models.temperature import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, readjust_batchnorm
+from ..models.temperature import readjust_batchnorm
 from ..run_dir import RunDir
 from ..training.trainer import pick_device
-from .common import USER_ERRORS
+from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments
 
 
 def build_parser():
@@ -31,28 +31,12 @@ def build_parser():
     what.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
                       help="sir / langevin with the NCP prior, or the base prior (default: sir)")
     what.add_argument("-n", "--num-samples", type=int, default=64, metavar="N", help="images to generate (default 64)")
-    what.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                      help="prior temperature (default 1.0); at T < 1 the NCP classifiers score latents and decoder "
-                           "contexts they were not trained on")
-    what.add_argument("--readjust-bn", action="store_true",
-                      help="re-estimate the decoder's BatchNorm statistics on prior samples at the temperature "
-                           "before sampling (NVAE's re-adjustment for T < 1; on a copy of the model)")
-    what.add_argument("--readjust-bn-batches", type=int, default=DEFAULT_BATCHES, metavar="N",
-                      help=f"batches of {DEFAULT_BATCH_SIZE} prior samples for --readjust-bn "
-                           f"(default {DEFAULT_BATCHES})")
+    add_temperature_arguments(what)
     what.add_argument("--seed", type=int, default=0, metavar="SEED",
                       help="seed of the sampling generator (default 0)")
     what.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
     sampler = p.add_argument_group("the samplers")
-    sampler.add_argument("--mode", choices=["group", "joint"], default="group",
-                         help="group: group by group (the paper's samplers); joint: SIR over whole samples or "
-                              "Langevin on all groups, targeting the density the NLL scores (default group)")
-    sampler.add_argument("--num-proposals", type=int, default=50, metavar="N",
-                         help="SIR proposals per latent group, or per image in joint mode (default 50)")
-    sampler.add_argument("--steps", type=int, default=50, metavar="N",
-                         help="Langevin steps per latent group (default 50)")
-    sampler.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
-                         help="Langevin step size (default 0.01)")
+    add_sampler_arguments(sampler)
     output = p.add_argument_group("output")
     output.add_argument("--out", metavar="PNG", help="PNG grid to write (default RUN_DIR/samples_<method>.png)")
     output.add_argument("--npz", metavar="FILE", help="also write the images, uint8 [N, H, W, C], to this .npz")

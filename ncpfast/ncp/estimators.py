@@ -85,54 +85,33 @@ def log_mixture_density(z: torch.Tensor, means: torch.Tensor, stds: torch.Tensor
     return torch.logsumexp(log_norm - 0.5 * quadratic, dim=1) - math.log(means.shape[0])
 
 
+class DiagonalNormal:
+    """N(mu, diag sigma^2) over [D] vectors as a base for the aggregate-posterior
+    proposal: sample(n, generator) and log_prob(z) (in float64)."""
+
+    def __init__(self, mu: torch.Tensor, sigma: torch.Tensor, dim: int):
+        self.mu, self.sigma = mu.expand(dim), sigma.expand(dim)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        eps = torch.randn(n, self.mu.shape[0], device=self.mu.device, generator=generator)
+        return self.mu + self.sigma * eps
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return _diagonal_normal_log_prob(z.double(), self.mu.double(), self.sigma.double())
+
+
 @torch.no_grad()
-def aggregate_posterior_log_weights(log_ratio: Callable[[torch.Tensor], torch.Tensor], prior_mu: torch.Tensor,
-                                    prior_sigma: torch.Tensor, posterior_mu: torch.Tensor,
-                                    posterior_sigma: torch.Tensor, num_samples: int, prior_share: float = 0.5,
+def aggregate_posterior_log_weights(log_ratio: Callable[[torch.Tensor], torch.Tensor], base,
+                                    posterior_mu: torch.Tensor, posterior_sigma: torch.Tensor,
+                                    num_samples: int, prior_share: float = 0.5,
                                     generator: Optional[torch.Generator] = None,
                                     batch_size: int = 1000) -> torch.Tensor:
     """Log-weights log p + log r - log g of num_samples draws from the defensive
     mixture g = prior_share p + (1 - prior_share) (1/N) sum_i q(z | x_i).
 
-    p = N(prior_mu, prior_sigma^2) (broadcast to [D]); the posteriors are
+    base p: sample(n, generator) and log_prob(z) (a DiagonalNormal for the VAE's
+    own prior, a GaussianMixture for NCP-GMM); the posteriors are
     N(posterior_mu[i], posterior_sigma[i]^2), [N, D]; log_ratio maps [S, D] to [S]."""
-    if not 0 < prior_share <= 1:
-        raise ValueError(f"prior_share must be in (0, 1], got {prior_share}")
-    if posterior_mu.dim() != 2 or posterior_mu.shape != posterior_sigma.shape:
-        raise ValueError(f"posterior_mu and posterior_sigma must both be [N, D], got "
-                         f"{list(posterior_mu.shape)} and {list(posterior_sigma.shape)}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    device = posterior_mu.device
-    count, dim = posterior_mu.shape
-    prior_mu = prior_mu.expand(dim).to(device)
-    prior_sigma = prior_sigma.expand(dim).to(device)
-    values = []
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        from_prior = torch.rand(n, device=device, generator=generator) < prior_share
-        component = torch.randint(count, (n,), device=device, generator=generator)
-        eps = torch.randn(n, dim, device=device, generator=generator)
-        mu = torch.where(from_prior[:, None], prior_mu, posterior_mu[component])
-        sigma = torch.where(from_prior[:, None], prior_sigma, posterior_sigma[component])
-        z = mu + sigma * eps
-        log_p = _diagonal_normal_log_prob(z.double(), prior_mu.double(), prior_sigma.double())
-        log_q = log_mixture_density(z, posterior_mu, posterior_sigma)
-        log_g = (torch.logaddexp(math.log(prior_share) + log_p, math.log1p(-prior_share) + log_q)
-                 if prior_share < 1 else log_p)
-        values.append((log_p + log_ratio(z).double() - log_g).cpu())
-    return torch.cat(values)
-
-
-@torch.no_grad()
-def base_aggregate_posterior_log_weights(log_ratio: Callable[[torch.Tensor], torch.Tensor], base,
-                                         posterior_mu: torch.Tensor, posterior_sigma: torch.Tensor,
-                                         num_samples: int, prior_share: float = 0.5,
-                                         generator: Optional[torch.Generator] = None,
-                                         batch_size: int = 1000) -> torch.Tensor:
-    """aggregate_posterior_log_weights with any base p (sample(n, generator), log_prob(z)),
-    e.g. a GaussianMixture, in place of N(prior_mu, prior_sigma^2): log p + log r - log g
-    of draws from g = prior_share p + (1 - prior_share) (1/N) sum_i q(z | x_i)."""
     if not 0 < prior_share <= 1:
         raise ValueError(f"prior_share must be in (0, 1], got {prior_share}")
     if posterior_mu.dim() != 2 or posterior_mu.shape != posterior_sigma.shape:
@@ -214,9 +193,9 @@ def grouped_aggregate_posterior_log_partition(vae, log_ratio: GroupLogRatio, pos
     """log Z of a single flat group (prior N(mu_p, sigma_p) as the model defines it)
     from the defensive aggregate-posterior mixture."""
     prior = _flat_prior(vae)
-    log_w = aggregate_posterior_log_weights(lambda z: log_ratio(0, z, None), prior.mu[0], prior.sigma[0],
-                                            posterior_mu, posterior_sigma, num_samples, generator=generator,
-                                            batch_size=batch_size)
+    base = DiagonalNormal(prior.mu[0].to(posterior_mu), prior.sigma[0].to(posterior_mu), posterior_mu.shape[1])
+    log_w = aggregate_posterior_log_weights(lambda z: log_ratio(0, z, None), base, posterior_mu, posterior_sigma,
+                                            num_samples, generator=generator, batch_size=batch_size)
     return summarize_log_weights(log_w, "aggregate-posterior")
 
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..models.base import LatentVAE
 from .base_priors import GaussianMixture, StandardNormal
 from .classifiers import probe_groups
-from .estimators import PROPOSALS, LogPartitionEstimate, base_aggregate_posterior_log_weights, summarize_log_weights
+from .estimators import PROPOSALS, LogPartitionEstimate, aggregate_posterior_log_weights, summarize_log_weights
 from .joint_sampling import check_sampling_mode
 from .prior import NCPPrior
 from .sampling import check_sampling_arguments
@@ -96,7 +96,7 @@ class FlatNCP(nn.Module):
         """Z = E_base[r(z)] with its standard error and effective sample size.
         proposal "prior": draws from the base itself (the GMM for NCP-GMM; log w = log r);
         "aggregate-posterior": the defensive mixture of the base and posterior=(mu, sigma)
-        [N, D] of N training images (estimators.base_aggregate_posterior_log_weights),
+        [N, D] of N training images (estimators.aggregate_posterior_log_weights),
         which puts draws where r is large. Cached until the next fit (or refresh=True)."""
         cached = self._log_partition
         if cached is not None and not refresh and (num_samples is None or
@@ -111,7 +111,7 @@ class FlatNCP(nn.Module):
             if posterior is None:
                 raise ValueError("the aggregate-posterior proposal needs posterior=(mu, sigma) of training images "
                                  "(ncpfast.ncp.estimators.flat_posterior_parameters)")
-            log_w = base_aggregate_posterior_log_weights(self.log_ratio, self.base, *posterior, num_samples,
+            log_w = aggregate_posterior_log_weights(self.log_ratio, self.base, *posterior, num_samples,
                                                          generator=generator, batch_size=batch_size)
         else:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")

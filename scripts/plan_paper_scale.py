@@ -47,6 +47,10 @@ from ncpfast.training.trainer import _Objective, balanced_kl  # noqa: E402
 
 PAPER_PRESETS = ("mnist", "cifar10", "celeba64", "celebahq256")
 
+# Data sets that ncpfast.data loads without labels: ncpfast.evaluation's Frechet-distance
+# feature network trains on labels, so their evaluation stops with an error today.
+NO_LABELS = ("celeba64", "celebahq256")
+
 # Generated images per prior in the paper-scale evaluation: the paper's FID sample.
 EVAL_GENERATED = 50_000
 
@@ -203,10 +207,11 @@ def measure_on_cpu(config, side: int, batches) -> tuple:
             x = _images(small, batch, "cpu")
             saved.append(saved_activation_bytes(lambda: _loss(objective, model, x), exclude=params))
         out[f"saved_bytes_{kernels}"] = _linear_fit(batches, saved)
-    # The counted FLOPs have no per-step part (see measure_on_meta): one batch gives them.
+    # The eager forward's FLOPs (the fused ops are invisible to the counter). They have no
+    # per-step part (see measure_on_meta): one batch gives them.
+    set_cell_kernels(model, "torch")
     x = _images(small, batches[0], "cpu")
     out["forward_flops"] = (count_flops(lambda: _loss(objective, model, x)) / batches[0], 0.0)
-    set_cell_kernels(model, "torch")
 
     # The regularisers cost the same at any image size and batch (weights only). The
     # power iteration's first call runs 10 iterations; later steps run one.
@@ -385,24 +390,29 @@ def estimate(m: dict) -> dict:
     return out
 
 
+def _geometric_middle(pair):
+    return math.sqrt(pair[0] * pair[1])
+
+
 def calibrate(results: dict) -> None:
-    """Adds a throughput scaled by the mean (geometric) ratio of NVAE's reported V100 speed
-    to this method's V100 prediction, over the data sets that have one."""
-    ratios = [math.sqrt(r["cross_check"]["predicted_over_reported"][0] * r["cross_check"]["predicted_over_reported"][1])
+    """Adds planning figures: the geometric middle of each bracket corrected by the factor
+    (geometric mean over the data sets that have a published NVAE time) by which this
+    method overestimates NVAE's reported V100 throughput."""
+    ratios = [_geometric_middle(r["cross_check"]["predicted_over_reported"])
               for r in results.values() if "cross_check" in r]
     if not ratios:
         return
     factor = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
     for preset, r in results.items():
-        config = _config(preset)
-        data = DATASETS[preset]
-        mid = math.sqrt(r["images_per_second_per_gpu"]["low"] * r["images_per_second_per_gpu"]["high"])
-        rate = mid / factor
+        rates = r["images_per_second_per_gpu"]
+        rate = _geometric_middle((rates["low"], rates["high"])) / factor
+        hours = {k: _geometric_middle(v) * factor for k, v in r["stage1_hours"].items()}
         r["calibrated"] = dict(
-            factor=factor, images_per_second_per_gpu=rate,
-            stage1_hours_1_gpu=config.epochs * (data["train"] // config.batch_size) * config.batch_size / rate / 3600,
-            stage1_hours_8_gpus=config.epochs * (data["train"] // (8 * config.batch_size)) * config.batch_size
-            / (rate * ASSUMPTIONS["scaling_efficiency_8"]) / 3600)
+            factor=factor, images_per_second_per_gpu=rate, stage1_hours=hours,
+            stage2_hours_1_gpu=_geometric_middle(r["stage2_hours_1_gpu"]) * factor,
+            stage2_hours_8_gpus=_geometric_middle(r["stage2_hours_1_gpu"]) * factor
+            / (8 * ASSUMPTIONS["scaling_efficiency_8"]),
+            evaluation_hours_1_gpu=_geometric_middle(r["evaluation"]["hours_1_gpu"]) * factor)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -445,15 +455,18 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _g(x, digits=3):
-    return f"{x:.{digits}g}"
+def _n(x):
+    """A number for a table: three significant figures, thousands separated."""
+    if x >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
 
 
 def _gb(x):
     return f"{x / 1e9:.1f}"
 
 
-def _range(pair, fmt=lambda v: f"{v:.3g}"):
+def _range(pair, fmt=_n):
     lo, hi = sorted(pair)
     return f"{fmt(lo)}-{fmt(hi)}"
 
@@ -476,39 +489,55 @@ def render_markdown(report: dict) -> str:
         "",
         "## The table",
         "",
-        "| preset | params | train GFLOP/image | saved act. MB/image (fused / eager, fp32) | H200 images/s per GPU "
-        "(bound) | calibrated images/s | stage 1 h, 1 GPU | stage 1 h, 8 GPUs | calibrated h, 1 / 8 GPUs "
-        "| memory/GPU GB (bf16 fused; fp32 eager) | stage 2 h (1 GPU) | evaluation h (1 GPU) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| preset (epochs, batch per process) | params | train GFLOP/image | saved activations MB/image (fp32: "
+        "fused / eager) | H200 images/s per GPU: planning (method's bounds) | stage 1 h on 1 GPU: planning "
+        "(bounds) | stage 1 h on 8 GPUs: planning (bounds) | memory per GPU GB (bf16 fused; fp32 eager) "
+        "| stage 2 h: 1 / 8 GPUs | evaluation h (1 GPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset, r in report["presets"].items():
         m = report["measurements"][preset]
         ips = r["images_per_second_per_gpu"]
-        cal = r.get("calibrated", {})
+        cal = r.get("calibrated")
         mem = r["memory_bytes_per_gpu"]
         flag = "" if mem["fits_141GB"]["bf16_fused"] else " DOES NOT FIT"
-        flag_eager = "" if mem["fits_141GB"]["fp32_eager"] else " (no fit)"
+        flag_eager = "" if mem["fits_141GB"]["fp32_eager"] else " (does not fit)"
+        h1, h8 = r["stage1_hours"]["1_gpu"], r["stage1_hours"]["8_gpus"]
         lines.append(
-            f"| `{preset}` ({r['epochs']} epochs, batch {r['batch_size_per_process']}) | {m['parameters'] / 1e6:.1f} M "
+            f"| `{preset}` ({r['epochs']}, {r['batch_size_per_process']}) | {m['parameters'] / 1e6:.1f} M "
             f"| {m['train_flops_per_image'] / 1e9:.1f} "
             f"| {m['saved_bytes_per_image']['fused'] / 1e6:.0f} / {m['saved_bytes_per_image']['torch'] / 1e6:.0f} "
-            f"| {_g(ips['low'])}-{_g(ips['high'])} ({ips['low_bound']}/{ips['high_bound']}) "
-            f"| {_g(cal['images_per_second_per_gpu']) if cal else '-'} "
-            f"| {_range(r['stage1_hours']['1_gpu'])} | {_range(r['stage1_hours']['8_gpus'])} "
-            f"| {(_g(cal['stage1_hours_1_gpu']) + ' / ' + _g(cal['stage1_hours_8_gpus'])) if cal else '-'} "
+            f"| **{_n(cal['images_per_second_per_gpu']) if cal else '-'}** ({_n(ips['low'])}-{_n(ips['high'])}, "
+            f"{ips['low_bound'] if ips['low_bound'] == ips['high_bound'] else ips['low_bound'] + '/' + ips['high_bound']}"
+            " bound) "
+            f"| **{_n(cal['stage1_hours']['1_gpu']) if cal else '-'}** ({_n(min(h1))}-{_n(max(h1))}) "
+            f"| **{_n(cal['stage1_hours']['8_gpus']) if cal else '-'}** ({_n(min(h8))}-{_n(max(h8))}) "
             f"| {_gb(mem['bf16_fused'])}{flag}; {_gb(mem['fp32_eager'])}{flag_eager} "
-            f"| {_range(r['stage2_hours_1_gpu'])} | {_range(r['evaluation']['hours_1_gpu'])} |")
+            f"| {_n(cal['stage2_hours_1_gpu']) if cal else '-'} / {_n(cal['stage2_hours_8_gpus']) if cal else '-'} "
+            f"| {_n(cal['evaluation_hours_1_gpu']) if cal else '-'}{' (blocked, see below)' if preset in NO_LABELS else ''} |")
     lines += [
         "",
-        "Reading it: the H200 column is the range between the low and the high bracket of the method below "
-        "(the word in brackets says which bound set each end). The calibrated column divides the geometric "
-        "middle of that range by how far the same method overestimates NVAE's own V100 runs (the cross-check "
-        "below): it is the number to plan a budget with. Hours count the paper's epochs over the training split "
-        "at the preset's per-process batch; 8 GPUs assume "
+        "Reading it: in brackets, the range between the low and the high bracket of the method below and "
+        "which bound (FLOPs or bandwidth) set it. In bold, the planning figure: the geometric middle of that "
+        "range divided by the factor by which the same method overestimates NVAE's own published V100 runs "
+        "(the cross-check below). Plan with the bold numbers; the brackets show what the hardware would allow "
+        "if the step were not bound by many small kernels. Hours count the paper's epochs over the training "
+        "split at the preset's per-process batch; 8 GPUs assume "
         f"{a['scaling_efficiency_8']:.0%} data-parallel efficiency (16 GPUs on 2 hosts: "
-        f"{a['scaling_efficiency_16']:.0%}; in the JSON). Stage 2 and the evaluation use only the FLOP bound "
-        "(at the low and high FLOP efficiency) and are NOT calibrated; multiply them by the calibration factor "
-        "for a planning figure. The evaluation runs on one GPU whatever the job size (see the commands).",
+        f"{a['scaling_efficiency_16']:.0%}; in the JSON). Stage 2 (the preset's `ncp_epochs` over the training "
+        "split, plus the held-out pass) and the evaluation (K importance samples for both priors on the whole "
+        f"test split, {EVAL_GENERATED:,} images per prior, log Z) are FLOP-bound figures corrected by the same "
+        "factor. The evaluation runs on one GPU whatever the job size (see the commands): for the large test "
+        "splits, `--max-images` (e.g. 5,000) divides it.",
+        "",
+        "**CelebA evaluation is blocked today.** `ncpfast.data` loads CelebA-64 and CelebA-HQ-256 without "
+        "labels, and `ncpfast.evaluation.evaluate_run` always trains its Frechet-distance feature network on "
+        "the labels (even with `--fid-weights`), so `python -m ncpfast.evaluate` and the end of `--stage 2` "
+        "stop with \"has no labels to train the Frechet-distance feature network on\" for these two presets "
+        "(stage 2's classifiers are saved before that point). Until the evaluation can skip the small-classifier "
+        "FD, the CelebA rows' evaluation hours are what it would cost, not something that runs. At 256x256, "
+        f"{EVAL_GENERATED:,} generated images per prior are also {EVAL_GENERATED * 3 * 256 * 256 * 4 / 1e9:.0f} GB "
+        "of float32 held on the device at once by `evaluate_run`; generate fewer (`--num-generated`).",
         "",
         "## Per preset: what the counts say",
         "",
@@ -546,15 +575,23 @@ def render_markdown(report: dict) -> str:
                      f"| {_range(c['predicted_over_reported'], lambda v: f'{v:.1f}x')} |")
     if factor:
         lines += ["", f"The method overestimates NVAE's measured V100 throughput by a factor of about {factor:.1f} "
-                  "(geometric mean over the data sets above, of the geometric middle of each bracket). The reported "
+                  "(geometric mean over the data sets above of the geometric middle of each bracket). The reported "
                   "times include what a training run does besides steps (per-epoch test ELBO, sample grids, "
                   "checkpoints, data loading) and multi-GPU overhead, and NVAE's code is not this code, so part of "
                   "the gap is not the method's error; but most of it says that an NVAE step is bound neither by "
                   "matrix FLOPs nor by streaming its activations once: it is a long chain of small kernels "
                   "(depthwise convs, BatchNorm statistics, Swish, SE gates, weight normalisation, KL terms per "
-                  "group) whose launch and latency costs the two bounds do not see. The calibrated columns divide "
-                  "by this factor; CelebA-HQ-256 has no published NVAE time in the notes, so its calibrated figure "
-                  "rests on the other three."]
+                  "group) whose launch and latency costs the two bounds do not see. The planning figures divide "
+                  "by this factor. They assume the H200 gains over the V100 what its ceilings gain "
+                  f"({GPUS['H200']['matrix_flops'] / GPUS['V100']['matrix_flops']:.1f}x in matrix rate, "
+                  f"{GPUS['H200']['bandwidth'] / GPUS['V100']['bandwidth']:.1f}x in bandwidth); a step bound by "
+                  "kernel launches and latency gains less, so they are more likely optimistic than pessimistic: "
+                  "if the H200 ran NVAE only 3x faster than a V100, the hours would be about "
+                  f"{GPUS['H200']['matrix_flops'] / GPUS['V100']['matrix_flops'] / 3:.1f}x the planning figures. "
+                  "CelebA-HQ-256 has no published NVAE time in the notes, so its planning figure rests on the "
+                  "other three. Spread of the per-data-set factors: "
+                  + ", ".join(f"{p} {_geometric_middle(r['cross_check']['predicted_over_reported']):.1f}x"
+                              for p, r in report["presets"].items() if "cross_check" in r) + "."]
     lines += ["", "## Commands", "",
               "Placeholders: `DATA` (the data set's folder), `HOST` (the first node's address, reachable from the "
               "others), `JOB` (any id shared by the nodes). `--batch-size` is per process: 8 processes at the "
@@ -587,6 +624,10 @@ def render_markdown(report: dict) -> str:
         "- `--stage 2 --from RUN` reads the run's `config.json`; options given on the command line override it "
         "(here the NCP batch and the token evaluation). `--resume` needs the same process count as the run it "
         "continues.",
+        "- The token makes the stage-1 `test` NLL in the run's `metrics.json` a K=1, one-image number; the "
+        "real NLL (both priors) is the evaluation command's. On one GPU there is no process group and no "
+        "barrier, so `python -m ncpfast.train --preset PRESET --data-dir DATA --run-dir RUN` (both stages and "
+        "the preset's own evaluation in one process) is the simpler single-GPU alternative.",
         "- Progress bars are on by default and drawn by rank 0 only; no flag is needed for them.",
         "",
         "## Method",

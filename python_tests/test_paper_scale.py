@@ -77,7 +77,7 @@ def test_commands_use_only_existing_flags(plan):
     from ncpfast.train import build_parser as train_parser
 
     cmds = plan.commands("cifar10")
-    for name, line in cmds.items():
+    for line in cmds.values():
         words = line.split()
         if "ncpfast.train" in words:
             args = words[words.index("ncpfast.train") + 1:]

@@ -706,6 +706,19 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_outputs(measurements: dict, meta: dict, json_out: str, doc_out: str) -> None:
+    results = {p: estimate(m) for p, m in measurements.items()}
+    calibrate(results)
+    report = dict(meta=meta, assumptions=ASSUMPTIONS, gpus=GPUS, datasets=DATASETS, nvae_reported=NVAE_REPORTED,
+                  measurements=measurements, presets=results, commands={p: commands(p) for p in measurements})
+    os.makedirs(os.path.dirname(json_out), exist_ok=True)
+    with open(json_out, "w") as f:
+        json.dump(report, f, indent=2)
+    os.makedirs(os.path.dirname(doc_out), exist_ok=True)
+    with open(doc_out, "w") as f:
+        f.write(render_markdown(report))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=list(PAPER_PRESETS), choices=list(PAPER_PRESETS),
@@ -724,27 +737,20 @@ def main(argv=None) -> int:
         measurements = {p: m for p, m in previous["measurements"].items() if p in args.presets}
         meta = dict(previous["meta"], rerendered=datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"))
+        write_outputs(measurements, meta, args.json_out, args.doc_out)
     else:
         measurements = {}
-        for preset in args.presets:
-            print(f"measuring {preset} ...", flush=True)
-            measurements[preset] = measure_preset(preset)
-            print(f"  {measurements[preset]['measure_seconds']:.0f} s", flush=True)
         meta = dict(command="PYTHONPATH=. python scripts/plan_paper_scale.py " + " ".join(
                         sys.argv[1:] if argv is None else argv),
                     date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     machine=f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), no GPU",
-                    commit=_git_commit(), torch=torch.__version__, seconds=time.perf_counter() - start)
-    results = {p: estimate(m) for p, m in measurements.items()}
-    calibrate(results)
-    report = dict(meta=meta, assumptions=ASSUMPTIONS, gpus=GPUS, datasets=DATASETS, nvae_reported=NVAE_REPORTED,
-                  measurements=measurements, presets=results, commands={p: commands(p) for p in measurements})
-    os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
-    with open(args.json_out, "w") as f:
-        json.dump(report, f, indent=2)
-    os.makedirs(os.path.dirname(args.doc_out), exist_ok=True)
-    with open(args.doc_out, "w") as f:
-        f.write(render_markdown(report))
+                    commit=_git_commit(), torch=torch.__version__)
+        for preset in args.presets:
+            print(f"measuring {preset} ...", flush=True)
+            measurements[preset] = measure_preset(preset)
+            print(f"  {measurements[preset]['measure_seconds']:.0f} s", flush=True)
+            # Both files after every preset: an interrupted run keeps what it measured.
+            write_outputs(measurements, dict(meta, seconds=time.perf_counter() - start), args.json_out, args.doc_out)
     print(f"wrote {args.json_out} and {args.doc_out}")
     return 0
 

@@ -560,7 +560,8 @@ def render_markdown(report: dict) -> str:
             f"| {m['saved_bytes_per_step']['fused'] / 1e6:.0f} / {m['saved_bytes_per_step']['torch'] / 1e6:.0f} "
             f"| side {m['measure_side']} x {m['pixel_ratio']:.0f}: {m['scaling_check']['relative_error']:+.2%} "
             f"| {m['stage2']['flops_per_image'] / 1e9:.1f} ({m['stage2']['vae_forward_flops_per_image'] / 1e9:.1f}) "
-            f"| {_gb(r['stage2_memory_bytes_per_gpu'])} "
+            f"| {_gb(r['stage2_memory_bytes_per_gpu'])}"
+            f"{' (near 141 GB: halve --ncp-batch-size)' if r['stage2_memory_bytes_per_gpu'] > 0.8 * 141e9 else ''} "
             f"| {s['sir_flops_per_image'] / 1e9:.1f} ({s['base_flops_per_image'] / 1e9:.1f}) "
             f"| {(ev['nll_base_flops_per_importance_sample'] + ev['nll_ncp_flops_per_importance_sample']) / 1e9:.1f} "
             f"| {_range(r['sir_seconds_per_1000_images'])} |")

@@ -1,4 +1,5 @@
-"""Builds ncpfast and its compiled extension ncpfast._C.
+"""Builds ncpfast's compiled extension ncpfast._C (the package itself is declared in
+pyproject.toml).
 
     pip install --no-build-isolation .        # or -e . for development
 
@@ -17,7 +18,7 @@ import os
 import shutil
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0"
@@ -137,12 +138,6 @@ def _build_ext():
 
 
 setup(
-    name="ncpfast",
-    version="0.1.0",
-    description="Noise contrastive priors for VAEs (NCP-VAE) with fused C++/CUDA kernels",
-    packages=find_packages(include=["ncpfast", "ncpfast.*"]),
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy", "tqdm", "tensorboard", "pillow", "mlxtend"],
     ext_modules=[] if os.environ.get("NCPFAST_PREBUILT") == "1" else _extensions(),
     cmdclass={"build_ext": _build_ext()},
 )

@@ -9,7 +9,7 @@ Every cell gets eager, fused and compile; the encoder cell also the rest:
     eager          the eager cell on an NCHW input (what eager code gets)
     eager-nhwc-in  the eager cell on a channels-last input
     fused          the fused cell on an NCHW input (it converts once)
-    fused-nhwc-in  the fused cell on a channels-last input (as inside NVAE)
+    fused-nhwc-in  the fused cell on a channels-last input (as inside HierarchicalVAE)
     compile        torch.compile of the eager cell, NCHW input
     convs-floor    only the cell's two weight-normalised 3x3 convs (channels-last)
                    and the residual add: what no fusion of the BN/Swish/SE work
@@ -22,11 +22,10 @@ Every cell gets eager, fused and compile; the encoder cell also the rest:
 import argparse
 import copy
 import json
-import platform
-import time
 
 import torch
 
+from measure import cpu_name, interleaved_seconds, summarize
 from ncpfast.nn.cells import EncoderCell, GenerativeCell, set_cell_kernels
 
 CELLS = {"encoder": EncoderCell, "generative": GenerativeCell}
@@ -62,25 +61,9 @@ def measure(table, blocks, rounds, warmup=3):
         grads.setdefault(name, torch.ones_like(out))
         out.backward(grads[name])
 
-    times = {name: [] for name in table}
-    for _ in range(blocks):
-        for name in table:
-            for _ in range(warmup):
-                step(name)
-            for _ in range(rounds):
-                start = time.perf_counter()
-                step(name)
-                times[name].append(time.perf_counter() - start)
-    return {name: {"median_ms": sorted(t)[len(t) // 2] * 1e3, "min_ms": min(t) * 1e3, "rounds": len(t)}
-            for name, t in times.items()}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    steps = {name: (lambda name=name: step(name)) for name in table}
+    times = interleaved_seconds(steps, "cpu", rounds=blocks, calls=rounds, warmup=warmup)
+    return {name: summarize(t) for name, t in times.items()}
 
 
 def main():
@@ -105,7 +88,8 @@ def main():
                   f"{eager['median_ms'] / s['median_ms']:.2f}x | {eager['min_ms'] / s['min_ms']:.2f}x |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"cell": args.cell, "machine": cpu_name(), "cores": torch.get_num_threads(), "torch": torch.__version__,
+            json.dump({"cell": args.cell, "machine": cpu_name(), "cores": torch.get_num_threads(),
+                       "torch": torch.__version__,
                        "results": results}, f, indent=2)
 
 

@@ -1,5 +1,6 @@
 """SIR proposal count vs Langevin steps: sample quality (Frechet distance on the
-small-classifier features) and time, on one trained run (like the paper's Table 6).
+128-d small-classifier features that the evaluation uses, with its bootstrap
+error) and time, group-wise and joint, on one trained run (like the paper's Table 6).
 
     python bench/ncp_sampler_table.py RUN_DIR [--num-generated 1000] [--out bench/results/x.json]
 """
@@ -11,7 +12,7 @@ import time
 import torch
 
 from ncpfast.data import load_dataset
-from ncpfast.evaluation import _features, feature_net_for, frechet_distance
+from ncpfast.frechet import extract_features, fd_summary, feature_network
 from ncpfast.ncp.stage2 import load_ncp, load_run
 
 
@@ -22,17 +23,20 @@ def main():
     p.add_argument("--proposals", type=int, nargs="+", default=[5, 50, 500])
     p.add_argument("--steps", type=int, nargs="+", default=[5, 50, 500])
     p.add_argument("--step-size", type=float, default=1e-2)
+    p.add_argument("--modes", nargs="+", choices=["group", "joint"], default=["group", "joint"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config, vae = load_run(args.run_dir, device)
     ncp = load_ncp(args.run_dir, vae)
-    _, test = load_dataset(config.dataset, config.data_dir)
-    net = feature_net_for(args.run_dir, config.dataset, config.data_dir, device, progress=False)
-    real = _features(net, test.batch(torch.arange(min(len(test), 1000))).to(device))
-    settings = [("base", {})] + [("sir", {"num_proposals": m}) for m in args.proposals] + \
-               [("langevin", {"steps": t, "step_size": args.step_size}) for t in args.steps]
+    train, test = load_dataset(config.dataset, config.data_dir)
+    features = feature_network(train, test, device, progress=False)
+    real = extract_features(features.net.features, test.batch(torch.arange(min(len(test), 1000))).to(device))
+    settings = [("base", {})] + [
+        (method, {**kw, "mode": mode}) for mode in args.modes
+        for method, kw in [("sir", {"num_proposals": m}) for m in args.proposals]
+        + [("langevin", {"steps": t, "step_size": args.step_size}) for t in args.steps]]
     rows = []
     for method, kw in settings:
         g = torch.Generator(device).manual_seed(args.seed)
@@ -42,12 +46,13 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        fd = frechet_distance(_features(net, images), real)
-        rows.append(dict(method=method, **kw, seconds=seconds, fd=fd))
-        print(f"{method:9s} {json.dumps(kw):40s} FD {fd:8.3f}  {seconds:7.2f} s for {args.num_generated} images",
-              flush=True)
+        fd = fd_summary(extract_features(features.net.features, images), real)
+        rows.append(dict(method=method, **kw, seconds=seconds, **fd))
+        print(f"{method:9s} {json.dumps(kw):55s} FD {fd['fd']:8.3f} +- {fd['fd_std_error']:.3f}  {seconds:7.2f} s "
+              f"for {args.num_generated} images", flush=True)
     result = dict(run_dir=args.run_dir, device=str(device), machine=platform.processor() or platform.machine(),
-                  threads=torch.get_num_threads(), num_generated=args.num_generated, rows=rows)
+                  threads=torch.get_num_threads(), num_generated=args.num_generated,
+                  fd_feature_net=features.describe(), rows=rows)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import include_compiled, peak_memory_bytes, timed
+from measure import peak_memory_bytes, timed
 from ncpfast import ops
 from ncpfast.models import build_model
 from ncpfast.nn.cells import EncoderCell, GenerativeCell, set_cell_kernels
@@ -23,19 +23,16 @@ from ncpfast.training.memory import saved_activation_bytes
 
 IMPLS = ["fused", "torch", "torch.compile"]
 N, C, S = 64, 96, 16  # the baseline: 64 x 96 x 16 x 16
-
-
-def _skip_compiled(impl):
-    if impl == "torch.compile" and not include_compiled():
-        pytest.skip("NCPFAST_BENCH_COMPILE=0")
+# The torch.compile variant that runs by default (bench/conftest.py's --bench-compile).
+COMPILE_REFERENCE = {"block": "generative-cell-C32-e6", "mode": "train fwd+bwd"}
 
 
 def _run(benchmark, device, group, impl, fn, **info):
     call = timed(fn, device)
     for _ in range(3):  # warm-up (and compilation) outside the timings
         call()
-    benchmark.group = f"{group} {device}"
-    benchmark.extra_info.update(device=device, impl=impl, peak_bytes=peak_memory_bytes(fn, device)[1], **info)
+    benchmark.group = f"{group} {device.type}"
+    benchmark.extra_info.update(device=device.type, impl=impl, peak_bytes=peak_memory_bytes(fn, device)[1], **info)
     benchmark(call)
 
 
@@ -65,9 +62,9 @@ OP_SIZES = {"bn_swish_dwconv": [(N, C, S), (32, 768, 8), (32, 1536, 4)]}
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", [0, 1, 2])
-@pytest.mark.parametrize("op", ["plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv", "bn_gate_residual"])
+@pytest.mark.parametrize("op", ["plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv",
+                                "bn_gate_residual"])
 def test_cell_op_forward_backward(benchmark, device, impl, op, size):
-    _skip_compiled(impl)
     sizes = OP_SIZES.get(op, [(N, C, S)])
     if size >= len(sizes):
         pytest.skip(f"{op} is timed at {len(sizes)} size(s)")
@@ -122,7 +119,7 @@ def _module_variants(module, impl):
 
 # (module, input shape, input layout). The fused CPU encoder cell computes
 # channels-last and the model feeds it channels-last activations (see
-# NVAE._encoder_input); the "-nhwc-in" blocks give that input to every variant.
+# HierarchicalVAE._encoder_input); the "-nhwc-in" blocks give that input to every variant.
 NCHW, NHWC = torch.contiguous_format, torch.channels_last
 BLOCKS = {
     "chain-bn-swish-dw5-bn-swish": (lambda: _Chain(C), (N, C, S, S), NCHW),
@@ -139,7 +136,6 @@ BLOCKS = {
 @pytest.mark.parametrize("mode", ["train fwd+bwd", "eval fwd"])
 @pytest.mark.parametrize("block", list(BLOCKS))
 def test_cell(benchmark, device, impl, mode, block):
-    _skip_compiled(impl)
     make, shape, layout = BLOCKS[block]
     torch.manual_seed(0)
     module = make().to(device).train(mode.startswith("train"))
@@ -164,7 +160,7 @@ def test_cell(benchmark, device, impl, mode, block):
 @pytest.mark.parametrize("preset", ["tiny", "mnist"])
 def test_training_step(benchmark, device, impl, preset):
     config = TrainConfig(**{**PRESETS[preset], "kernels": impl})
-    batch = 32 if preset == "mnist" and device == "cpu" else config.batch_size
+    batch = 32 if preset == "mnist" and device.type == "cpu" else config.batch_size
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)

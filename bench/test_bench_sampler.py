@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from conftest import peak_memory_bytes, timed
+from measure import peak_memory_bytes, timed
 from ncpfast.models import build_model
 from ncpfast.ncp import GroupedNCP
 from ncpfast.training.config import PRESETS, TrainConfig
@@ -73,12 +73,12 @@ def test_grouped_sir_sampler(benchmark, models, device, M, chunk_mib, impl):
         holder["images"], holder["peak"] = peak_memory_bytes(sample, device)
 
     chunk = "default" if chunk_mib is None else f"{chunk_mib}MiB"
-    benchmark.group = f"grouped SIR sampler M={M} images={IMAGES} chunk={chunk} {device}"
+    benchmark.group = f"grouped SIR sampler M={M} images={IMAGES} chunk={chunk} {device.type}"
     # Three rounds (median) where a round takes seconds, one at M = 500 (minutes).
     benchmark.pedantic(timed(measured, device), rounds=1 if M >= 500 else 3, iterations=1)
     images = holder["images"].cpu()
     other = _images_by_path.get((device, M, chunk_mib, "torch" if impl == "fused" else "fused"))
-    benchmark.extra_info.update(op="grouped_sir_sampler", device=device, impl=impl, M=M, images=IMAGES,
+    benchmark.extra_info.update(op="grouped_sir_sampler", device=device.type, impl=impl, M=M, images=IMAGES,
                                 chunk_bytes=chunk_bytes,
                                 peak_bytes=holder["peak"],
                                 same_images_as_other_path=None if other is None else bool(

@@ -7,7 +7,7 @@ and vs torch.compile of the twin.
 import pytest
 import torch
 
-from conftest import include_compiled, pick_implementation, timed
+from measure import pick_implementation, timed
 from ncpfast.ops import reference, sir_resample
 
 SIZES = [(B, M, D) for B in (64, 256) for M in (16, 512, 5000) for D in ((64,), (20, 8, 8))]
@@ -20,8 +20,6 @@ def test_sir_resample(benchmark, device, impl, B, M, D):
     numel = B * M * torch.Size(D).numel()
     if numel * 4 > MAX_PROPOSAL_BYTES:
         pytest.skip("proposals exceed 2 GB")
-    if impl == "torch.compile" and not include_compiled():
-        pytest.skip("NCPFAST_BENCH_COMPILE=0")
     g = torch.Generator().manual_seed(0)
     log_weights = torch.randn(B, M, generator=g).to(device)
     proposals = torch.randn(B, M, *D, generator=g).to(device)
@@ -29,7 +27,7 @@ def test_sir_resample(benchmark, device, impl, B, M, D):
     call = timed(lambda: fn(log_weights, proposals, NUM_SAMPLES), device)
     for _ in range(3):  # warm-up (and compilation) outside the timings
         call()
-    benchmark.group = f"sir_resample {device} B={B} M={M} D={'x'.join(map(str, D))}"
-    benchmark.extra_info.update(op="sir_resample", device=device, impl=impl, B=B, M=M,
+    benchmark.group = f"sir_resample {device.type} B={B} M={M} D={'x'.join(map(str, D))}"
+    benchmark.extra_info.update(op="sir_resample", device=device.type, impl=impl, B=B, M=M,
                                 D=list(D), num_samples=NUM_SAMPLES)
     benchmark(call)

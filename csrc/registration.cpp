@@ -20,7 +20,8 @@ pybind11::dict build_info() {
   pybind11::dict info;
   info["backends"] = pybind11::make_tuple("cpu"
 #if NCPFAST_WITH_CUDA
-                                          , "cuda"
+                                          ,
+                                          "cuda"
 #endif
   );
   info["cuda"] = static_cast<bool>(NCPFAST_WITH_CUDA);

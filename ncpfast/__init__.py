@@ -3,8 +3,8 @@
 Ops live in ncpfast.ops (each with a pure-PyTorch twin in ncpfast.ops.reference).
 """
 from . import ops
+from ._version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["build_info", "has_backend", "ops", "NCPPrior", "__version__"]
 
 

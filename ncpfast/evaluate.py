@@ -1,66 +1,7 @@
-"""python -m ncpfast.evaluate RUN_DIR: the base prior and the NCP prior side by side.
-
-NLL: the importance-weighted bound with K samples (nats, bits/dim), with log Z
-and its standard error folded in for the NCP prior. Frechet distance of
-generated vs held-out test images, on the features of a small classifier
-trained on the data set's labels (named as such; it is not FID), and FID
-proper when --fid-weights gives pytorch-fid's Inception weights file (it cannot
-be downloaded here). Results go to RUN_DIR/metrics.json ("evaluation") and
-print as a table.
-"""
-import argparse
-import json
+"""python -m ncpfast.evaluate: the command line in ncpfast.cli.evaluate."""
 import sys
 
-from .cli_common import USER_ERRORS, merge_metrics
-from .training.trainer import pick_device
-
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m ncpfast.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run directory with both stages (python -m ncpfast.train)")
-    p.add_argument("--iw-samples", type=int, default=100, help="importance samples K of the NLL (default 100)")
-    p.add_argument("--max-images", type=int, default=0, help="test images of the NLL (0: all)")
-    p.add_argument("--iw-chunk", type=int, default=0, help="importance samples per pass (0: all; bounds memory)")
-    p.add_argument("--num-generated", type=int, default=1000, help="images per prior for the Frechet distance")
-    p.add_argument("--num-real", type=int, default=0,
-                   help="test images of the Frechet distances' reference set (0: max(num-generated, 1000))")
-    p.add_argument("--fid-weights", default="",
-                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also compute FID with it")
-    p.add_argument("--method", choices=["sir", "langevin"], default="sir", help="how the NCP prior is sampled")
-    p.add_argument("--num-proposals", type=int, default=50, help="SIR proposals per latent group")
-    p.add_argument("--steps", type=int, default=50, help="Langevin steps per latent group")
-    p.add_argument("--step-size", type=float, default=1e-2, help="Langevin step size")
-    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature for the generated images")
-    p.add_argument("--log-z-samples", type=int, default=10000, help="prior samples of the log Z estimate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from .evaluation import evaluate_run, format_table
-
-    try:
-        for name in ("num_proposals", "steps", "log_z_samples"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        result, _, _ = evaluate_run(
-            args.run_dir, pick_device(args.device), iw_samples=args.iw_samples, max_images=args.max_images,
-            iw_chunk=args.iw_chunk, num_generated=args.num_generated, method=args.method,
-            num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
-            temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed,
-            fid_weights=args.fid_weights, num_real=args.num_real)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    merge_metrics(args.run_dir, "evaluation", result)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0
-
+from .cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

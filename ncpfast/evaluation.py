@@ -2,183 +2,194 @@
 log Z folded in) and a Frechet distance of generated vs held-out images.
 
 The Frechet distance always uses the features of a small classifier trained
-on the data set's labels (cached in the run directory), reported as
-"FD (small classifier features)", never as FID. When the user gives
+once per data set (ncpfast.frechet: fixed seed, cached under a hash of the
+data, its test accuracy reported), reported as "FD (small classifier
+features)" with a bootstrap standard error, never as FID. When the user gives
 pytorch-fid's Inception weights file, FID proper is computed as well
 (ncpfast.fid_inception); those weights cannot be downloaded here.
 """
+import contextlib
 import math
-import os
 import time
-from typing import Optional
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint
 from .data import load_dataset
 from .fid_inception import load_fid_inception
+from .frechet import FD_NAME, extract_features, fd_summary, feature_network, frechet_distance
 from .models.base import iw_images_per_pass
-from .ncp.stage2 import image_reader, load_ncp, load_run
+from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
+from .ncp.stage2 import estimate_log_partition, image_reader, load_ncp, load_run
 
-FEATURE_NET = "fd_feature_net.pt"
-FD_NAME = "FD (small classifier features)"
 FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
-
-
-class FeatureNet(nn.Module):
-    """A small CNN classifier; its 128-d pooled features define the Frechet distance."""
-
-    def __init__(self, in_channels: int, classes: int = 10):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(128, classes)
-
-    def features(self, x):
-        return self.body(2 * x - 1)
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def feature_net_for(run_dir: str, dataset: str, data_dir: Optional[str], device, epochs: int = 3,
-                    progress: bool = True) -> FeatureNet:
-    """The run's cached feature network, trained on the data set's labels on first use."""
-    path = os.path.join(run_dir, FEATURE_NET)
-    train, _ = load_dataset(dataset, data_dir)
-    if train.labels is None:
-        raise ValueError(f"{dataset} has no labels to train the Frechet-distance feature network on")
-    net = FeatureNet(train.batch(torch.arange(1)).shape[1]).to(device)
-    if os.path.isfile(path):
-        net.load_state_dict(checkpoint.load(path, map_location=device))
-        return net.eval()
-    g = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
-    with torch.enable_grad():  # callers evaluate under no_grad
-        _train_feature_net(net, train, optimizer, epochs, g, device, progress)
-    checkpoint.save_atomic(net.state_dict(), path)
-    return net.eval()
-
-
-def _train_feature_net(net, train, optimizer, epochs, g, device, progress):
-    for _ in tqdm(range(epochs), desc="FD feature net", disable=not progress, leave=False):
-        order = torch.randperm(len(train), generator=g)
-        for start in range(0, len(train), 128):
-            idx = order[start:start + 128]
-            loss = F.cross_entropy(net(train.batch(idx).to(device)), train.labels[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2), in float64."""
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    vals, vecs = torch.linalg.eigh(cov_a)
-    sqrt_a = vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
-    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
-
-
-@torch.no_grad()
-def _features(extract, images, batch=500):
-    """extract(images) a batch at a time (bounds memory), gathered on the CPU."""
-    return torch.cat([extract(images[i:i + batch]).cpu() for i in range(0, images.shape[0], batch)])
 
 
 @torch.no_grad()
 def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_images: int = 0,
                  iw_chunk: int = 0, num_generated: int = 1000, method: str = "sir", num_proposals: int = 50,
                  steps: int = 50, step_size: float = 1e-2, temperature: float = 1.0, log_z_samples: int = 10_000,
-                 seed: int = 0, progress: bool = True, fid_weights: str = "", num_real: int = 0) -> dict:
+                 seed: int = 0, progress: bool = True, fid_weights: str = "", num_real: int = 0,
+                 mode: str = "group", log_z_proposal: str = "auto", fd_cache_dir=None, readjust_bn: bool = False,
+                 readjust_bn_batches: int = DEFAULT_BATCHES) -> dict:
     """Base prior and NCP prior side by side: NLL and Frechet distance (and FID given `fid_weights`).
 
     `num_real` held-out images are the reference set of the Frechet distances
-    (0: max(num_generated, 1000), at most the whole test split)."""
+    (0: max(num_generated, 1000), at most the whole test split). mode: "group"
+    or "joint" samplers (GroupedNCP.sample). log_z_proposal: "prior",
+    "aggregate-posterior" or "auto" (the latter for single-group flat models).
+    The NCP NLL's standard error includes log Z's, which shifts every image alike.
+
+    An NCP whose base is a GMM (stage 2 with --ncp-base gmm, a FlatNCP) adds a "gmm"
+    entry: NLL and FD under the GMM prior alone, with the paired differences
+    NCP-GMM minus GMM and GMM minus base.
+
+    temperature scales the priors of the generated images; at T < 1 the NCP
+    classifiers score latents (and, in hierarchical models, decoder contexts)
+    they were not trained on. readjust_bn: sample from a copy of the VAE whose
+    decoder BatchNorm statistics were re-estimated on readjust_bn_batches batches
+    of prior samples at that temperature (NVAE's re-adjustment,
+    ncpfast.models.temperature); the NLL always uses the checkpoint's statistics."""
     if iw_samples < 1 or num_generated < 2 or num_real < 0 or num_real == 1:
         raise ValueError(f"need iw_samples >= 1, num_generated >= 2 and num_real 0 or >= 2, got {iw_samples}, "
                          f"{num_generated} and {num_real}")
     inception = load_fid_inception(fid_weights, device) if fid_weights else None  # a bad path fails first
     config, vae = load_run(run_dir, device)
     ncp = load_ncp(run_dir, vae)
-    _, test = load_dataset(config.dataset, config.data_dir)
+    sampler = ncp
+    if readjust_bn:
+        adjusted = readjust_batchnorm(vae, temperature, readjust_bn_batches,
+                                      generator=torch.Generator(device).manual_seed(seed + 1))
+        sampler = load_ncp(run_dir, adjusted)
+    gmm = getattr(ncp, "base_kind", None) == "gmm"
+    train, test = load_dataset(config.dataset, config.data_dir)
     n = len(test) if max_images <= 0 else min(max_images, len(test))
     g = torch.Generator(device).manual_seed(seed)
-    torch.manual_seed(seed)
-    log_z, log_z_stderr = ncp.log_partition(log_z_samples, generator=g)
+    log_z_estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
+    log_z = log_z_estimate.log_z
 
     read = image_reader(test, vae.likelihood, device, g)
     batch = iw_images_per_pass(iw_samples, iw_chunk, device, most=100)
-    base_ll, ncp_ll = [], []
+    base_ll, ncp_ll, gmm_ll = [], [], []
     for start in tqdm(range(0, n, batch), desc=f"NLL (K={iw_samples})", disable=not progress, leave=False):
         x = read(torch.arange(start, min(n, start + batch)))
-        state = torch.get_rng_state()  # the same posterior draws for both priors: a paired comparison
-        base_ll.append(vae.importance_weighted_log_likelihood(x, iw_samples, iw_chunk))
-        torch.set_rng_state(state)
-        ncp_ll.append(ncp.importance_weighted_log_likelihood(x, iw_samples, iw_chunk, log_z=log_z))
+        # The same posterior draws for both priors, on every device: a paired comparison.
+        with _seeded(seed * 1_000_003 + start, device):
+            base_ll.append(vae.importance_weighted_log_likelihood(x, iw_samples, iw_chunk))
+        with _seeded(seed * 1_000_003 + start, device):
+            ncp_ll.append(ncp.importance_weighted_log_likelihood(x, iw_samples, iw_chunk, log_z=log_z))
+        if gmm:
+            with _seeded(seed * 1_000_003 + start, device):
+                gmm_ll.append(ncp.base_log_likelihood(x, iw_samples, iw_chunk))
     base_ll, ncp_ll = torch.cat(base_ll).cpu(), torch.cat(ncp_ll).cpu()
     dims = vae.num_data_dims()
 
-    net = feature_net_for(run_dir, config.dataset, config.data_dir, device, progress=progress)
+    features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress)
     real = test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device)
-    real_features = _features(net.features, real)
+    real_features = extract_features(features.net.features, real)
     timings = {}
 
-    def generate(name, **kw):
+    def generate(name, draw=None, **kw):
         start = time.perf_counter()
-        images = torch.cat([ncp.sample(min(250, num_generated - i), temperature=temperature, generator=g, **kw)
+        draw = draw or sampler.sample
+        images = torch.cat([draw(min(250, num_generated - i), temperature=temperature, generator=g, **kw)
                             for i in range(0, num_generated, 250)])
         timings[name] = time.perf_counter() - start
         return images
 
     base_images = generate("base", method="base")
-    ncp_images = generate(method, method=method, num_proposals=num_proposals, steps=steps, step_size=step_size)
+    ncp_images = generate(method, method=method, num_proposals=num_proposals, steps=steps, step_size=step_size,
+                          mode=mode)
+    fd_generator = torch.Generator().manual_seed(seed)
 
-    def nll_summary(ll):
+    def nll_summary(ll, extra_variance=0.0):
         nll = float(-ll.mean())
-        return dict(nll_nats=nll, nll_std_error=float(ll.std() / math.sqrt(len(ll))),
-                    bits_per_dim=nll / (math.log(2) * dims))
+        data_error = float(ll.std() / math.sqrt(len(ll)))
+        return dict(nll_nats=nll, nll_std_error=math.sqrt(data_error ** 2 + extra_variance),
+                    nll_std_error_images=data_error, bits_per_dim=nll / (math.log(2) * dims))
 
+    log_z_variance = log_z_estimate.stderr ** 2
+    paired_error = float((ncp_ll - base_ll).std() / math.sqrt(len(base_ll)))
     result = {
-        "iw_samples": iw_samples, "test_images": n, "temperature": temperature,
-        "log_z": log_z, "log_z_stderr": log_z_stderr, "log_z_samples": log_z_samples,
-        "fd_name": FD_NAME, "generated_images": num_generated, "real_images": real.shape[0],
-        "base": {**nll_summary(base_ll), "fd": frechet_distance(_features(net.features, base_images), real_features),
+        "iw_samples": iw_samples, "test_images": n, "temperature": temperature, "readjust_bn": readjust_bn,
+        "readjust_bn_batches": readjust_bn_batches if readjust_bn else None,
+        "log_z": log_z, "log_z_stderr": log_z_estimate.stderr, "log_z_samples": log_z_estimate.num_samples,
+        "log_z_estimate": log_z_estimate.as_dict(),
+        "fd_name": FD_NAME, "fd_feature_net": features.describe(), "generated_images": num_generated,
+        "real_images": real.shape[0],
+        "base": {**nll_summary(base_ll),
+                 **fd_summary(extract_features(features.net.features, base_images), real_features, fd_generator),
                  "sampling_seconds": timings["base"]},
-        "ncp": {**nll_summary(ncp_ll), "fd": frechet_distance(_features(net.features, ncp_images), real_features),
-                "sampling": method, "num_proposals": num_proposals if method == "sir" else None,
+        "ncp": {**nll_summary(ncp_ll, log_z_variance),
+                **fd_summary(extract_features(features.net.features, ncp_images), real_features, fd_generator),
+                "sampling": method, "sampling_mode": mode, "num_proposals": num_proposals if method == "sir" else None,
                 "langevin_steps": steps if method == "langevin" else None,
                 "sampling_seconds": timings[method]},
         "nll_difference_ncp_minus_base": float(-(ncp_ll - base_ll).mean()),
-        "nll_difference_std_error": float((ncp_ll - base_ll).std() / math.sqrt(len(base_ll))),
+        "nll_difference_std_error": math.sqrt(paired_error ** 2 + log_z_variance),
+        "nll_difference_std_error_images": paired_error,
     }
+    sampled = [("base", base_images), ("ncp", ncp_images)]
+    if gmm:
+        gmm_ll = torch.cat(gmm_ll).cpu()
+        gmm_images = generate("gmm", draw=sampler.base_sample)
+        sampled.append(("gmm", gmm_images))
+        result["ncp"]["base"] = "gmm"
+        result["gmm"] = {**nll_summary(gmm_ll), "components": ncp.base.means.shape[0],
+                         **fd_summary(extract_features(features.net.features, gmm_images), real_features,
+                                      fd_generator),
+                         "sampling_seconds": timings["gmm"]}
+        ncp_gmm_error = float((ncp_ll - gmm_ll).std() / math.sqrt(len(gmm_ll)))
+        result["nll_difference_ncp_minus_gmm"] = float(-(ncp_ll - gmm_ll).mean())
+        result["nll_difference_ncp_minus_gmm_std_error"] = math.sqrt(ncp_gmm_error ** 2 + log_z_variance)
+        result["nll_difference_gmm_minus_base"] = float(-(gmm_ll - base_ll).mean())
+        result["nll_difference_gmm_minus_base_std_error"] = float((gmm_ll - base_ll).std() / math.sqrt(len(base_ll)))
     if inception is not None:
-        real_inception = _features(inception, real, batch=50)
+        real_inception = extract_features(inception, real, batch=50)
         result["fid_name"] = FID_NAME
-        for prior, images in (("base", base_images), ("ncp", ncp_images)):
-            result[prior]["fid"] = frechet_distance(_features(inception, images, batch=50), real_inception)
+        for prior, images in sampled:
+            result[prior]["fid"] = frechet_distance(extract_features(inception, images, batch=50), real_inception)
     return result, base_images, ncp_images
 
 
 def format_table(result: dict) -> str:
     with_fid = "fid_name" in result
     rows = [("prior", "NLL (nats)", "bits/dim", result["fd_name"]) + ((result["fid_name"],) if with_fid else ())]
-    for label, key in (("base", "base"), ("NCP", "ncp")):
+    gmm = "gmm" in result
+    priors = (("base", "base"),) + ((("GMM", "gmm"),) if gmm else ()) + (("NCP-GMM" if gmm else "NCP", "ncp"),)
+    for label, key in priors:
         scores = result[key]
         rows.append((label, f"{scores['nll_nats']:.2f} +- {scores['nll_std_error']:.2f}",
-                     f"{scores['bits_per_dim']:.4f}", f"{scores['fd']:.3f}")
+                     f"{scores['bits_per_dim']:.4f}", f"{scores['fd']:.3f} +- {scores['fd_std_error']:.3f}")
                     + ((f"{scores['fid']:.3f}",) if with_fid else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.append(f"log Z = {result['log_z']:.4f} +- {result['log_z_stderr']:.4f} ({result['log_z_samples']} samples); "
+    estimate = result["log_z_estimate"]
+    lines.append(f"log Z = {result['log_z']:.4f} +- {result['log_z_stderr']:.4f} ({estimate['num_samples']} samples "
+                 f"from the {estimate['proposal']} proposal, effective sample size {estimate['ess']:.0f} = "
+                 f"{100 * estimate['ess_fraction']:.1f}%); "
                  f"K = {result['iw_samples']} on {result['test_images']} test images; NCP - base NLL = "
                  f"{result['nll_difference_ncp_minus_base']:.3f} +- {result['nll_difference_std_error']:.3f} nats; "
-                 f"temperature {result['temperature']}; Frechet distances: {result['generated_images']} generated vs "
-                 f"{result['real_images']} test images")
+                 + (f"NCP-GMM - GMM NLL = {result['nll_difference_ncp_minus_gmm']:.3f} +- "
+                    f"{result['nll_difference_ncp_minus_gmm_std_error']:.3f} nats; GMM - base NLL = "
+                    f"{result['nll_difference_gmm_minus_base']:.3f} +- "
+                    f"{result['nll_difference_gmm_minus_base_std_error']:.3f} nats "
+                    f"(GMM of {result['gmm']['components']} components); " if "gmm" in result else "")
+                 + f"temperature {result['temperature']}"
+                 + (f" (BatchNorm re-adjusted on {result['readjust_bn_batches']} batches)"
+                    if result.get("readjust_bn") else "")
+                 + f"; Frechet distances: {result['generated_images']} generated vs "
+                 f"{result['real_images']} test images, features of a classifier with "
+                 f"{100 * result['fd_feature_net']['test_accuracy']:.1f}% test accuracy; NCP sampling: "
+                 f"{result['ncp']['sampling']} ({result['ncp']['sampling_mode']})")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device):
+    """Every RNG the computation on `device` draws from set from one seed inside,
+    restored outside."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -1,72 +1,7 @@
-"""python -m ncpfast.sample RUN_DIR: images from a trained run's base or NCP prior.
-
-    python -m ncpfast.sample runs/tiny-... --method sir -n 64 --num-proposals 50
-    python -m ncpfast.sample runs/tiny-... --method langevin --steps 100 --step-size 0.01
-    python -m ncpfast.sample runs/tiny-... --method base --temperature 0.8 --npz samples.npz
-"""
-import argparse
-import os
+"""python -m ncpfast.sample: the command line in ncpfast.cli.sample."""
 import sys
-import time
 
-import numpy as np
-import torch
-
-from .cli_common import USER_ERRORS
-from .training.trainer import pick_device
-
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m ncpfast.sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run directory written by python -m ncpfast.train")
-    p.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
-                   help="sir / langevin with the NCP prior, or the base prior (default: sir)")
-    p.add_argument("-n", "--num-samples", type=int, default=64, help="images to generate (default 64)")
-    p.add_argument("--num-proposals", type=int, default=50, help="SIR proposals per latent group (default 50)")
-    p.add_argument("--steps", type=int, default=50, help="Langevin steps per latent group (default 50)")
-    p.add_argument("--step-size", type=float, default=1e-2, help="Langevin step size (default 0.01)")
-    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
-    p.add_argument("--out", help="PNG grid to write (default RUN_DIR/samples_<method>.png)")
-    p.add_argument("--npz", help="also write the images, uint8 [N, H, W, C], to this .npz")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from .images import save_grid
-    from .ncp.stage2 import load_ncp, load_run
-
-    try:
-        if args.num_samples < 1:
-            raise ValueError(f"-n must be >= 1, got {args.num_samples}")
-        if not args.temperature > 0:
-            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-        device = pick_device(args.device)
-        _, vae = load_run(args.run_dir, device)
-        generator = torch.Generator(device).manual_seed(args.seed)
-        start = time.perf_counter()
-        if args.method == "base":
-            images = vae.sample(args.num_samples, args.temperature, generator=generator)
-        else:
-            images = load_ncp(args.run_dir, vae).sample(
-                args.num_samples, method=args.method, num_proposals=args.num_proposals, steps=args.steps,
-                step_size=args.step_size, temperature=args.temperature, generator=generator)
-        seconds = time.perf_counter() - start
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    out = args.out or os.path.join(args.run_dir, f"samples_{args.method}.png")
-    save_grid(images, out)
-    if args.npz:
-        array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        np.savez_compressed(args.npz, images=array)
-    print(f"{args.num_samples} images ({args.method}, temperature {args.temperature}) in {seconds:.2f} s -> {out}"
-          + (f" and {args.npz}" if args.npz else ""))
-    return 0
-
+from .cli.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

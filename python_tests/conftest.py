@@ -1,9 +1,7 @@
-import pytest
-import torch
+import os
+import tempfile
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    return torch.device(request.param)
+# The FD feature network is cached per data set (ncpfast.frechet); tests and the
+# CLIs they start share one temporary cache instead of the user's ~/.cache.
+# (The `device` fixture and the `cuda` marker are in the repository's root conftest.py, shared with bench/.)
+os.environ.setdefault("NCPFAST_CACHE_DIR", tempfile.mkdtemp(prefix="ncpfast-test-cache-"))

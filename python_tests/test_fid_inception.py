@@ -7,8 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ncpfast.fid_inception import (FEATURE_DIMS, NUM_PARAMETERS, WEIGHTS_FILE, FIDInceptionV3, InceptionE,
-                                   _pool_without_padding, load_fid_inception, prepare_images)
+from ncpfast.fid_inception import (
+    FEATURE_DIMS,
+    NUM_PARAMETERS,
+    WEIGHTS_FILE,
+    FIDInceptionV3,
+    InceptionE,
+    _pool_without_padding,
+    load_fid_inception,
+    prepare_images,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ from ncpfast.ncp import GroupedNCP
 from ncpfast.ncp.base_priors import StandardNormal
 from ncpfast.ncp.prior import default_classifier
 from ncpfast.ops import reference as ref
-
 from test_ncp_grouped import TINY
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = pytest.mark.cuda  # skipped without a device (conftest.py)
 
 
 def mlp(dim, hidden, layers, seed=0):
@@ -58,7 +57,8 @@ def test_errors_name_the_argument():
 
 def test_only_the_default_mlp_shape_is_fused():
     assert ops.mlp_parameters(mlp(4, 8, 2)) is not None
-    assert ops.mlp_parameters(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))) is None
+    relu_mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    assert ops.mlp_parameters(relu_mlp) is None
     assert ops.mlp_parameters(torch.nn.Linear(4, 1)) is None
 
 
@@ -123,3 +123,20 @@ def test_cuda_matches_twin(dtype, tol):
         got, got_lse = ops.mlp_log_ratio(z.cuda().to(dtype), [w.cuda() for w in weights], [b.cuda() for b in biases])
         torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
         torch.testing.assert_close(got_lse.cpu(), want_lse, rtol=tol, atol=tol)
+
+
+@cuda
+def test_cuda_wide_classifier_opts_in_to_shared_memory():
+    # Width 512 needs 68 KiB of shared memory per block, past the 48 KiB a block
+    # gets by default: the launcher opts in (up to the device's limit).
+    weights, biases = ops.mlp_parameters(mlp(20, 512, 2))
+    z = torch.randn(3, 70, 20)
+    want, want_lse = ref.mlp_log_ratio(z, weights, biases)
+    got, got_lse = ops.mlp_log_ratio(z.cuda(), [w.cuda() for w in weights], [b.cuda() for b in biases])
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_lse.cpu(), want_lse, rtol=1e-4, atol=1e-4)
+    # Past any GPU's shared memory (4096 units: 516 KiB): a clear error, no launch.
+    weights, biases = ops.mlp_parameters(mlp(4, 4096, 1))
+    with pytest.raises(ValueError, match="hidden width 4096 exceeds what this GPU's shared memory holds"):
+        ops.mlp_log_ratio(torch.randn(1, 2, 4, device="cuda"), [w.cuda() for w in weights],
+                          [b.cuda() for b in biases])

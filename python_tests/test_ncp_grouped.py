@@ -81,14 +81,15 @@ def test_fit_reports_groups_and_round_trips(tmp_path):
     z = torch.randn(2, 4, 4, 4)
     torch.testing.assert_close(again.log_ratio(0, z, None), ncp.eval().log_ratio(0, z, None))
     for method in ("sir", "langevin", "base"):
-        assert ncp.sample(3, method=method, num_proposals=4, steps=2, generator=torch.Generator().manual_seed(0)).shape == (3, 1, 32, 32)
+        images = ncp.sample(3, method=method, num_proposals=4, steps=2, generator=torch.Generator().manual_seed(0))
+        assert images.shape == (3, 1, 32, 32)
     with pytest.raises(ValueError, match="num_proposals must be >= 1"):
         ncp.sample(3, num_proposals=0)
     with pytest.raises(ValueError, match="max_proposal_bytes must be >= 1"):
         ncp.sample(3, max_proposal_bytes=0)
 
 
-SMALL = ["--channels", "4", "--latent-channels", "2", "--progress", "false", "--batch-size", "250", "--epochs", "1",
+SMALL = ["--channels", "4", "--latent-channels", "2", "--no-progress", "--batch-size", "250", "--epochs", "1",
          "--eval-iw-samples", "3", "--eval-max-images", "20", "--eval-generated", "100", "--ncp-epochs", "1",
          "--ncp-hidden", "8", "--ncp-cells", "1", "--ncp-log-z-samples", "200", "--ncp-num-proposals", "5"]
 

@@ -184,7 +184,7 @@ def test_to_moves_and_converts_the_base():
             assert prior.log_prob(z).dtype == torch.float64
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_bases_on_cuda():
     for kind in KINDS:
         prior = NCPPrior(make_base(kind), hidden=8).to("cuda")

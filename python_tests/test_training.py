@@ -14,7 +14,7 @@ import torch
 from ncpfast.training.schedules import kl_coefficient, learning_rate, regularizer_weight
 
 # A very small hierarchical model so that a step takes tens of milliseconds.
-SMALL = ["--channels", "4", "--latent-channels", "2", "--batch-size", "16", "--progress", "false",
+SMALL = ["--channels", "4", "--latent-channels", "2", "--batch-size", "16", "--no-progress",
          "--eval-iw-samples", "3", "--eval-max-images", "20", "--log-every", "5"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -100,7 +100,7 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
 
     # Stage 2 data parallel on that run: the classifiers stay identical on both ranks, rank 0 evaluates.
     cmd = [*cmd[:cmd.index("--master_port") + 1], str(_free_port()), "-m", "ncpfast.train", "--stage", "2",
-           "--from", str(run), "--device", "cpu", "--progress", "false", "--ncp-epochs", "1", "--ncp-batch-size", "32",
+           "--from", str(run), "--device", "cpu", "--no-progress", "--ncp-epochs", "1", "--ncp-batch-size", "32",
            "--ncp-hidden", "8", "--ncp-cells", "1", "--ncp-log-z-samples", "100", "--ncp-num-proposals", "3",
            "--eval-generated", "20", "--eval-iw-samples", "2", "--eval-max-images", "10"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
@@ -125,6 +125,21 @@ def test_cli_help_and_errors(tmp_path):
     assert result.returncode == 2 and "lr must be > 0" in result.stderr
     presets = json.loads(train("--list-presets").stdout)
     assert {"tiny", "mnist", "cifar10", "celeba64", "celebahq256", "mnist-single", "celeba64-rae"} <= set(presets)
+
+
+def test_boolean_options_and_help_grouped_by_stage():
+    from ncpfast.cli.train import build_parser
+    from ncpfast.training.config import ARGUMENT_GROUPS, config_from_args
+
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(["--no-progress", "--no-adaptive-groups", "--kl-balance"]))
+    assert config.progress is False and config.adaptive_groups is False and config.kl_balance is True
+    assert config_from_args(parser.parse_args([])).progress is True  # not given: the preset decides
+    help_text = parser.format_help()
+    starts = [help_text.index(f"\n{title}:\n") for title in ARGUMENT_GROUPS]
+    assert starts == sorted(starts)
+    assert starts[ARGUMENT_GROUPS.index("logging and checkpoints")] < help_text.index("--progress, --no-progress")
+    assert "--min-groups-per-scale N" in help_text and "--lr LR" in help_text and "--data-dir DIR" in help_text
 
 
 def test_schedules():

@@ -2,13 +2,18 @@
 # ncpfast's one entry point for people and CI.
 #
 #   bash scripts/dev.sh run [ARGS]   set up, then run the main job (python -m ncpfast.train ARGS)
-#   bash scripts/dev.sh test         set up, then run every test (pytest + native ctest under ASan/UBSan)
+#   bash scripts/dev.sh test         set up, then check the style (scripts/format.sh --check) and run
+#                                    every test (pytest + native ctest under ASan/UBSan)
 #   bash scripts/dev.sh bench [ARGS] set up, then run the benchmarks (pytest-benchmark)
-#   bash scripts/dev.sh setup        only create .venv and build the extension
+#   bash scripts/dev.sh setup        only set up: .venv, its packages, the extension
 #
-# Setup is idempotent: a virtual environment in .venv (override: NCPFAST_VENV),
-# the packages of requirements.txt, and an editable build of the extension
-# (incremental after the first build). NCPFAST_CUDA=0 skips the CUDA kernels.
+# Setup is idempotent: a virtual environment in .venv (override: NCPFAST_VENV);
+# torch and the build tools at the versions pinned in requirements.txt; the
+# extension built in place (incremental after the first build); and ncpfast
+# registered as an editable package with the dependencies and the test, bench
+# and dev extras that pyproject.toml declares. The packages are installed again
+# only when pyproject.toml or requirements.txt changed. NCPFAST_CUDA=0 skips the
+# CUDA kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${NCPFAST_VENV:-.venv}
@@ -19,8 +24,12 @@ setup() {
     echo "== creating $VENV"
     python3 -m venv "$VENV"
   fi
-  if ! "$PY" -c "import torch, tqdm, PIL, mlxtend, pytest, pytest_benchmark, ninja, pybind11, tensorboard" 2>/dev/null; then
-    echo "== installing requirements (torch is several GB; about a minute from a local cache)"
+  # What the packages were last installed from; they are installed again when it differs.
+  local stamp="$VENV/.ncpfast-requirements" declared install=0
+  declared=$(cat pyproject.toml requirements.txt | cksum)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$declared" ] || install=1
+  if [ "$install" = 1 ]; then
+    echo "== installing torch and the build tools (requirements.txt; torch is several GB, about a minute from a local cache)"
     "$PY" -m pip install -q --upgrade pip
     "$PY" -m pip install -q -r requirements.txt
   fi
@@ -30,9 +39,13 @@ setup() {
   echo "== building the extension ncpfast._C (incremental)"
   MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py -q build_ext --inplace \
     || { echo "build failed: see the compiler output above" >&2; exit 1; }
-  if ! "$PY" -m pip show -q ncpfast >/dev/null 2>&1; then
-    NCPFAST_PREBUILT=1 "$PY" -m pip install -q --no-build-isolation --no-deps -e . \
-      || { echo "registering the editable package failed" >&2; exit 1; }
+  if [ "$install" = 1 ] || ! "$PY" -m pip show -q ncpfast >/dev/null 2>&1; then
+    # NCPFAST_PREBUILT=1: register the in-place build instead of compiling again;
+    # -c requirements.txt holds torch (and the linters) at their pins.
+    echo "== installing ncpfast (editable) with its dependencies and the test, bench and dev extras (pyproject.toml)"
+    NCPFAST_PREBUILT=1 "$PY" -m pip install -q --no-build-isolation -c requirements.txt -e ".[dev]" \
+      || { echo "installing the package and its dependencies failed" >&2; exit 1; }
+    echo "$declared" >"$stamp"
   fi
   "$PY" -c "import ncpfast; print('== built:', ncpfast.build_info())"
 }
@@ -53,6 +66,7 @@ case "$cmd" in
   run) setup; exec "$PY" -m ncpfast.train "$@" ;;
   test)
     setup
+    NCPFAST_VENV="$VENV" bash scripts/format.sh --check
     native_tests
     echo "== python tests"
     "$PY" -m pytest python_tests -q -ra "$@"

@@ -50,8 +50,8 @@ NCPFAST_HD void bn_swish_plane(const T* x, int64_t n, T scale, T shift, T* y) {
 // grad_x = g_u * scale. Without it (grad_x unused) it is the first of
 // bn_swish_batch_stats's two backward passes; see bn_swish_grad_apply_plane.
 template <bool kWriteGrad = true, typename T>
-NCPFAST_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean,
-                                    T* grad_x, double& sum_g, double& sum_gc) {
+NCPFAST_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T mean, T* grad_x,
+                                        double& sum_g, double& sum_gc) {
   double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
   for (int64_t i = 0; i < n; ++i) {
@@ -72,9 +72,10 @@ NCPFAST_HD void bn_swish_backward_plane(const T* grad_y, const T* x, int64_t n, 
 //      needs the sums of every plane of the channel, hence the first pass).
 template <typename T>
 NCPFAST_HD void bn_swish_grad_apply_plane(const T* grad_y, const T* x, int64_t n, T scale, T shift, T alpha, T beta,
-                                      T* grad_x) {
+                                          T* grad_x) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_y[i] * swish_grad(x[i] * scale + shift) * scale + alpha + beta * x[i];
+  for (int64_t i = 0; i < n; ++i)
+    grad_x[i] = grad_y[i] * swish_grad(x[i] * scale + shift) * scale + alpha + beta * x[i];
 }
 
 // The geometry of a stride-1 'same' depthwise conv on one plane: K odd,
@@ -135,7 +136,7 @@ constexpr int64_t kFlatChunk = 128;
 
 template <typename T>
 NCPFAST_HD void correlate_rows_flat(const T* padded, int64_t Wp, int64_t K, const T* w, T bias, int64_t H, int64_t W,
-                                T* out) {
+                                    T* out) {
   const int64_t rows_per_chunk = Wp < kFlatChunk ? kFlatChunk / Wp : 1;
   T acc[kFlatChunk];
   for (int64_t i0 = 0; i0 < H; i0 += rows_per_chunk) {
@@ -169,8 +170,8 @@ NCPFAST_HD void correlate_plane(const DepthwisePlane& g, const T* padded, const 
 // y = depthwise_conv(swish(x * scale + shift), w) + bias, and the moments of y.
 // padded: workspace of g.padded_size() with a zero border.
 template <typename T>
-NCPFAST_HD void bn_swish_dwconv_plane(const DepthwisePlane& g, const T* x, T scale, T shift, const T* w,
-                                  T bias, T* padded, T* y, double& sum, double& sumsq) {
+NCPFAST_HD void bn_swish_dwconv_plane(const DepthwisePlane& g, const T* x, T scale, T shift, const T* w, T bias,
+                                      T* padded, T* y, double& sum, double& sumsq) {
   fill_padded_activation(g, x, scale, shift, padded);
   correlate_plane(g, padded, w, bias, y);
   plane_moments(y, g.H * g.W, sum, sumsq);
@@ -181,7 +182,7 @@ NCPFAST_HD void bn_swish_dwconv_plane(const DepthwisePlane& g, const T* x, T sca
 // a plain vector FMA.
 template <typename T>
 NCPFAST_HD void dwconv_weight_grad_blocked(const DepthwisePlane& g, const T* padded_a, const T* padded_g, T* tap_acc,
-                                       T* grad_w) {
+                                           T* grad_w) {
   const int64_t H = g.H, W = g.W, K = g.K, P = g.pad(), Wp = g.padded_width(), KK = K * K;
   for (int64_t t = 0; t < KK * kDepthwiseBlock; ++t) tap_acc[t] = 0;
   for (int64_t i = 0; i < H; ++i) {
@@ -217,11 +218,10 @@ NCPFAST_HD void dwconv_weight_grad_blocked(const DepthwisePlane& g, const T* pad
 // Workspaces: padded_a, padded_g of g.padded_size() with zero borders, grad_a of H*W, flipped of K*K and
 // tap_acc of K*K*kDepthwiseBlock.
 template <typename T>
-NCPFAST_HD void bn_swish_dwconv_backward_plane(const DepthwisePlane& g, const T* grad_y, T grad_sum,
-                                           T grad_sumsq, const T* y, const T* x, T scale, T shift,
-                                           T mean, const T* w, T* padded_a, T* padded_g, T* grad_a,
-                                           T* flipped, T* tap_acc, T* grad_x, double& sum_g,
-                                           double& sum_gc, T* grad_w, double& grad_bias) {
+NCPFAST_HD void bn_swish_dwconv_backward_plane(const DepthwisePlane& g, const T* grad_y, T grad_sum, T grad_sumsq,
+                                               const T* y, const T* x, T scale, T shift, T mean, const T* w,
+                                               T* padded_a, T* padded_g, T* grad_a, T* flipped, T* tap_acc, T* grad_x,
+                                               double& sum_g, double& sum_gc, T* grad_w, double& grad_bias) {
   const int64_t H = g.H, W = g.W, K = g.K, P = g.pad(), Wp = g.padded_width(), KK = K * K;
   fill_padded_activation(g, x, scale, shift, padded_a);
   double gb = 0;
@@ -274,8 +274,8 @@ NCPFAST_HD void gate_residual_plane(const T* h, const T* skip, int64_t n, T a, T
 
 // grad_h = a * grad_out, sum_g = sum grad_out, sum_gc = sum grad_out (h - mean).
 template <typename T>
-NCPFAST_HD void gate_residual_backward_plane(const T* grad_out, const T* h, int64_t n, T a, T mean,
-                                         T* grad_h, double& sum_g, double& sum_gc) {
+NCPFAST_HD void gate_residual_backward_plane(const T* grad_out, const T* h, int64_t n, T a, T mean, T* grad_h,
+                                             double& sum_g, double& sum_gc) {
   double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
   for (int64_t i = 0; i < n; ++i) {
@@ -315,8 +315,8 @@ NCPFAST_HD void channel_moments(const T* x, int64_t rows, int64_t C, double* sum
 }
 
 template <typename T>
-NCPFAST_HD void channel_moments_backward(const T* x, int64_t rows, int64_t C, const T* grad_sum,
-                                     const T* grad_sumsq, T* grad_x) {
+NCPFAST_HD void channel_moments_backward(const T* x, int64_t rows, int64_t C, const T* grad_sum, const T* grad_sumsq,
+                                         T* grad_x) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) grad_x[r * C + c] = grad_sum[c] + T(2) * grad_sumsq[c] * x[r * C + c];
@@ -334,8 +334,7 @@ NCPFAST_HD void bn_swish_channels(const T* x, int64_t rows, int64_t C, const T* 
 // bn_swish_backward_plane<kWriteGrad> for every channel of an image.
 template <bool kWriteGrad = true, typename T>
 NCPFAST_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
-                                       const T* shift, const T* mean, T* grad_x, double* sum_g,
-                                       double* sum_gc) {
+                                           const T* shift, const T* mean, T* grad_x, double* sum_g, double* sum_gc) {
   zero_channels(C, sum_g, sum_gc);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * C;
@@ -351,20 +350,20 @@ NCPFAST_HD void bn_swish_backward_channels(const T* grad_y, const T* x, int64_t 
 
 template <typename T>
 NCPFAST_HD void bn_swish_grad_apply_channels(const T* grad_y, const T* x, int64_t rows, int64_t C, const T* scale,
-                                         const T* shift, const T* alpha, const T* beta, T* grad_x) {
+                                             const T* shift, const T* alpha, const T* beta, T* grad_x) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c)
-      grad_x[o + c] = grad_y[o + c] * swish_grad(x[o + c] * scale[c] + shift[c]) * scale[c] + alpha[c] +
-                      beta[c] * x[o + c];
+      grad_x[o + c] =
+          grad_y[o + c] * swish_grad(x[o + c] * scale[c] + shift[c]) * scale[c] + alpha[c] + beta[c] * x[o + c];
   }
 }
 
 // gate_residual_plane with per-channel coefficients a[c], cc[c] of one image.
 template <typename T>
-NCPFAST_HD void gate_residual_channels(const T* h, const T* skip, int64_t rows, int64_t C, const T* a,
-                                   const T* cc, T* out) {
+NCPFAST_HD void gate_residual_channels(const T* h, const T* skip, int64_t rows, int64_t C, const T* a, const T* cc,
+                                       T* out) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) out[r * C + c] = skip[r * C + c] + a[c] * h[r * C + c] + cc[c];
@@ -372,9 +371,8 @@ NCPFAST_HD void gate_residual_channels(const T* h, const T* skip, int64_t rows, 
 }
 
 template <typename T>
-NCPFAST_HD void gate_residual_backward_channels(const T* grad_out, const T* h, int64_t rows, int64_t C,
-                                            const T* a, const T* mean, T* grad_h, double* sum_g,
-                                            double* sum_gc) {
+NCPFAST_HD void gate_residual_backward_channels(const T* grad_out, const T* h, int64_t rows, int64_t C, const T* a,
+                                                const T* mean, T* grad_h, double* sum_g, double* sum_gc) {
   zero_channels(C, sum_g, sum_gc);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * C;

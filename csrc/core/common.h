@@ -19,12 +19,10 @@
 // force-inlined (NCPFAST_HD / NCPFAST_ALWAYS_INLINE) to be compiled for the chosen
 // target too. Two sets of targets:
 //   NCPFAST_CPU_CLONES_WIDE  x86-64-v4 (AVX-512), x86-64-v3 (AVX2/FMA), baseline:
-//                        elementwise loops and reductions (bn_swish_given_stats_backward
-//                        on 64x96x16x16: 1.2 ms as AVX2, 0.7 ms as AVX-512 on
-//                        a 2-core Xeon);
+//                        elementwise loops and reductions, which AVX-512 speeds up;
 //   NCPFAST_CPU_CLONES_AVX2  x86-64-v3 and baseline: the depthwise conv, whose
-//                        register blocks are one AVX2 vector (8 floats) wide
-//                        (as AVX-512 code its fwd+bwd ran 10.4 -> 14.5 ms).
+//                        register blocks are one AVX2 vector (8 floats) wide and
+//                        ran slower as AVX-512 code (docs/design-notes.md).
 #if !defined(__CUDACC__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
     !defined(NCPFAST_NO_MULTIVERSION)
 #define NCPFAST_CPU_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))

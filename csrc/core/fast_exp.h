@@ -26,7 +26,7 @@ inline float exp_nonpositive(float x) {
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.f;
   int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
-  bits = x < kMin ? 0 : bits;                           // below the range: exactly 0
+  bits = x < kMin ? 0 : bits;                            // below the range: exactly 0
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return e * scale;

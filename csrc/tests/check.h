@@ -9,14 +9,14 @@
 
 static int g_failures = 0;
 
-#define NCPFAST_EXPECT(cond, ...)                                           \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      ++g_failures;                                                     \
+#define NCPFAST_EXPECT(cond, ...)                                              \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      ++g_failures;                                                            \
       std::fprintf(stderr, "%s:%d: expected %s: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                \
-      std::fprintf(stderr, "\n");                                       \
-    }                                                                   \
+      std::fprintf(stderr, __VA_ARGS__);                                       \
+      std::fprintf(stderr, "\n");                                              \
+    }                                                                          \
   } while (0)
 
 // n values from N(0, scale^2), from one fixed-seed generator per test program.

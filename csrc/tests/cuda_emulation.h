@@ -18,7 +18,9 @@
 // __syncwarp / shuffles is tolerated, by design), timing and occupancy. A
 // divergent __syncthreads (some threads of a block at a barrier, others at a
 // different barrier or finished) and a barrier that is never completed abort
-// with a message instead of hanging.
+// with a message instead of hanging, and so does a launch with more than the
+// default 48 KiB of dynamic shared memory that the kernel was not opted in to
+// (cudaFuncSetAttribute), which a device refuses.
 #pragma once
 
 #define NCPFAST_CUDA_EMULATION 1
@@ -32,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -64,6 +67,7 @@ struct alignas(16) float4 {
 };
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
+constexpr cudaError_t cudaErrorInvalidValue = 1;
 using cudaStream_t = void*;
 
 inline thread_local dim3 threadIdx, blockIdx;
@@ -116,8 +120,8 @@ class Barrier {
     for (unsigned spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
       std::this_thread::yield();
       if (spins % 4096 == 0 && std::chrono::steady_clock::now() > deadline) {
-        std::fprintf(stderr, "cuda emulation: block (%u, %u): threads waited 300 s at %s\n", blockIdx.x,
-                     blockIdx.y, kind);
+        std::fprintf(stderr, "cuda emulation: block (%u, %u): threads waited 300 s at %s\n", blockIdx.x, blockIdx.y,
+                     kind);
         std::abort();
       }
     }
@@ -146,8 +150,8 @@ struct Launch {
 
   Launch(unsigned threads_, size_t shared_bytes_)
       : threads(threads_), block(threads_), lanes(threads_), shared_bytes(shared_bytes_),
-        dynamic_shared(static_cast<unsigned char*>(::operator new(shared_bytes_ + (shared_bytes_ == 0),
-                                                                  std::align_val_t(16)))) {
+        dynamic_shared(
+            static_cast<unsigned char*>(::operator new(shared_bytes_ + (shared_bytes_ == 0), std::align_val_t(16)))) {
     poison_shared();
     for (unsigned first = 0; first < threads; first += kWarpSize)
       warps.push_back(new Barrier(std::min(kWarpSize, threads - first)));
@@ -160,6 +164,14 @@ struct Launch {
 };
 
 inline Launch* current = nullptr;
+
+// Dynamic shared memory a launch may use without opting in, and the kernels
+// opted in to more (cudaFuncSetAttribute's MaxDynamicSharedMemorySize).
+constexpr size_t kDefaultDynamicShared = 48 * 1024;
+inline std::map<const void*, size_t>& shared_opt_ins() {
+  static std::map<const void*, size_t> opt_ins;
+  return opt_ins;
+}
 
 inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
@@ -187,6 +199,17 @@ T shuffle(unsigned mask, T value, int source_lane) {
 template <typename... Params, typename... Args>
 void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...), Args&&... args) {
   const std::tuple<Params...> params(std::forward<Args>(args)...);
+  if (shared_bytes > kDefaultDynamicShared) {
+    const auto opt_in = shared_opt_ins().find(reinterpret_cast<const void*>(kernel));
+    if (opt_in == shared_opt_ins().end() || opt_in->second < shared_bytes) {
+      std::fprintf(stderr,
+                   "cuda emulation: a launch with %zu bytes of dynamic shared memory needs "
+                   "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, >= %zu) first "
+                   "(without it a device allows %zu)\n",
+                   shared_bytes, shared_bytes, kDefaultDynamicShared);
+      std::abort();
+    }
+  }
   const unsigned threads = block.x * block.y * block.z;
   Launch state(threads, shared_bytes);
   current = &state;
@@ -237,6 +260,13 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
 #define NCPFAST_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   ((void)(stream), ::ncpfast::emu::launch(dim3(grid), dim3(block), (shared_bytes), kernel, __VA_ARGS__))
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+template <typename... Params>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute, int value) {
+  if (value < 0) return cudaErrorInvalidValue;
+  ::ncpfast::emu::shared_opt_ins()[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(value);
+  return cudaSuccess;
+}
 
 // The runtime API the native CUDA tests use: "device" memory is host memory,
 // filled with kPoison at allocation as device memory is not initialised.

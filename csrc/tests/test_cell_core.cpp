@@ -58,7 +58,8 @@ void test_moments_and_bn_swish() {
     std::vector<float> y(n);
     bn_swish_plane(x.data(), n, scale, shift, y.data());
     for (int64_t i = 0; i < n; ++i) want[i] = swish_ref(double(x[i]) * scale + shift);
-    NCPFAST_EXPECT(worst_error(y.data(), want) < 2e-6, "bn_swish_given_stats n=%ld: %g", long(n), worst_error(y.data(), want));
+    NCPFAST_EXPECT(worst_error(y.data(), want) < 2e-6, "bn_swish_given_stats n=%ld: %g", long(n),
+                   worst_error(y.data(), want));
 
     const auto gy = random_values(n);
     std::vector<float> gx(n);
@@ -71,8 +72,8 @@ void test_moments_and_bn_swish() {
       want_gc += g * (double(x[i]) - mean);
     }
     NCPFAST_EXPECT(worst_error(gx.data(), want) < 2e-6, "bn_swish_given_stats backward n=%ld", long(n));
-    NCPFAST_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "bn_swish_given_stats sums n=%ld",
-               long(n));
+    NCPFAST_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5,
+                   "bn_swish_given_stats sums n=%ld", long(n));
 
     // bn_swish_batch_stats's two backward passes: the same sums, then g_u * scale + alpha + beta x.
     double pass_g = 0, pass_gc = 0;
@@ -120,9 +121,9 @@ void test_depthwise_forward_and_backward() {
         }
       for (int64_t i = 0; i < n; ++i) want_sum += y[i], want_sq += double(y[i]) * y[i];
       NCPFAST_EXPECT(worst_error(y.data(), want_y) < 1e-5, "dwconv H=%ld W=%ld K=%ld: %g", long(H), long(W), long(K),
-                 worst_error(y.data(), want_y));
+                     worst_error(y.data(), want_y));
       NCPFAST_EXPECT(relative(sum, want_sum) < 1e-9 && relative(sumsq, want_sq) < 1e-9, "dwconv moments K=%ld",
-                 long(K));
+                     long(K));
 
       // backward, against the chain rule written out in double
       const auto gy = random_values(n);
@@ -157,19 +158,18 @@ void test_depthwise_forward_and_backward() {
           want_gc += gu * (double(x[r * W + c]) - mean);
         }
       NCPFAST_EXPECT(worst_error(grad_x.data(), want_gx) < 1e-5, "dwconv grad_x H=%ld W=%ld K=%ld: %g", long(H),
-                 long(W), long(K), worst_error(grad_x.data(), want_gx));
+                     long(W), long(K), worst_error(grad_x.data(), want_gx));
       NCPFAST_EXPECT(worst_error(grad_w.data(), want_gw) < 1e-5, "dwconv grad_w H=%ld W=%ld K=%ld: %g", long(H),
-                 long(W), long(K), worst_error(grad_w.data(), want_gw));
+                     long(W), long(K), worst_error(grad_w.data(), want_gw));
       NCPFAST_EXPECT(relative(grad_bias, want_gb) < 1e-5, "dwconv grad_bias K=%ld", long(K));
-      NCPFAST_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "dwconv sums K=%ld",
-                 long(K));
+      NCPFAST_EXPECT(relative(sum_g, want_g) < 1e-5 && relative(sum_gc, want_gc) < 1e-5, "dwconv sums K=%ld", long(K));
       // The workspaces' borders must still be zero: later planes reuse them.
       bool zero_border = true;
       for (int64_t i = 0; i < H + 2 * P; ++i)
         for (int64_t j = 0; j < Wp; ++j)
           if (i < P || i >= H + P || j < P || j >= W + P)
-            zero_border = zero_border && padded_a[i * Wp + j] == 0.f && padded_g[i * Wp + j] == 0.f &&
-                          padded[i * Wp + j] == 0.f;
+            zero_border =
+                zero_border && padded_a[i * Wp + j] == 0.f && padded_g[i * Wp + j] == 0.f && padded[i * Wp + j] == 0.f;
       NCPFAST_EXPECT(zero_border, "a workspace border was written (H=%ld W=%ld K=%ld)", long(H), long(W), long(K));
     }
   }
@@ -234,27 +234,27 @@ void test_channels_last_routines_equal_plane_routines() {
       bn_swish_plane(plane_x.data(), rows, scale[c], shift[c], plane_out.data());
       worst = std::max(worst, plane_error(out2, c, plane_out));
     }
-    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-12, "moments/bn_swish_given_stats channels %ldx%ld: %g %g", long(rows),
-               long(C), worst, worst_sum);
+    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-12, "moments/bn_swish_given_stats channels %ldx%ld: %g %g",
+                   long(rows), long(C), worst, worst_sum);
 
     worst = worst_sum = 0;
-    bn_swish_backward_channels<false>(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(),
-                                      kNoGrad, r1.data(), r2.data());
+    bn_swish_backward_channels<false>(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(), kNoGrad,
+                                      r1.data(), r2.data());
     bn_swish_grad_apply_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), grad_sum.data(),
                                  grad_sumsq.data(), out1.data());
     for (int64_t c = 0; c < C; ++c) {
       gather(x, c, plane_x);
       gather(g, c, plane_g);
       double s1, s2;
-      bn_swish_backward_plane<false>(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], kNoGrad,
-                                     s1, s2);
+      bn_swish_backward_plane<false>(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], kNoGrad, s1,
+                                     s2);
       worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
-      bn_swish_grad_apply_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], grad_sum[c],
-                                grad_sumsq[c], plane_out.data());
+      bn_swish_grad_apply_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], grad_sum[c], grad_sumsq[c],
+                                plane_out.data());
       worst = std::max(worst, plane_error(out1, c, plane_out));
     }
     NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "batch-norm grad passes channels %ldx%ld: %g %g", long(rows),
-               long(C), worst, worst_sum);
+                   long(C), worst, worst_sum);
 
     worst = worst_sum = 0;
     bn_swish_backward_channels(g.data(), x.data(), rows, C, scale.data(), shift.data(), mean.data(), out1.data(),
@@ -263,13 +263,13 @@ void test_channels_last_routines_equal_plane_routines() {
       gather(x, c, plane_x);
       gather(g, c, plane_g);
       double s1, s2;
-      bn_swish_backward_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], plane_out.data(),
-                              s1, s2);
+      bn_swish_backward_plane(plane_g.data(), plane_x.data(), rows, scale[c], shift[c], mean[c], plane_out.data(), s1,
+                              s2);
       worst = std::max(worst, plane_error(out1, c, plane_out));
       worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
     }
-    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "bn_swish_given_stats backward channels %ldx%ld: %g %g", long(rows), long(C),
-               worst, worst_sum);
+    NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "bn_swish_given_stats backward channels %ldx%ld: %g %g",
+                   long(rows), long(C), worst, worst_sum);
 
     worst = worst_sum = 0;
     gate_residual_channels(x.data(), skip.data(), rows, C, a.data(), cc.data(), out1.data());
@@ -287,7 +287,7 @@ void test_channels_last_routines_equal_plane_routines() {
       worst_sum = std::max({worst_sum, relative(r1[c], s1), relative(r2[c], s2)});
     }
     NCPFAST_EXPECT(worst < 1e-6 && worst_sum < 1e-6, "gate_residual channels %ldx%ld: %g %g", long(rows), long(C),
-               worst, worst_sum);
+                   worst, worst_sum);
   }
 }
 

@@ -9,7 +9,8 @@
 // the cores get the rounded values, outputs stored in half are compared to
 // half precision, sums kept in float to float precision. Buffers are exactly
 // the sizes the launchers allocate, so under ASan an out-of-range access fails
-// here; under TSan an access no barrier orders does.
+// here; under TSan an access no barrier orders does. And batch-norm moments of
+// values with a large mean (the sums must be correctly rounded).
 #include "cuda_emulation.h"
 
 #include <cmath>
@@ -91,8 +92,8 @@ void test_elementwise(const Shape& s) {
   std::vector<T> grad_x(s.numel());
   emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_kernel<T, float>, x.data.data(), n,
               sum.data(), sumsq.data());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_backward_kernel<T, float>,
-              x.data.data(), n, grad_sum.data(), grad_sumsq.data(), grad_x.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_backward_kernel<T, float>, x.data.data(), n,
+              grad_sum.data(), grad_sumsq.data(), grad_x.data());
   std::vector<double> want_sum(P), want_sumsq(P);
   std::vector<float> want_grad_x(s.numel());
   for (int64_t p = 0; p < P; ++p) {
@@ -101,8 +102,8 @@ void test_elementwise(const Shape& s) {
                                        want_grad_x.data() + p * n);
   }
   NCPFAST_EXPECT(worst_error(sum, want_sum) < Tol::sums && worst_error(sumsq, want_sumsq) < Tol::sums,
-             "plane_moments %lldx%lldx%lldx%lld, %zu-byte storage", (long long)s.N, (long long)s.C, (long long)s.H,
-             (long long)s.W, sizeof(T));
+                 "plane_moments %lldx%lldx%lldx%lld, %zu-byte storage", (long long)s.N, (long long)s.C, (long long)s.H,
+                 (long long)s.W, sizeof(T));
   NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "plane_moments_backward");
 
   // bn_swish_given_stats and its backward
@@ -123,16 +124,15 @@ void test_elementwise(const Shape& s) {
   NCPFAST_EXPECT(worst_error(to_float(y), want_y) < Tol::stored, "bn_swish_given_stats, %zu-byte storage", sizeof(T));
   NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "bn_swish_given_stats_backward grad_x");
   NCPFAST_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
-             "bn_swish_given_stats_backward sums");
+                 "bn_swish_given_stats_backward sums");
 
   // gate_residual and its backward
   std::vector<T> out(s.numel());
   std::vector<float> want_out(s.numel());
   emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_kernel<T, float>, x.data.data(),
               skip.data.data(), n, per_plane_a.data(), per_plane_c.data(), out.data());
-  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_backward_kernel<T, float>,
-              grad.data.data(), x.data.data(), s.C, n, per_plane_a.data(), mean.data(), grad_x.data(), sum_g.data(),
-              sum_gc.data());
+  emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::gate_residual_backward_kernel<T, float>, grad.data.data(),
+              x.data.data(), s.C, n, per_plane_a.data(), mean.data(), grad_x.data(), sum_g.data(), sum_gc.data());
   for (int64_t p = 0; p < P; ++p) {
     core::gate_residual_plane(x.as_float.data() + p * n, skip.as_float.data() + p * n, n, per_plane_a[p],
                               per_plane_c[p], want_out.data() + p * n);
@@ -142,7 +142,7 @@ void test_elementwise(const Shape& s) {
   NCPFAST_EXPECT(worst_error(to_float(out), want_out) < Tol::stored, "gate_residual, %zu-byte storage", sizeof(T));
   NCPFAST_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "gate_residual_backward grad_h");
   NCPFAST_EXPECT(worst_error(sum_g, want_sum_g) < Tol::sums && worst_error(sum_gc, want_sum_gc) < Tol::sums,
-             "gate_residual_backward sums");
+                 "gate_residual_backward sums");
 }
 
 // Sums per-tile partials [P, tiles, width] over the tiles: [P, width].
@@ -171,14 +171,12 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
               shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
 
   std::vector<T> grad_x(s.numel());
-  std::vector<float> tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK),
-      tile_grad_b(P * tiles);
-  emu::launch(dim3(P, tiles), dim3(kThreads),
-              ops::cell_kernels::dwconv_backward_shared_bytes(tile_rows, s.W, K, sizeof(float)),
-              ops::cell_kernels::dwconv_backward_kernel<T, float>, grad.data.data(), grad_sum.data(),
-              grad_sumsq.data(), y.data(), x.data.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(),
-              mean.data(), weight.data(), grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(),
-              tile_grad_b.data());
+  std::vector<float> tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK), tile_grad_b(P * tiles);
+  emu::launch(
+      dim3(P, tiles), dim3(kThreads), ops::cell_kernels::dwconv_backward_shared_bytes(tile_rows, s.W, K, sizeof(float)),
+      ops::cell_kernels::dwconv_backward_kernel<T, float>, grad.data.data(), grad_sum.data(), grad_sumsq.data(),
+      y.data(), x.data.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(), mean.data(), weight.data(),
+      grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(), tile_grad_b.data());
 
   // The references: the forward from the rounded input; the moments of the y
   // the kernel stored (what the next op reads); the backward from that y.
@@ -201,9 +199,9 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
                                          want_sum_g[p], want_sum_gc[p], want_grad_w.data() + p * KK, want_grad_b[p]);
   }
   const char* what = "depthwise %lldx%lldx%lldx%lld K=%lld tile_rows=%lld, %zu-byte storage: %s";
-#define DEPTHWISE_EXPECT(cond, name)                                                                          \
+#define DEPTHWISE_EXPECT(cond, name)                                                                       \
   NCPFAST_EXPECT(cond, what, (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)K, \
-             (long long)tile_rows, sizeof(T), name)
+                 (long long)tile_rows, sizeof(T), name)
   DEPTHWISE_EXPECT(worst_error(stored_y, want_y) < Tol::stored, "y");
   DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum, P, tiles), want_sum) < Tol::sums &&
                        worst_error(over_tiles(tile_sumsq, P, tiles), want_sumsq) < Tol::sums,
@@ -217,12 +215,73 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
 #undef DEPTHWISE_EXPECT
 }
 
+// Whether `got` is `exact` rounded to float: within half an ulp (and a hair
+// for the double sum's own rounding).
+bool correctly_rounded(float got, double exact) {
+  const double ulp = std::nextafter(std::fabs(got), INFINITY) - std::fabs(got);
+  return std::fabs(got - exact) <= 0.5 * ulp * (1 + 1e-6);
+}
+
+// Batch-norm moments of values with a large mean and a small spread
+// (x = 1000 + N(0, 0.01^2)): the variance lives in the last bits of the sum of
+// squares, so each per-plane (and per-tile) sum must be the exact sum rounded
+// once to float, as the CPU's double accumulation gives, not float
+// accumulation's error of several ulps.
+void test_moments_of_large_mean() {
+  for (const Shape& s : {Shape{2, 2, 64, 64}, Shape{1, 3, 37, 29}}) {
+    const int64_t P = s.planes(), n = s.plane_size();
+    std::vector<float> x = random_values(s.numel(), 0.01f);
+    for (float& v : x) v += 1000.f;
+    std::vector<float> sum(P), sumsq(P);
+    emu::launch(dim3(P), dim3(kThreads), 0, ops::cell_kernels::plane_moments_kernel<float, float>, x.data(), n,
+                sum.data(), sumsq.data());
+    int64_t wrong = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      double exact_sum = 0, exact_sumsq = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        exact_sum += x[p * n + i];
+        exact_sumsq += double(x[p * n + i]) * x[p * n + i];
+      }
+      wrong += !correctly_rounded(sum[p], exact_sum) + !correctly_rounded(sumsq[p], exact_sumsq);
+    }
+    NCPFAST_EXPECT(wrong == 0,
+                   "plane_moments of 1000 + N(0, 0.01^2), %lldx%lld planes: %lld of %lld sums not the "
+                   "exact sum rounded to float",
+                   (long long)s.H, (long long)s.W, (long long)wrong, (long long)(2 * P));
+
+    // The depthwise conv's moments of its output: a bias of 1000, small weights.
+    const int64_t K = 3, tile_rows = 16, tiles = (s.H + tile_rows - 1) / tile_rows;
+    const std::vector<float> scale(s.C, 1.f), shift(s.C, 0.f), bias(s.C, 1000.f);
+    const std::vector<float> input = random_values(s.numel()), weight = random_values(s.C * K * K, 1e-3f);
+    std::vector<float> y(s.numel()), tile_sum(P * tiles), tile_sumsq(P * tiles);
+    emu::launch(dim3(P, tiles), dim3(kThreads),
+                ops::cell_kernels::dwconv_shared_bytes(tile_rows, s.W, K, sizeof(float)),
+                ops::cell_kernels::dwconv_kernel<float, float>, input.data(), s.C, s.H, s.W, K, tile_rows, scale.data(),
+                shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
+    wrong = 0;
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t t = 0; t < tiles; ++t) {
+        double exact_sum = 0, exact_sumsq = 0;
+        for (int64_t i = t * tile_rows * s.W; i < std::min(s.H, (t + 1) * tile_rows) * s.W; ++i) {
+          exact_sum += y[p * n + i];
+          exact_sumsq += double(y[p * n + i]) * y[p * n + i];
+        }
+        wrong += !correctly_rounded(tile_sum[p * tiles + t], exact_sum) +
+                 !correctly_rounded(tile_sumsq[p * tiles + t], exact_sumsq);
+      }
+    NCPFAST_EXPECT(wrong == 0,
+                   "depthwise moments of 1000 + small, %lldx%lld planes: %lld of %lld tile sums not the "
+                   "exact sum rounded to float",
+                   (long long)s.H, (long long)s.W, (long long)wrong, (long long)(2 * P * tiles));
+  }
+}
+
 template <typename T>
 void test_storage_type() {
   for (const Shape& s : kShapes) test_elementwise<T>(s);
   for (const Shape& s : kShapes)
     for (int64_t K : {1, 3, 5}) {
-      test_depthwise<T>(s, K, s.H);  // one tile per plane
+      test_depthwise<T>(s, K, s.H);             // one tile per plane
       if (s.H > 2) test_depthwise<T>(s, K, 3);  // several tiles, the last one partial when H % 3 != 0
     }
 }
@@ -230,6 +289,7 @@ void test_storage_type() {
 }  // namespace
 
 int main() {
+  test_moments_of_large_mean();
   test_storage_type<float>();
 #if NCPFAST_HAVE_FLOAT16
   test_storage_type<_Float16>();

@@ -3,7 +3,8 @@
 Every model shares one contract (see base.LatentVAE), which the training loop,
 the NLL evaluation and the NCP stage rely on.
 """
-from .base import GroupOutput, LatentVAE, build_model
+from .base import GroupOutput, LatentVAE
+from .factory import build_model
 from .nvae import HierarchicalVAE, NVAEConfig
 from .single import ConvVAE, MLPVAE
 

@@ -108,24 +108,8 @@ def iw_images_per_pass(num_samples: int, chunk: int = 0, device: Optional[torch.
                        most: int = 250) -> int:
     """Images per pass of importance_weighted_log_likelihood so that a pass holds
     about 2,000 image copies (K, or the chunk, per image) on a GPU and 200 on the
-    CPU, and at most `most` images. The CPU figure is measured: the `tiny` model
-    evaluated 170 copies/s in passes of 2,000 and 460 in passes of 200 (big
-    passes fault fresh pages in and spill the caches)."""
+    CPU, and at most `most` images. The CPU's smaller passes measured faster
+    (big ones fault fresh pages in and spill the caches; see docs/design-notes.md)."""
     budget = 200 if device is None or torch.device(device).type == "cpu" else 2000
     return max(1, min(most, budget // max(1, chunk or num_samples)))
 
-
-def build_model(config) -> LatentVAE:
-    """The model a training config names (config.model: nvae, mlp or conv)."""
-    from .nvae import HierarchicalVAE, NVAEConfig
-    from .single import ConvVAE, MLPVAE
-
-    if config.model == "nvae":
-        from ..nn.cells import set_cell_kernels
-        return set_cell_kernels(HierarchicalVAE(NVAEConfig.from_train_config(config)),
-                                getattr(config, "kernels", "auto"))
-    if config.model == "mlp":
-        return MLPVAE(latent_dim=config.latent_dim, hidden=config.hidden_units)
-    if config.model == "conv":
-        return ConvVAE(image_size=config.image_size, latent_dim=config.latent_dim, num_mix=config.num_mix)
-    raise ValueError(f"unknown model {config.model!r}; expected nvae, mlp or conv")

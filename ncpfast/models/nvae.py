@@ -1,7 +1,7 @@
-"""An NVAE-style hierarchical VAE (Vahdat & Kautz, 2020), as summarised in
-shared/NVAE-NOTES.md: encoder and decoder towers of residual cells, latent
-groups at several scales (adaptive group counts), a residual posterior, and
-Bernoulli (binary MNIST, central 28x28) or logistic-mixture (colour) outputs.
+"""An NVAE-style hierarchical VAE (NVAE, Vahdat & Kautz, 2020): encoder and
+decoder towers of residual cells, latent groups at several scales (adaptive
+group counts), a residual posterior, and Bernoulli (binary MNIST, central
+28x28) or logistic-mixture (colour) outputs.
 """
 from dataclasses import dataclass, fields
 from typing import List
@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from ..nn.cells import DecoderCombiner, EncoderCell, EncoderCombiner, GenerativeCell, WNConv2d
-from ..nn.fused_cells import encoder_input_layout
 from ..nn.distributions import DiscretizedLogisticMixture, Normal, bernoulli_log_prob, standard_normal_like
+from ..nn.fused_cells import encoder_input_layout
 from .base import GroupOutput, LatentVAE
 
 
@@ -56,7 +56,8 @@ class HierarchicalVAE(LatentVAE):
         if c.image_size % (2 ** (c.num_preprocess_blocks + c.num_latent_scales - 1)):
             raise ValueError(f"image_size {c.image_size} must be divisible by 2^(preprocess blocks + "
                              f"latent scales - 1) = {2 ** (c.num_preprocess_blocks + c.num_latent_scales - 1)}")
-        if c.num_postprocess_blocks != c.num_preprocess_blocks or min(c.num_preprocess_cells, c.num_postprocess_cells) < 1:
+        if (c.num_postprocess_blocks != c.num_preprocess_blocks
+                or min(c.num_preprocess_cells, c.num_postprocess_cells) < 1):
             raise ValueError("num_postprocess_blocks must equal num_preprocess_blocks (each undoes one "
                              "halving of the resolution), with at least one cell per block")
         if c.output not in ("bernoulli", "logistic_mixture"):
@@ -101,7 +102,8 @@ class HierarchicalVAE(LatentVAE):
         L = c.latent_channels
         for k, s in enumerate(self.group_scales):
             w = self.scale_widths[s]
-            self.decoder_groups.append(nn.Sequential(*[GenerativeCell(w, w) for _ in range(c.num_cells_per_group_dec if k else 0)]))
+            cells = c.num_cells_per_group_dec if k else 0
+            self.decoder_groups.append(nn.Sequential(*[GenerativeCell(w, w) for _ in range(cells)]))
             self.prior_heads.append(nn.Sequential(nn.ELU(), WNConv2d(w, 2 * L, 1)) if k else nn.Identity())
             self.posterior_combiners.append(EncoderCombiner(w, w) if k else nn.Identity())
             self.posterior_heads.append(WNConv2d(w, 2 * L, 3, padding=1))

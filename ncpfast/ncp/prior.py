@@ -18,54 +18,9 @@ from ..ops import mlp_log_ratio, mlp_parameters, sir_resample
 from .base_adapter import DistributionBase
 from .base_priors import GaussianMixture, StandardNormal
 from .base_state import base_from_state, base_to_state
-
-SAMPLING_METHODS = ("sir", "langevin", "base")
-
-
-def log_mean_exp_with_stderr(log_values: torch.Tensor):
-    """log mean exp(x) and its standard error (delta method: std(r) / (sqrt(N) mean(r)))."""
-    n = log_values.numel()
-    lse = torch.logsumexp(log_values.double().flatten(), 0)
-    normalized = torch.exp(log_values.double().flatten() - lse) * n  # r_i / mean(r)
-    stderr = float(normalized.std() / math.sqrt(n)) if n > 1 else float("inf")
-    return float(lse - math.log(n)), stderr
-
-
-def default_classifier(dim: int, hidden: int = 256, layers: int = 2) -> nn.Module:
-    """An MLP with SiLU activations ending in one logit."""
-    modules, width = [], dim
-    for _ in range(layers):
-        modules += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    modules.append(nn.Linear(width, 1))
-    return nn.Sequential(*modules)
-
-
-def langevin(z: torch.Tensor, energy, steps: int, step_size: float,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Unadjusted Langevin dynamics: z <- z - (eta/2) grad E(z) + sqrt(eta) noise.
-    energy(z) returns per-sample energies; their sum is differentiated."""
-    for _ in range(steps):
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            grad, = torch.autograd.grad(energy(z).sum(), z)
-        noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
-        z = z - 0.5 * step_size * grad + math.sqrt(step_size) * noise
-    return z.detach()
-
-
-def check_sampling_arguments(method: str, num_samples: int, num_proposals: int, steps: int, step_size: float,
-                             max_proposal_bytes: Optional[int] = None):
-    if method not in SAMPLING_METHODS:
-        raise ValueError(f"sampling method must be one of {SAMPLING_METHODS}, got {method!r}")
-    if num_samples < 1:
-        raise ValueError(f"number of samples must be >= 1, got {num_samples}")
-    if method == "sir" and num_proposals < 1:
-        raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
-    if method == "langevin" and (steps < 0 or not step_size > 0):
-        raise ValueError(f"Langevin needs steps >= 0 and step_size > 0, got {steps} and {step_size}")
-    if max_proposal_bytes is not None and max_proposal_bytes < 1:
-        raise ValueError(f"max_proposal_bytes must be >= 1, got {max_proposal_bytes}")
+from .classifiers import default_classifier
+from .estimators import log_mean_exp_with_stderr
+from .sampling import check_sampling_arguments, langevin
 
 
 class NCPPrior(nn.Module):

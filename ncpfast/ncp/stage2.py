@@ -1,6 +1,5 @@
 """Stage 2 on a run directory: load the frozen VAE, train the NCP classifiers,
 estimate log Z, save checkpoints/ncp.pt."""
-import os
 import time
 from typing import Optional
 
@@ -9,38 +8,39 @@ import torch
 from .. import checkpoint
 from ..data import load_dataset, read_batch
 from ..models import build_model
+from ..run_dir import RunDir
 from ..training.config import load_config
 from ..training.distributed import DistributedContext, replicas_identical
+from .base_priors import GaussianMixture
+from .estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
+from .fitting import CHANCE_ACCURACY
+from .flat import CHECKPOINT_KIND as FLAT_KIND
+from .flat import FlatNCP, posterior_samples
 from .grouped import GroupedNCP
 
-NCP_CHECKPOINT = "ncp.pt"
-
-
-class RunDirError(ValueError):
-    """A run directory lacks what a command needs."""
+NCP_BASES = ("gaussian", "gmm")
+# Posterior samples per training image that the flat classifier sees (each epoch).
+FLAT_POSTERIOR_DRAWS = 10
 
 
 def load_run(run_dir: str, device: torch.device):
     """(config, VAE in eval mode) of a stage-1 run (its best checkpoint, EMA weights when present)."""
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise RunDirError(f"{run_dir} is not a run directory (no config.json); train one with python -m ncpfast.train")
-    config = load_config(config_path)
-    path = os.path.join(run_dir, "checkpoints", "best.pt")
-    if not os.path.isfile(path):
-        path = os.path.join(run_dir, "checkpoints", "latest.pt")
-    state = checkpoint.load(path, map_location=device)
+    run = RunDir(run_dir)
+    config = load_config(run.require_config())
+    state = checkpoint.load(run.stage1_checkpoint(), map_location=device)
     vae = build_model(config).to(device)
     vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return config, vae.eval()
 
 
-def load_ncp(run_dir: str, vae) -> GroupedNCP:
-    path = os.path.join(run_dir, "checkpoints", NCP_CHECKPOINT)
-    if not os.path.isfile(path):
-        raise RunDirError(f"{run_dir} has no NCP stage ({path} is missing); train it with "
-                          f"python -m ncpfast.train --stage 2 --from {run_dir}")
-    return GroupedNCP.from_checkpoint(vae, checkpoint.load(path, map_location=next(vae.parameters()).device))
+def load_ncp(run_dir: str, vae):
+    """The run's stage-2 NCP over vae: a FlatNCP (--ncp-base gmm) or a GroupedNCP
+    (RunDirError where stage 2 has not run)."""
+    path = RunDir(run_dir).require_ncp_checkpoint()
+    state = checkpoint.load(path, map_location=next(vae.parameters()).device)
+    if state.get("kind") == FLAT_KIND:
+        return FlatNCP.from_checkpoint(vae, state)
+    return GroupedNCP.from_checkpoint(vae, state)
 
 
 def image_reader(split, likelihood: str, device: torch.device, generator: Optional[torch.Generator]):
@@ -48,13 +48,52 @@ def image_reader(split, likelihood: str, device: torch.device, generator: Option
     return lambda indices: read_batch(split, indices, likelihood, device, generator)
 
 
+# Training images whose posteriors make up the aggregate-posterior proposal of log Z.
+AGGREGATE_POSTERIOR_IMAGES = 2000
+
+
+def resolve_log_z_proposal(vae, proposal: str) -> str:
+    """"auto": the aggregate-posterior proposal for single-group flat models (where the
+    prior's weights are heavy-tailed), the prior otherwise."""
+    if proposal not in ("auto",) + PROPOSALS:
+        raise ValueError(f"log Z proposal must be auto, {' or '.join(PROPOSALS)}, got {proposal!r}")
+    if proposal != "auto":
+        return proposal
+    shapes = []
+    vae.sample_decoder_output(1, intercept=lambda k, z, context, prior: shapes.append(z.shape) or z,
+                              generator=torch.Generator(next(vae.parameters()).device), decode=False)
+    return "aggregate-posterior" if len(shapes) == 1 and len(shapes[0]) == 2 else "prior"
+
+
+@torch.no_grad()
+def estimate_log_partition(ncp, vae, train, device, num_samples: int, proposal: str,
+                           generator: torch.Generator) -> LogPartitionEstimate:
+    """ncp's log Z from num_samples draws of the proposal (resolve_log_z_proposal)."""
+    proposal = resolve_log_z_proposal(vae, proposal)
+    posterior = None
+    if proposal == "aggregate-posterior":
+        read = image_reader(train, vae.likelihood, device, generator)
+        posterior = flat_posterior_parameters(vae, read, min(len(train), AGGREGATE_POSTERIOR_IMAGES))
+    return ncp.log_partition_estimate(num_samples, generator=generator, refresh=True, proposal=proposal,
+                                      posterior=posterior)
+
+
 def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
                  cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None,
-                 distributed: DistributedContext = DistributedContext()) -> Optional[dict]:
+                 distributed: DistributedContext = DistributedContext(),
+                 log_z_proposal: str = "auto", base: str = "gaussian", gmm_components: int = 10) -> Optional[dict]:
     """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
-    estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None)."""
+    estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None).
+    base "gmm" (single-group models): train_flat_gmm_stage2, on rank 0 alone."""
+    if base not in NCP_BASES:
+        raise ValueError(f"ncp base must be one of {NCP_BASES}, got {base!r}")
     config, vae = load_run(run_dir, device)
     train, _ = load_dataset(config.dataset, config.data_dir)
+    if base == "gmm":
+        if not distributed.is_main:
+            return None
+        return train_flat_gmm_stage2(run_dir, vae, train, device, gmm_components, epochs, batch_size, lr, hidden,
+                                     log_z_samples, seed, progress, log_z_proposal)
     # Each rank draws its own posterior samples, negatives and binarisations;
     # rank 0's streams are those of a single-process run.
     g = torch.Generator(device).manual_seed(seed + 1000 * distributed.rank)
@@ -76,9 +115,49 @@ def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: in
     identical = replicas_identical(ncp.classifiers, distributed)  # collective: before rank 0 goes on alone
     if not distributed.is_main:
         return None
-    log_z, stderr = ncp.log_partition(log_z_samples, generator=g)
-    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history},
-                           os.path.join(run_dir, "checkpoints", NCP_CHECKPOINT))
+    estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
+    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
     return dict(groups=ncp.num_groups, epochs=epochs, fit_seconds=fit_seconds, world_size=distributed.world_size,
-                replicas_identical=identical, log_z=log_z, log_z_stderr=stderr, log_z_samples=log_z_samples, val_accuracy=history["best_val_accuracy"],
-                groups_at_chance=history["groups_at_chance"])
+                replicas_identical=identical, log_z=estimate.log_z, log_z_stderr=estimate.stderr,
+                log_z_samples=log_z_samples, log_z_estimate=estimate.as_dict(),
+                val_accuracy=history["best_val_accuracy"], groups_at_chance=history["groups_at_chance"])
+
+
+def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, components: int, epochs: int,
+                          batch_size: int, lr: float, hidden: int, log_z_samples: int, seed: int = 0,
+                          progress: bool = True, log_z_proposal: str = "auto", gmm_data: str = "samples") -> dict:
+    """NCP-GMM on a single-group VAE: a GaussianMixture of `components` fitted (on the
+    model's device) to the training images' posteriors (the last 10% held out, as for
+    GroupedNCP), then a FlatNCP classifier of posterior samples against GMM samples,
+    log Z, and checkpoints/ncp.pt. One process.
+
+    gmm_data "samples" (the default): the GMM is fitted to FLAT_POSTERIOR_DRAWS posterior
+    samples per image, i.e. to the aggregate posterior. "means": to the posterior
+    means, as the paper does for the RAE, whose codes are deterministic; in a VAE the
+    means miss the posteriors' spread (an inactive dimension has means near 0 and
+    sigma near 1), so that GMM is far narrower than the aggregate posterior and its
+    NLL far worse than N(0, I)'s."""
+    if gmm_data not in ("samples", "means"):
+        raise ValueError(f"gmm_data must be samples or means, got {gmm_data!r}")
+    g = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)  # the classifier's initial weights
+    n_fit = len(train) - max(batch_size, len(train) // 10)
+    if n_fit < max(components, 10):
+        raise ValueError(f"stage 2: {n_fit} training images are too few for a GMM of {components} components")
+    read = image_reader(train, vae.likelihood, device, g)
+    start = time.perf_counter()
+    mu, sigma = flat_posterior_parameters(vae, read, n_fit)
+    samples = posterior_samples(mu, sigma, FLAT_POSTERIOR_DRAWS, g)
+    gmm = GaussianMixture.fit(samples if gmm_data == "samples" else mu, components, generator=g)
+    ncp = FlatNCP(vae, gmm, hidden=hidden).to(device)
+    history = ncp.fit(samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=g, progress=progress)
+    fit_seconds = time.perf_counter() - start
+    estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
+    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
+    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+    accuracy = history["val_accuracy"][best]
+    return dict(groups=1, base="gmm", gmm_components=components, gmm_data=gmm_data, epochs=epochs,
+                epochs_run=history["epochs_run"], fit_seconds=fit_seconds, world_size=1, replicas_identical=True,
+                log_z=estimate.log_z, log_z_stderr=estimate.stderr, log_z_samples=log_z_samples,
+                log_z_estimate=estimate.as_dict(), val_accuracy=[accuracy],
+                groups_at_chance=[0] if accuracy < CHANCE_ACCURACY else [])

@@ -1,12 +1,19 @@
-"""NVAE-style residual cells (see shared/NVAE-NOTES.md).
+"""NVAE-style residual cells (NVAE, Vahdat & Kautz, 2020).
 
 Every cell computes out = skip(x) + 0.1 * SE(ops(x)) in one forward(); the
-fused-kernel work replaces those forwards without changing parameters, so a
-state dict trained with one path loads into the other.
+fused forwards (ncpfast.nn.fused_cells) replace those forwards without changing
+parameters, so a state dict trained with one path loads into the other.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .kernel_choice import (  # noqa: F401  (re-exported beside the cells)
+    KERNEL_CHOICES,
+    FusableModule,
+    fused_kernels_apply,
+    set_cell_kernels,
+)
 
 BN_MOMENTUM = 0.05
 RESIDUAL_SCALE = 0.1
@@ -65,37 +72,21 @@ class FactorizedReduce(nn.Module):
         return torch.cat([conv(s) for conv, s in zip(self.convs, shifted)], dim=1)
 
 
-class FusableCell(nn.Module):
-    """A cell whose forward can run through ncpfast's fused kernels.
-
-    kernels: "auto" (fused where the extension has the backend), "fused" or
-    "torch" (the eager forward below, also the reference). Set it for a whole
-    model with set_cell_kernels(); it is not part of the state dict.
-    """
-    kernels = "auto"
+class FusableCell(FusableModule):
+    """A residual cell, skip(x) + residual_scale * SE(ops(x)), whose forward can
+    run through ncpfast's fused kernels (see FusableModule for `kernels`)."""
+    residual_scale = RESIDUAL_SCALE
 
     def _fused_forward(self, x):
         raise NotImplementedError
 
     def _torch_forward(self, x):
-        return self.skip(x) + RESIDUAL_SCALE * self.se(self.ops(x))
+        return self.skip(x) + self.residual_scale * self.se(self.ops(x))
 
     def forward(self, x):
-        from .fused_cells import fused_kernels_apply
         if fused_kernels_apply(self.kernels, x):
             return self._fused_forward(x)
         return self._torch_forward(x)
-
-
-def set_cell_kernels(model: nn.Module, kernels: str) -> nn.Module:
-    """Sets every residual cell of model to kernels ("auto", "fused" or "torch")."""
-    from .fused_cells import KERNEL_CHOICES
-    if kernels not in KERNEL_CHOICES:
-        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
-    for module in model.modules():
-        if isinstance(module, FusableCell):
-            module.kernels = kernels
-    return model
 
 
 class EncoderCell(FusableCell):

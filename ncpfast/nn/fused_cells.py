@@ -11,11 +11,11 @@ The full convolutions (1x1, 3x3) stay with torch (oneDNN / cuDNN GEMMs). In
 evaluation mode the batch norms next to convolutions fold into them instead.
 
 On the CPU the encoder cell runs channels-last (NHWC): oneDNN's 3x3
-convolutions are faster there (64x32x16x16, fwd+bwd: 5.0 vs 7.8 ms on a
-2-core Xeon, 30.9 vs 38.1 ms at 96 channels), and the fused ops take NHWC too, so no layout change happens
-between its ops. Its output stays channels-last, as a convolution's does for
-a channels-last input, so a tower of encoder cells changes layout once, at its
-first cell (a change back would cost a full copy forward and backward).
+convolutions are faster there (see docs/design-notes.md), and the fused ops
+take NHWC too, so no layout change happens between its ops. Its output stays
+channels-last, as a convolution's does for a channels-last input, so a tower
+of encoder cells changes layout once, at its first cell (a change back would
+cost a full copy forward and backward).
 """
 import torch
 import torch.nn as nn
@@ -23,25 +23,7 @@ import torch.nn.functional as F
 
 from ..ops import cell_fusion as cell_ops
 from ..ops.layout import accumulation_dtype, contiguous_like
-from .. import _extension
-from .cells import RESIDUAL_SCALE
-
-KERNEL_CHOICES = ("auto", "fused", "torch")
-
-
-def fused_kernels_apply(mode: str, x: torch.Tensor) -> bool:
-    """Whether a cell set to `mode` runs fused on input x. "auto" is fused
-    wherever the extension has kernels for x's device and dtype; "fused" raises
-    where it has none."""
-    if mode == "torch":
-        return False
-    supported = _extension.has_backend(x.device) and (
-        x.dtype in (torch.float32, torch.float64) or x.is_cuda)
-    if mode == "fused" and not supported:
-        raise RuntimeError(
-            f"kernels='fused' but ncpfast has no fused cell kernels for {x.dtype} on {x.device.type} "
-            f"(build backends: {_extension.build_info()['backends']}); use kernels='auto' or 'torch'")
-    return supported
+from .kernel_choice import fused_kernels_apply
 
 
 def batch_norm_statistics(bn: nn.BatchNorm2d, sums=None, sumsqs=None, count: int = 0):
@@ -103,7 +85,7 @@ def _squeeze_excitation_gate(se, pooled):
 
 
 def _tail(cell, h, skip, bn=None):
-    """skip + 0.1 * SE(BN(h)) (bn None: no batch norm before the SE)."""
+    """skip + cell.residual_scale * SE(BN(h)) (bn None: no batch norm before the SE)."""
     acc = accumulation_dtype(h)
     sums, sumsqs = cell_ops.plane_moments(h)
     hw = h.shape[2] * h.shape[3]
@@ -116,7 +98,7 @@ def _tail(cell, h, skip, bn=None):
     pooled = (sums / hw - mean) * invstd * weight + bias  # mean over H, W of BN(h), [N, C]
     gate = _squeeze_excitation_gate(cell.se, pooled)
     return cell_ops.bn_gate_residual(h, contiguous_like(skip.to(h.dtype), h), mean, invstd, weight, bias, gate,
-                                     RESIDUAL_SCALE)
+                                     cell.residual_scale)
 
 
 def _encoder_layout(x):

@@ -21,7 +21,13 @@ except ImportError as error:
     _missing_extension = error
 else:
     _missing_extension = None
-    from .cell_fusion import bn_gate_residual, bn_swish_batch_stats, bn_swish_dwconv, bn_swish_given_stats, plane_moments
+    from .cell_fusion import (
+        bn_gate_residual,
+        bn_swish_batch_stats,
+        bn_swish_dwconv,
+        bn_swish_given_stats,
+        plane_moments,
+    )
     from .mlp_log_ratio import mlp_log_ratio, mlp_parameters
     from .sir_resample import SIR_METHODS, sir_resample
 

@@ -153,12 +153,13 @@ def _bn_swish_given_stats_setup(ctx, inputs, output):
 
 def _bn_swish_given_stats_backward(ctx, grad_out):
     x, mean, invstd, weight, bias = ctx.saved_tensors
-    grad_x, s1, s2 = torch.ops.ncpfast.bn_swish_given_stats_backward(contiguous_like(grad_out, x), x, mean, invstd, weight,
-                                                         bias)
+    grad_x, s1, s2 = torch.ops.ncpfast.bn_swish_given_stats_backward(contiguous_like(grad_out, x), x, mean, invstd,
+                                                                      weight, bias)
     return (grad_x, *_affine_grads(s1, s2, invstd, weight))
 
 
-torch.library.register_autograd("ncpfast::bn_swish_given_stats", _bn_swish_given_stats_backward, setup_context=_bn_swish_given_stats_setup)
+torch.library.register_autograd("ncpfast::bn_swish_given_stats", _bn_swish_given_stats_backward,
+                                setup_context=_bn_swish_given_stats_setup)
 
 
 def _bn_swish_batch_stats_setup(ctx, inputs, output):

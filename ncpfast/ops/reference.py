@@ -12,7 +12,8 @@ import torch
 from ._sir_resample_checks import bad_row_message, check_generator, check_method_and_count
 from .layout import accumulation_dtype
 
-__all__ = ["sir_resample", "plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv", "bn_gate_residual",
+__all__ = ["sir_resample", "plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv",
+           "bn_gate_residual",
            "mlp_log_ratio"]
 
 _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)

@@ -46,7 +46,10 @@ def sir_resample(
     Raises:
         ValueError naming the row when a row has only -inf weights or holds NaN
         or +inf; ValueError/TypeError for bad shapes, dtypes, devices, M = 0 or
-        num_samples < 1.
+        num_samples < 1. On CUDA that row check reads B flags back to the host
+        (a synchronisation); while a CUDA graph is being captured it is skipped
+        (the op stays capturable), and a bad row shows instead as a NaN or -inf
+        log_normalizer with indices 0 and unwritten samples.
     """
     check_method_and_count(method, num_samples)
     check_generator(generator, log_weights.device)

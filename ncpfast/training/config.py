@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, named presets, and the command line.
 
-Every field can be overridden on the command line as --field-name VALUE; the
+Every field can be overridden on the command line as --field-name VALUE
+(booleans: --field-name / --no-field-name); `--help` lists them by stage. The
 resolved config is saved as config.json in the run directory.
 """
 import argparse
@@ -12,81 +13,106 @@ from typing import Optional
 
 from ..fid_inception import WEIGHTS_FILE as FID_WEIGHTS_FILE
 
+# The argument groups of `--help`, in the order they are shown.
+RUN = "run"
+DATA = "data"
+MODEL = "model"
+STAGE1 = "stage 1: optimisation of the VAE"
+LOGGING = "logging and checkpoints"
+STAGE2 = "stage 2: the NCP classifiers"
+EVALUATION = "evaluation"
+ARGUMENT_GROUPS = (RUN, DATA, MODEL, STAGE1, LOGGING, STAGE2, EVALUATION)
 
-def _f(default, help_text, **kw):
-    return field(default=default, metadata={"help": help_text, **kw})
+
+def _f(default, help_text: str, group: str, metavar: Optional[str] = None):
+    """A field with its --help line, its argument group and (for values other than
+    counts and booleans) the metavar that says what the value is."""
+    return field(default=default, metadata={"help": help_text, "group": group, "metavar": metavar})
 
 
 @dataclass
 class TrainConfig:
-    # what to train on, and where to write
-    preset: str = _f("tiny", "named configuration to start from (see --list-presets)")
-    dataset: str = _f("mnist-embedded", "mnist-embedded | mnist | cifar10 | celeba64 | celebahq256")
-    data_dir: Optional[str] = _f(None, "directory of the data set's files (not needed for mnist-embedded)")
-    run_dir: Optional[str] = _f(None, "output directory (default: runs/<preset>-<time>)")
-    seed: int = _f(0, "seed of every random stream (data order, model init, sampling)")
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    preset: str = _f("tiny", "named configuration to start from (see --list-presets); its values "
+                      "replace the defaults shown here", RUN, metavar="NAME")
+    dataset: str = _f("mnist-embedded", "mnist-embedded | mnist | cifar10 | celeba64 | celebahq256", DATA,
+                      metavar="NAME")
+    data_dir: Optional[str] = _f(None, "directory of the data set's files (not needed for mnist-embedded)", DATA,
+                                 metavar="DIR")
+    run_dir: Optional[str] = _f(None, "output directory (default: runs/<preset>-<time>)", RUN, metavar="DIR")
+    seed: int = _f(0, "seed of every random stream (data order, model init, sampling)", RUN, metavar="SEED")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N", RUN, metavar="DEVICE")
     kernels: str = _f("auto", "residual-cell kernels: auto (fused where the extension has the device's "
-                      "backend) | fused | torch (eager; same parameters either way)")
-    # model
-    model: str = _f("nvae", "nvae (hierarchical) | mlp (LARS/SNIS MNIST) | conv (RAE 64x64)")
-    image_size: int = _f(32, "image side after padding/resizing")
-    in_channels: int = _f(1, "1 (MNIST) or 3 (colour)")
-    output: str = _f("bernoulli", "bernoulli | logistic_mixture")
-    num_mix: int = _f(10, "logistic mixture components (colour)")
-    channels: int = _f(32, "NVAE: width at full resolution (doubles at each down step)")
-    num_preprocess_blocks: int = _f(2, "NVAE: pre-process blocks (each halves the resolution)")
-    num_preprocess_cells: int = _f(3, "NVAE: cells per pre-process block")
-    num_postprocess_blocks: int = _f(2, "NVAE: post-process blocks (each doubles the resolution)")
-    num_postprocess_cells: int = _f(3, "NVAE: cells per post-process block")
-    num_latent_scales: int = _f(2, "NVAE: latent scales")
-    num_groups_per_scale: int = _f(10, "NVAE: latent groups at the finest latent scale")
-    adaptive_groups: bool = _f(True, "NVAE: halve the group count at each coarser scale")
-    min_groups_per_scale: int = _f(1, "NVAE: floor of the adaptive group count")
-    latent_channels: int = _f(20, "NVAE: channels of each latent group")
-    num_cells_per_group_enc: int = _f(2, "NVAE: encoder cells per group")
-    num_cells_per_group_dec: int = _f(2, "NVAE: decoder cells per group")
-    latent_dim: int = _f(50, "mlp/conv: latent dimension")
-    hidden_units: int = _f(300, "mlp: hidden units per layer")
-    # optimisation
-    epochs: int = _f(400, "training epochs")
-    batch_size: int = _f(200, "batch size per process")
-    lr: float = _f(1e-2, "peak learning rate (Adamax); lower it (5e-3, 1e-3) if NaNs appear")
-    lr_min: float = _f(1e-4, "final learning rate of the cosine decay")
-    warmup_epochs: float = _f(5, "linear learning-rate warm-up, in epochs")
-    weight_decay: float = _f(3e-4, "Adamax weight decay")
-    adamax_eps: float = _f(1e-3, "Adamax epsilon")
-    kl_anneal_portion: float = _f(0.3, "share of the iterations over which the KL coefficient rises to 1")
-    kl_const_portion: float = _f(1e-4, "share of the iterations with a constant, tiny KL coefficient")
-    kl_const_coeff: float = _f(1e-4, "the KL coefficient at the start")
-    kl_balance: bool = _f(True, "NVAE's KL balancing while the KL coefficient is below 1")
-    spectral_reg_init: float = _f(10.0, "spectral+BN regulariser weight at the start (annealed log-linearly)")
-    spectral_reg: float = _f(1e-2, "spectral+BN regulariser weight at the end (0 disables)")
-    grad_clip: float = _f(200.0, "clip the gradient norm at this value (0: no clipping)")
-    amp: str = _f("auto", "mixed precision: auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16")
-    ema_decay: float = _f(0.0, "exponential moving average of the weights (0: off, e.g. 0.9999)")
-    max_nan_skips: int = _f(20, "consecutive non-finite steps tolerated (skipped) before stopping")
-    max_steps: int = _f(0, "stop after this many optimiser steps (0: run all epochs); resumable")
-    # logging, checkpoints, evaluation
-    log_every: int = _f(20, "steps between TensorBoard scalars")
-    sample_every: int = _f(1, "epochs between sample grids (samples/epoch_N.png)")
-    checkpoint_every: int = _f(200, "steps between checkpoints (and at every epoch end)")
-    eval_iw_samples: int = _f(100, "importance samples K of the final test NLL")
-    eval_max_images: int = _f(0, "test images of the final NLL (0: all)")
-    eval_chunk: int = _f(0, "importance samples per pass of the NLL (0: all at once; bounds memory)")
-    num_sample_images: int = _f(64, "images in a sample grid")
-    # stage 2 (NCP) and the evaluation that follows it
-    ncp_epochs: int = _f(10, "stage 2: epochs of the NCP classifiers")
-    ncp_batch_size: int = _f(64, "stage 2: batch size")
-    ncp_lr: float = _f(1e-3, "stage 2: Adam learning rate")
-    ncp_hidden: int = _f(32, "stage 2: width of each group's classifier")
-    ncp_cells: int = _f(2, "stage 2: residual cells of each group's classifier")
-    ncp_log_z_samples: int = _f(10000, "stage 2: prior samples of the log Z estimate")
-    ncp_num_proposals: int = _f(50, "evaluation: SIR proposals per latent group")
-    eval_generated: int = _f(1000, "evaluation: generated images for the Frechet distance")
-    fid_weights: str = _f("", "evaluation: path of pytorch-fid's Inception weights "
-                          "(pt_inception-2015-12-05-6726825d.pth); adds FID to the small-classifier FD")
-    progress: bool = _f(True, "tqdm progress bars")
+                      "backend) | fused | torch (eager; same parameters either way)", MODEL, metavar="KERNELS")
+    model: str = _f("nvae", "nvae (hierarchical) | mlp (LARS/SNIS MNIST) | conv (RAE 64x64)", MODEL, metavar="MODEL")
+    image_size: int = _f(32, "image side after padding/resizing", MODEL, metavar="PIXELS")
+    in_channels: int = _f(1, "1 (MNIST) or 3 (colour)", MODEL)
+    output: str = _f("bernoulli", "bernoulli | logistic_mixture", MODEL, metavar="LIKELIHOOD")
+    num_mix: int = _f(10, "logistic mixture components (colour)", MODEL)
+    channels: int = _f(32, "NVAE: width at full resolution (doubles at each down step)", MODEL)
+    num_preprocess_blocks: int = _f(2, "NVAE: pre-process blocks (each halves the resolution)", MODEL)
+    num_preprocess_cells: int = _f(3, "NVAE: cells per pre-process block", MODEL)
+    num_postprocess_blocks: int = _f(2, "NVAE: post-process blocks (each doubles the resolution)", MODEL)
+    num_postprocess_cells: int = _f(3, "NVAE: cells per post-process block", MODEL)
+    num_latent_scales: int = _f(2, "NVAE: latent scales", MODEL)
+    num_groups_per_scale: int = _f(10, "NVAE: latent groups at the finest latent scale", MODEL)
+    adaptive_groups: bool = _f(True, "NVAE: halve the group count at each coarser scale", MODEL)
+    min_groups_per_scale: int = _f(1, "NVAE: floor of the adaptive group count", MODEL)
+    latent_channels: int = _f(20, "NVAE: channels of each latent group", MODEL)
+    num_cells_per_group_enc: int = _f(2, "NVAE: encoder cells per group", MODEL)
+    num_cells_per_group_dec: int = _f(2, "NVAE: decoder cells per group", MODEL)
+    latent_dim: int = _f(50, "mlp/conv: latent dimension", MODEL)
+    hidden_units: int = _f(300, "mlp: hidden units per layer", MODEL)
+    epochs: int = _f(400, "training epochs", STAGE1)
+    batch_size: int = _f(200, "batch size per process", STAGE1)
+    lr: float = _f(1e-2, "peak learning rate (Adamax); lower it (5e-3, 1e-3) if NaNs appear", STAGE1, metavar="LR")
+    lr_min: float = _f(1e-4, "final learning rate of the cosine decay", STAGE1, metavar="LR")
+    warmup_epochs: float = _f(5, "linear learning-rate warm-up, in epochs", STAGE1, metavar="EPOCHS")
+    weight_decay: float = _f(3e-4, "Adamax weight decay", STAGE1, metavar="DECAY")
+    adamax_eps: float = _f(1e-3, "Adamax epsilon", STAGE1, metavar="EPS")
+    kl_anneal_portion: float = _f(0.3, "share of the iterations over which the KL coefficient rises to 1", STAGE1,
+                                  metavar="FRACTION")
+    kl_const_portion: float = _f(1e-4, "share of the iterations with a constant, tiny KL coefficient", STAGE1,
+                                 metavar="FRACTION")
+    kl_const_coeff: float = _f(1e-4, "the KL coefficient at the start", STAGE1, metavar="COEFF")
+    kl_balance: bool = _f(True, "NVAE's KL balancing while the KL coefficient is below 1", STAGE1)
+    spectral_reg_init: float = _f(10.0, "spectral+BN regulariser weight at the start (annealed log-linearly)",
+                                  STAGE1, metavar="WEIGHT")
+    spectral_reg: float = _f(1e-2, "spectral+BN regulariser weight at the end (0 disables)", STAGE1, metavar="WEIGHT")
+    grad_clip: float = _f(200.0, "clip the gradient norm at this value (0: no clipping)", STAGE1, metavar="NORM")
+    amp: str = _f("auto", "mixed precision: auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16", STAGE1,
+                  metavar="PRECISION")
+    ema_decay: float = _f(0.0, "exponential moving average of the weights (0: off, e.g. 0.9999)", STAGE1,
+                          metavar="DECAY")
+    max_nan_skips: int = _f(20, "consecutive non-finite steps tolerated (skipped) before stopping", STAGE1)
+    max_steps: int = _f(0, "stop after this many optimiser steps (0: run all epochs); resumable", STAGE1)
+    log_every: int = _f(20, "steps between TensorBoard scalars", LOGGING, metavar="STEPS")
+    sample_every: int = _f(1, "epochs between sample grids (samples/epoch_N.png)", LOGGING, metavar="EPOCHS")
+    checkpoint_every: int = _f(200, "steps between checkpoints (and at every epoch end)", LOGGING, metavar="STEPS")
+    eval_iw_samples: int = _f(100, "importance samples K of the final test NLL", EVALUATION)
+    eval_max_images: int = _f(0, "test images of the final NLL (0: all)", EVALUATION)
+    eval_chunk: int = _f(0, "importance samples per pass of the NLL (0: all at once; bounds memory)", EVALUATION)
+    num_sample_images: int = _f(64, "images in a sample grid", LOGGING)
+    ncp_epochs: int = _f(10, "epochs of the NCP classifiers", STAGE2)
+    ncp_batch_size: int = _f(64, "batch size per process", STAGE2)
+    ncp_lr: float = _f(1e-3, "Adam learning rate", STAGE2, metavar="LR")
+    ncp_hidden: int = _f(32, "width of each group's classifier", STAGE2)
+    ncp_cells: int = _f(2, "residual cells of each group's classifier", STAGE2)
+    ncp_log_z_samples: int = _f(10000, "samples of the log Z estimate", STAGE2)
+    ncp_log_z_proposal: str = _f("auto", "proposal of the log Z estimate: prior | aggregate-posterior (single-group "
+                                 "flat models) | auto (aggregate-posterior where it applies)", STAGE2,
+                                 metavar="PROPOSAL")
+    ncp_base: str = _f("gaussian", "base prior of the NCP: gaussian (the VAE's own prior) | gmm (a Gaussian mixture "
+                       "fitted to the posterior means, the paper's NCP-GMM; models mlp and conv only)", STAGE2,
+                       metavar="BASE")
+    ncp_gmm_components: int = _f(10, "components of the GMM base (--ncp-base gmm)", STAGE2)
+    ncp_num_proposals: int = _f(50, "SIR proposals per latent group (per image in joint mode)", EVALUATION)
+    ncp_sampling_mode: str = _f("group", "NCP sampler: group (group by group, the paper's) | joint (targets the "
+                                "density the NLL scores)", EVALUATION, metavar="MODE")
+    eval_generated: int = _f(1000, "generated images for the Frechet distance", EVALUATION)
+    fid_weights: str = _f("", "path of pytorch-fid's Inception weights "
+                          "(pt_inception-2015-12-05-6726825d.pth); adds FID to the small-classifier FD",
+                          EVALUATION, metavar="FILE")
+    progress: bool = _f(True, "tqdm progress bars", LOGGING)
 
 
 PRESETS = {
@@ -133,29 +159,26 @@ PRESETS = {
 }
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, defaulting to 'not given' (the preset decides)."""
+def add_config_arguments(parser: argparse.ArgumentParser, groups: Optional[dict] = None) -> dict:
+    """One --option per TrainConfig field, defaulting to 'not given' (the preset decides),
+    in argument groups by stage (those in `groups`, {title: group}, are used as
+    they are, the others are made here). Returns {title: argument group}."""
+    groups = dict(groups or {})
+    for title in ARGUMENT_GROUPS:
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
     for f in dataclasses.fields(TrainConfig):
-        kind = f.type if isinstance(f.type, type) else str
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"] + ("" if f.default in (None, "") else f" (default: {f.default})")
+        group = groups[f.metadata["group"]]
         if f.type in (bool, "bool"):
-            kind = _parse_bool
-        elif f.type in (int, "int"):
-            kind = int
-        elif f.type in (float, "float"):
-            kind = float
-        else:
-            kind = str
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                            metavar=f.name.split("_")[-1].upper(), help=f"{f.metadata['help']} (default: {f.default})")
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+            continue
+        kind = {int: int, "int": int, float: float, "float": float}.get(f.type, str)
+        metavar = f.metadata["metavar"] or {int: "N", float: "X"}.get(kind, "VALUE")
+        group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar, help=help_text)
+    return groups
 
 
 def resolve_config(preset: str, overrides: dict) -> TrainConfig:
@@ -190,6 +213,18 @@ def validate_config(config: TrainConfig) -> None:
         problems.append(f"model must be nvae, mlp or conv, got {config.model!r}")
     if not 0 <= config.ema_decay < 1:
         problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.ncp_log_z_proposal not in ("auto", "prior", "aggregate-posterior"):
+        problems.append(f"ncp_log_z_proposal must be auto, prior or aggregate-posterior, got "
+                        f"{config.ncp_log_z_proposal!r}")
+    if config.ncp_base not in ("gaussian", "gmm"):
+        problems.append(f"ncp_base must be gaussian or gmm, got {config.ncp_base!r}")
+    elif config.ncp_base == "gmm" and config.model == "nvae":
+        problems.append("ncp_base gmm needs a single-group model (model mlp or conv); the hierarchical nvae "
+                        "model's groups have conditional priors a GMM cannot replace")
+    if config.ncp_gmm_components < 1:
+        problems.append(f"ncp_gmm_components must be >= 1, got {config.ncp_gmm_components}")
+    if config.ncp_sampling_mode not in ("group", "joint"):
+        problems.append(f"ncp_sampling_mode must be group or joint, got {config.ncp_sampling_mode!r}")
     if config.ncp_num_proposals < 1:
         problems.append(f"ncp_num_proposals must be >= 1, got {config.ncp_num_proposals}")
     if config.eval_iw_samples < 1:

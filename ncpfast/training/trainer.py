@@ -25,12 +25,11 @@ from ..data import load_dataset, read_batch
 from ..images import save_grid
 from ..models import build_model
 from ..models.base import iw_images_per_pass
+from ..run_dir import RunDir
 from .config import TrainConfig, save_config
-from .distributed import broadcast_buffers, init_distributed, parameters_identical, replicas_identical
+from .distributed import all_reduce_sum, broadcast_buffers, init_distributed, parameters_identical, replicas_identical
 from .regularizers import SpectralRegularizer, batchnorm_max_gamma
 from .schedules import kl_coefficient, learning_rate, regularizer_weight
-
-LATEST, BEST = "latest.pt", "best.pt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,6 +75,7 @@ def pick_device(request: str, local_rank: int = 0) -> torch.device:
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str, resume: bool = False, final_nll: bool = True):
         self.config, self.run_dir, self.final_nll = config, run_dir, final_nll
+        self.run = RunDir(run_dir)
         self.ctx = init_distributed(config.device)
         self.device = pick_device(config.device, self.ctx.local_rank)
         self.amp_dtype = self._amp_dtype()
@@ -109,13 +109,13 @@ class Trainer:
         # Every rank has its own stream of training noise (binarisation, z).
         torch.manual_seed(config.seed + 1 + 1000 * self.ctx.rank)
         if resume:
-            self._load(os.path.join(run_dir, "checkpoints", LATEST))
+            self._load(self.run.latest_checkpoint)
         self.writer = None
         if self.ctx.is_main:
             os.makedirs(run_dir, exist_ok=True)
-            save_config(config, os.path.join(run_dir, "config.json"))
+            save_config(config, self.run.config_path)
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=self.step or None)
+            self.writer = SummaryWriter(self.run.tensorboard_dir, purge_step=self.step or None)
         self._stop_signal = None
 
     # --- set-up helpers -------------------------------------------------------------
@@ -151,7 +151,8 @@ class Trainer:
             group["lr"] = lr
         kl_coeff = kl_coefficient(self.step, self.total_steps, c.kl_anneal_portion, c.kl_const_portion,
                                   c.kl_const_coeff)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        autocast_dtype = self.amp_dtype or torch.float32
+        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=self.amp_dtype is not None):
             recon, kl_all = self.objective(x)
         recon, kl_all = recon.float(), kl_all.float()
         kl = balanced_kl(kl_all, self.kl_alpha) if kl_coeff < 1 else kl_all.sum(0)
@@ -179,9 +180,13 @@ class Trainer:
                 self._update_ema()
         else:
             self._record_non_finite(loss_value, grad_norm)
-        nelbo = (-recon + kl_all.sum(0)).mean().detach()
-        return dict(loss=loss_value, nelbo=float(nelbo), kl=float(kl_all.detach().sum(0).mean()), lr=lr,
-                    kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=kl_all.detach().mean(1))
+        # What is logged is the global batch's mean, as a single process logs it:
+        # every rank's share averaged (equal shares per rank).
+        logged = torch.cat([torch.stack([loss.detach().float(), (-recon + kl_all.sum(0)).mean().detach(),
+                                         kl_all.detach().sum(0).mean()]), kl_all.detach().mean(1)]).cpu()
+        logged = all_reduce_sum(logged, self.ctx) / self.ctx.world_size
+        return dict(loss=float(logged[0]), nelbo=float(logged[1]), kl=float(logged[2]), lr=lr,
+                    kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=logged[3:])
 
     def _record_non_finite(self, loss: float, grad_norm: float) -> None:
         self.nan_streak += 1
@@ -195,7 +200,7 @@ class Trainer:
                 f"training diverged: {self.nan_streak} non-finite steps in a row at step {self.step}. "
                 f"Lower --lr (now {self.config.lr}; NVAE uses 5e-3 or 1e-3 when NaNs appear), "
                 f"keep --grad-clip on, or raise --batch-size. The last good checkpoint is in "
-                f"{os.path.join(self.run_dir, 'checkpoints')}.")
+                f"{self.run.checkpoints_dir}.")
 
     @torch.no_grad()
     def _update_ema(self):
@@ -247,17 +252,17 @@ class Trainer:
                                 img_s=f"{x.shape[0] * self.ctx.world_size / elapsed:.0f}")
                 self._log_step(stats, x.shape[0] * self.ctx.world_size / elapsed)
                 if self._stop_signal is not None:
-                    self._save(LATEST)
+                    self._save(self.run.latest_checkpoint)
                     raise SystemExit(f"stopped by signal {self._stop_signal} at step {self.step}; "
                                      f"continue with: python -m ncpfast.train --resume {self.run_dir}")
                 if self.step % c.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
-                    self._save(LATEST)
+                    self._save(self.run.latest_checkpoint)
             bar.close()
             if self.step % self.steps_per_epoch == 0:
                 self._end_epoch(epoch, epoch_losses)
             else:
                 status = "partial"
-                self._save(LATEST)
+                self._save(self.run.latest_checkpoint)
         metrics = self._finish(status)
         return metrics
 
@@ -286,9 +291,9 @@ class Trainer:
         improved = test_nelbo < self.best_test_nelbo
         if improved:
             self.best_test_nelbo = test_nelbo
-        self._save(LATEST)
+        self._save(self.run.latest_checkpoint)
         if improved:
-            self._save(BEST)
+            self._save(self.run.best_checkpoint)
 
     def _forked_rng(self):
         """Evaluation and sampling draw from a fork, so training's RNG stream (and
@@ -326,8 +331,8 @@ class Trainer:
         with self._forked_rng():
             g = torch.Generator(self.device).manual_seed(self.config.seed + 11)
             images = model.sample(self.config.num_sample_images, generator=g)
-        save_grid(images, os.path.join(self.run_dir, "samples", name))
-        save_grid(images, os.path.join(self.run_dir, "samples.png"))
+        save_grid(images, self.run.sample_grid_at(name))
+        save_grid(images, self.run.sample_grid)
         self.writer.add_images("samples", images.clamp(0, 1).expand(-1, 3, -1, -1), self.step)
         self.model.train()
 
@@ -350,7 +355,8 @@ class Trainer:
                 log_px.append(model.importance_weighted_log_likelihood(x, c.eval_iw_samples, c.eval_chunk))
         log_px = torch.cat(log_px)
         nll = float(-log_px.mean())
-        return dict(nll_nats=nll, nll_std_error=float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
+        std_error = float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0
+        return dict(nll_nats=nll, nll_std_error=std_error,
                     bits_per_dim=nll / (math.log(2) * model.num_data_dims()), iw_samples=c.eval_iw_samples,
                     test_images=n)
 
@@ -371,7 +377,7 @@ class Trainer:
             metrics["test"]["nelbo_nats"] = self.history[-1]["test_nelbo"] if self.history else None
             self._save_samples("final.png")
         if self.ctx.is_main:
-            checkpoint.write_json_atomic(metrics, os.path.join(self.run_dir, "metrics.json"))
+            self.run.write_metrics(metrics)
         return metrics
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -382,7 +388,7 @@ class Trainer:
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def _save(self, name: str) -> None:
+    def _save(self, path: str) -> None:
         rng = [self._rng_state()]
         if self.ctx.enabled:
             rng = [None] * self.ctx.world_size
@@ -397,12 +403,12 @@ class Trainer:
             scaler=self.scaler.state_dict() if self.scaler else None, rng=rng, nan_skips=self.nan_skips,
             best_test_nelbo=self.best_test_nelbo, history=self.history, train_seconds=self.train_seconds,
             images_seen=self.images_seen, world_size=self.ctx.world_size)
-        checkpoint.save_atomic(state, os.path.join(self.run_dir, "checkpoints", name))
+        checkpoint.save_atomic(state, path)
 
     def _load(self, path: str) -> None:
         if self.ctx.is_main:  # temporaries of saves that a kill interrupted; only rank 0 writes here
-            for name in (LATEST, BEST):
-                checkpoint.remove_stale_temporaries(os.path.join(os.path.dirname(path), name))
+            for name in (self.run.latest_checkpoint, self.run.best_checkpoint):
+                checkpoint.remove_stale_temporaries(name)
         state = checkpoint.load(path, map_location=self.device)
         if state.get("world_size", 1) != self.ctx.world_size:
             raise ValueError(f"{path} was written by {state['world_size']} processes; resume it with the "

@@ -1,8 +1,8 @@
 #include "cell_fusion.h"
 
 #include <ATen/ATen.h>
-#include <torch/library.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 namespace ncpfast {
 namespace ops {
@@ -19,9 +19,8 @@ at::ScalarType check_activation(const char* op, const char* name, const at::Tens
   TORCH_CHECK_VALUE(x.dim() == 4, op, ": ", name, " must be 4-D [N, C, H, W], got shape ", x.sizes());
   const auto dtype = x.scalar_type();
   const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || (half && x.is_cuda()), op, ": ",
-                   name, " must be float32 or float64 (or float16/bfloat16 on CUDA), got ", dtype,
-                   " on ", x.device());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || (half && x.is_cuda()), op, ": ", name,
+                   " must be float32 or float64 (or float16/bfloat16 on CUDA), got ", dtype, " on ", x.device());
   TORCH_CHECK_VALUE(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": ", name,
                     " must be contiguous (NCHW) or channels_last-contiguous (NHWC), got strides ", x.strides());
   return accumulation_type(x);
@@ -37,31 +36,26 @@ void require_nchw(const char* op, const char* name, const at::Tensor& x, const c
 }
 
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have shape ", x.sizes(), ", got ",
-                    t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must be ", x.scalar_type(),
-                   ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ",
-                    x.device());
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have shape ", x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must be ", x.scalar_type(), ", got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ", x.device());
   if (is_channels_last(x)) {
     TORCH_CHECK_VALUE(t.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": ", name,
-                      " must be channels_last-contiguous like the other activation (x/h), got strides ",
-                      t.strides());
+                      " must be channels_last-contiguous like the other activation (x/h), got strides ", t.strides());
   } else {
     TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name,
                       " must be contiguous (NCHW) like the other activation (x/h), got strides ", t.strides());
   }
 }
 
-void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
-                 at::ScalarType dtype, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
-                    t.sizes());
+void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, at::ScalarType dtype,
+                 const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype,
                    " (parameters and statistics are float32, or float64 for float64 activations), got ",
                    t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ",
-                    x.device());
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ", x.device());
   TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
@@ -99,15 +93,15 @@ at::ScalarType check_plane_moments_backward(const char* op, const at::Tensor& x,
 }
 
 at::ScalarType check_bn_swish_given_stats(const char* op, const at::Tensor& x, const at::Tensor& mean,
-                              const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias) {
+                                          const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias) {
   const auto acc = check_activation(op, "x", x);
   check_bn_params(op, x, mean, invstd, weight, bias);
   return acc;
 }
 
 at::ScalarType check_bn_swish_given_stats_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
-                                       const at::Tensor& mean, const at::Tensor& invstd,
-                                       const at::Tensor& weight, const at::Tensor& bias) {
+                                                   const at::Tensor& mean, const at::Tensor& invstd,
+                                                   const at::Tensor& weight, const at::Tensor& bias) {
   const auto acc = check_bn_swish_given_stats(op, x, mean, invstd, weight, bias);
   check_like(op, "grad_out", grad_out, x);
   return acc;
@@ -136,8 +130,7 @@ int64_t check_dwconv_backward(const char* op, const at::Tensor& grad_out, const 
 }
 
 void check_gate(const char* op, const at::Tensor& h, const at::Tensor& skip, const at::Tensor& mean,
-                const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias,
-                const at::Tensor& gate) {
+                const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& gate) {
   const auto acc = check_activation(op, "h", h);
   check_bn_params(op, h, mean, invstd, weight, bias);
   check_like(op, "skip", skip, h);
@@ -145,8 +138,8 @@ void check_gate(const char* op, const at::Tensor& h, const at::Tensor& skip, con
 }
 
 at::ScalarType check_gate_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& h,
-                                   const at::Tensor& mean, const at::Tensor& invstd,
-                                   const at::Tensor& weight, const at::Tensor& gate) {
+                                   const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& weight,
+                                   const at::Tensor& gate) {
   const auto acc = check_activation(op, "h", h);
   check_like(op, "grad_out", grad_out, h);
   const int64_t C = h.size(1);
@@ -167,8 +160,9 @@ std::pair<at::Tensor, at::Tensor> gate_coefficients(const at::Tensor& scale, con
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_with(const at::Tensor& x, const at::Tensor& weight,
-                                                                     const at::Tensor& bias, double eps,
-                                                                     MomentsFn moments, BnSwishFn bn_swish_given_stats) {
+                                                                         const at::Tensor& bias, double eps,
+                                                                         MomentsFn moments,
+                                                                         BnSwishFn bn_swish_given_stats) {
   const char* op = "bn_swish_batch_stats";
   const auto acc = check_activation(op, "x", x);
   const int64_t C = x.size(1), count = x.size(0) * x.size(2) * x.size(3);

@@ -39,8 +39,8 @@ void require_nchw(const char* op, const char* name, const at::Tensor& x, const c
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x);
 
 // A contiguous tensor of the given shape and dtype on x's device.
-void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
-                 at::ScalarType dtype, const at::Tensor& x);
+void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, at::ScalarType dtype,
+                 const at::Tensor& x);
 
 // Checks the four batch-norm parameters [C] of x (x itself already checked).
 void check_bn_params(const char* op, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
@@ -58,10 +58,10 @@ std::pair<at::Tensor, at::Tensor> folded_affine(const at::Tensor& mean, const at
 at::ScalarType check_plane_moments_backward(const char* op, const at::Tensor& x, const at::Tensor& grad_sum,
                                             const at::Tensor& grad_sumsq);
 at::ScalarType check_bn_swish_given_stats(const char* op, const at::Tensor& x, const at::Tensor& mean,
-                              const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias);
+                                          const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias);
 at::ScalarType check_bn_swish_given_stats_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
-                                       const at::Tensor& mean, const at::Tensor& invstd,
-                                       const at::Tensor& weight, const at::Tensor& bias);
+                                                   const at::Tensor& mean, const at::Tensor& invstd,
+                                                   const at::Tensor& weight, const at::Tensor& bias);
 int64_t check_dwconv(const char* op, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                      const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight,
                      const at::Tensor& conv_bias);
@@ -72,13 +72,12 @@ int64_t check_dwconv_backward(const char* op, const at::Tensor& grad_out, const 
 
 // Checks bn_gate_residual's h, skip, gate [N, C] and BN parameters.
 void check_gate(const char* op, const at::Tensor& h, const at::Tensor& skip, const at::Tensor& mean,
-                const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias,
-                const at::Tensor& gate);
+                const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& gate);
 
 // Checks bn_gate_residual_backward's inputs; returns the reduction dtype.
 at::ScalarType check_gate_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& h,
-                                   const at::Tensor& mean, const at::Tensor& invstd,
-                                   const at::Tensor& weight, const at::Tensor& gate);
+                                   const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& weight,
+                                   const at::Tensor& gate);
 
 // Per-plane [N, C] factor residual_scale * gate * scale (scale per channel).
 at::Tensor gate_scale(const at::Tensor& scale, const at::Tensor& gate, double residual_scale);
@@ -96,8 +95,9 @@ using MomentsFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor&);
 using BnSwishFn = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_with(const at::Tensor& x, const at::Tensor& weight,
-                                                                     const at::Tensor& bias, double eps,
-                                                                     MomentsFn moments, BnSwishFn bn_swish_given_stats);
+                                                                         const at::Tensor& bias, double eps,
+                                                                         MomentsFn moments,
+                                                                         BnSwishFn bn_swish_given_stats);
 
 // From the per-plane sums of g_u and g_u (x - mean) ([N, C], as
 // bn_swish_given_stats_backward returns them), u = (x - mean) invstd weight + bias with

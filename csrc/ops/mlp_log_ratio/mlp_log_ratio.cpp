@@ -1,8 +1,8 @@
 #include "mlp_log_ratio.h"
 
 #include <ATen/ATen.h>
-#include <torch/library.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 namespace ncpfast {
 namespace ops {
@@ -15,21 +15,21 @@ int64_t check_mlp_inputs(const at::Tensor& z, at::TensorList weights, at::Tensor
                    ": z must be float32 (or float16/bfloat16 on CUDA), got ", dtype, " on ", z.device());
   TORCH_CHECK_VALUE(z.is_contiguous(), op, ": z must be contiguous");
   TORCH_CHECK_VALUE(weights.size() >= 2 && weights.size() == biases.size(), op,
-                    ": need at least two linear layers and one bias per weight, got ", weights.size(),
-                    " weights and ", biases.size(), " biases");
+                    ": need at least two linear layers and one bias per weight, got ", weights.size(), " weights and ",
+                    biases.size(), " biases");
   int64_t width = z.size(2), widest = 0;
   for (size_t l = 0; l < weights.size(); ++l) {
     const at::Tensor& w = weights[l];
     const at::Tensor& b = biases[l];
     TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == width, op, ": weights[", l, "] must be [out, ", width,
                       "] (its input is the previous layer's output), got ", w.sizes());
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": biases[", l, "] must be [", w.size(0),
-                      "], got ", b.sizes());
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": biases[", l, "] must be [", w.size(0), "], got ",
+                      b.sizes());
     for (const at::Tensor* t : {&w, &b}) {
       TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, op, ": layer ", l, " parameters must be float32, got ",
                        t->scalar_type());
-      TORCH_CHECK_VALUE(t->device() == z.device(), op, ": layer ", l, " parameters are on ", t->device(),
-                        ", z on ", z.device());
+      TORCH_CHECK_VALUE(t->device() == z.device(), op, ": layer ", l, " parameters are on ", t->device(), ", z on ",
+                        z.device());
       TORCH_CHECK_VALUE(t->is_contiguous(), op, ": layer ", l, " parameters must be contiguous");
     }
     width = w.size(0);

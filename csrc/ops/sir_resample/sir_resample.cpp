@@ -1,8 +1,8 @@
 #include "sir_resample.h"
 
 #include <ATen/ATen.h>
-#include <torch/library.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <limits>
@@ -10,33 +10,27 @@
 namespace ncpfast {
 namespace ops {
 
-void check_sir_resample_inputs(const at::Tensor& log_weights, const at::Tensor& proposals,
-                               int64_t num_samples, const at::Tensor& seed) {
-  TORCH_CHECK_VALUE(log_weights.dim() == 2,
-                    "sir_resample: log_weights must be 2-D [B, M], got shape ", log_weights.sizes());
+void check_sir_resample_inputs(const at::Tensor& log_weights, const at::Tensor& proposals, int64_t num_samples,
+                               const at::Tensor& seed) {
+  TORCH_CHECK_VALUE(log_weights.dim() == 2, "sir_resample: log_weights must be 2-D [B, M], got shape ",
+                    log_weights.sizes());
   const auto dtype = log_weights.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
-                       dtype == at::kDouble,
-                   "sir_resample: log_weights must be float32, float16, bfloat16 or float64, got ",
-                   dtype);
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+                   "sir_resample: log_weights must be float32, float16, bfloat16 or float64, got ", dtype);
   TORCH_CHECK_VALUE(log_weights.size(1) > 0,
                     "sir_resample: log_weights has M = 0 proposals per row; need at least one");
-  TORCH_CHECK_VALUE(proposals.dim() >= 2,
-                    "sir_resample: proposals must be [B, M, ...], got shape ", proposals.sizes());
-  TORCH_CHECK_VALUE(proposals.size(0) == log_weights.size(0) &&
-                        proposals.size(1) == log_weights.size(1),
-                    "sir_resample: proposals ", proposals.sizes(), " must start with log_weights' [B, M] = ",
-                    log_weights.sizes());
+  TORCH_CHECK_VALUE(proposals.dim() >= 2, "sir_resample: proposals must be [B, M, ...], got shape ", proposals.sizes());
+  TORCH_CHECK_VALUE(proposals.size(0) == log_weights.size(0) && proposals.size(1) == log_weights.size(1),
+                    "sir_resample: proposals ", proposals.sizes(),
+                    " must start with log_weights' [B, M] = ", log_weights.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(proposals.scalar_type()),
                    "sir_resample: proposals must have a floating dtype, got ", proposals.scalar_type());
   TORCH_CHECK_VALUE(num_samples >= 1, "sir_resample: num_samples must be >= 1, got ", num_samples);
-  TORCH_CHECK_VALUE(proposals.device() == log_weights.device(),
-                    "sir_resample: proposals are on ", proposals.device(),
+  TORCH_CHECK_VALUE(proposals.device() == log_weights.device(), "sir_resample: proposals are on ", proposals.device(),
                     " but log_weights are on ", log_weights.device());
-  TORCH_CHECK_VALUE(seed.device() == log_weights.device() && seed.scalar_type() == at::kLong &&
-                        seed.numel() == 1,
-                    "sir_resample: seed must be one int64 on ", log_weights.device(), ", got ",
-                    seed.scalar_type(), " ", seed.sizes(), " on ", seed.device());
+  TORCH_CHECK_VALUE(seed.device() == log_weights.device() && seed.scalar_type() == at::kLong && seed.numel() == 1,
+                    "sir_resample: seed must be one int64 on ", log_weights.device(), ", got ", seed.scalar_type(), " ",
+                    seed.sizes(), " on ", seed.device());
   TORCH_CHECK_VALUE(log_weights.is_contiguous(), "sir_resample: log_weights must be contiguous");
   TORCH_CHECK_VALUE(proposals.is_contiguous(), "sir_resample: proposals must be contiguous");
 }
@@ -56,9 +50,8 @@ void check_sir_row_normalizers(const at::Tensor& log_normalizer) {
   if (row < 0) return;
   const float value = log_normalizer[row].item<float>();
   TORCH_CHECK_VALUE(false, "sir_resample: row ", row, " of log_weights ",
-                    value == -std::numeric_limits<float>::infinity()
-                        ? "has every weight -inf: nothing can be drawn"
-                        : "contains NaN or +inf");
+                    value == -std::numeric_limits<float>::infinity() ? "has every weight -inf: nothing can be drawn"
+                                                                     : "contains NaN or +inf");
 }
 
 int64_t proposal_row_bytes(const at::Tensor& proposals) {
@@ -68,8 +61,7 @@ int64_t proposal_row_bytes(const at::Tensor& proposals) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_sir_outputs(const at::Tensor& log_weights,
-                                                                    const at::Tensor& proposals,
-                                                                    int64_t num_samples) {
+                                                                    const at::Tensor& proposals, int64_t num_samples) {
   auto sample_shape = proposals.sizes().vec();
   sample_shape[1] = num_samples;
   const int64_t B = log_weights.size(0);

@@ -76,8 +76,7 @@ std::tuple<at::Tensor, at::Tensor> plane_moments_cpu(const at::Tensor& x) {
   return {sum, sumsq};
 }
 
-at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& grad_sum,
-                                      const at::Tensor& grad_sumsq) {
+at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq) {
   check_plane_moments_backward("plane_moments_backward", x, grad_sum, grad_sumsq);
   at::Tensor grad_x = at::empty_like(x);
   const int64_t HW = x.size(2) * x.size(3);
@@ -101,14 +100,13 @@ at::Tensor plane_moments_backward_cpu(const at::Tensor& x, const at::Tensor& gra
 }
 
 at::Tensor bn_swish_given_stats_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-                        const at::Tensor& weight, const at::Tensor& bias) {
+                                    const at::Tensor& weight, const at::Tensor& bias) {
   check_bn_swish_given_stats("bn_swish_given_stats", x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor y = at::empty_like(x);
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_given_stats_cpu", [&] {
-    const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
-                   *sh = shift.data_ptr<scalar_t>();
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
       return for_each_image(x, [&](int64_t n, double*, double*) NCPFAST_ALWAYS_INLINE {
@@ -133,11 +131,9 @@ void bn_swish_backward_pass(const at::Tensor& grad_out, const at::Tensor& x, con
                             at::Tensor& sum_gc) {
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_given_stats_backward_cpu", [&] {
-    const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
-                   *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
-                   *mp = mean.data_ptr<scalar_t>();
-    scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
-             *s2 = sum_gc.data_ptr<scalar_t>();
+    const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
+                   *sh = shift.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>();
+    scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(), *s2 = sum_gc.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
       return for_each_image(x, [&](int64_t n, double* a, double* b) NCPFAST_ALWAYS_INLINE {
         const int64_t o = n * HW * C;
@@ -150,8 +146,7 @@ void bn_swish_backward_pass(const at::Tensor& grad_out, const at::Tensor& x, con
       core::for_each_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         double a, b;
         const int64_t c = p % C;
-        core::bn_swish_backward_plane<kWriteGrad>(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], mp[c], gx + p * HW,
-                                                  a, b);
+        core::bn_swish_backward_plane<kWriteGrad>(gp + p * HW, xp + p * HW, HW, sc[c], sh[c], mp[c], gx + p * HW, a, b);
         s1[p] = static_cast<scalar_t>(a);
         s2[p] = static_cast<scalar_t>(b);
       });
@@ -162,7 +157,8 @@ void bn_swish_backward_pass(const at::Tensor& grad_out, const at::Tensor& x, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_given_stats_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
-  const auto acc = check_bn_swish_given_stats_backward("bn_swish_given_stats_backward", grad_out, x, mean, invstd, weight, bias);
+  const auto acc =
+      check_bn_swish_given_stats_backward("bn_swish_given_stats_backward", grad_out, x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   bn_swish_backward_pass<true>(grad_out, x, scale, shift, mean, grad_x, sum_g, sum_gc);
@@ -170,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_given_stats_backward_cpu
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                                                    const at::Tensor& bias, double eps) {
+                                                                        const at::Tensor& bias, double eps) {
   return bn_swish_batch_stats_with(x, weight, bias, eps, &plane_moments_cpu, &bn_swish_given_stats_cpu);
 }
 
@@ -180,16 +176,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_cpu(const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
     const at::Tensor& weight, const at::Tensor& bias) {
-  const auto acc = check_bn_swish_given_stats_backward("bn_swish_batch_stats_backward", grad_y, x, mean, invstd, weight, bias);
+  const auto acc =
+      check_bn_swish_given_stats_backward("bn_swish_batch_stats_backward", grad_y, x, mean, invstd, weight, bias);
   auto [scale, shift] = folded_affine(mean, invstd, weight, bias);
   at::Tensor grad_x = at::empty_like(x), sum_g = plane_tensor(x, acc), sum_gc = plane_tensor(x, acc);
   bn_swish_backward_pass<false>(grad_y, x, scale, shift, mean, grad_x, sum_g, sum_gc);  // the sums only
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
   const BatchNormGradients g = batch_norm_gradients(x, sum_g, sum_gc, mean, invstd, weight);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_batch_stats_backward_cpu", [&] {
-    const scalar_t *gp = grad_y.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
-                   *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
-                   *ap = g.alpha.data_ptr<scalar_t>(), *bp = g.beta.data_ptr<scalar_t>();
+    const scalar_t *gp = grad_y.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
+                   *sh = shift.data_ptr<scalar_t>(), *ap = g.alpha.data_ptr<scalar_t>(),
+                   *bp = g.beta.data_ptr<scalar_t>();
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
     if (is_channels_last(x)) {
       return for_each_image(x, [&](int64_t n, double*, double*) NCPFAST_ALWAYS_INLINE {
@@ -217,17 +214,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_dwconv_cpu(
   const core::DepthwisePlane geometry{x.size(2), x.size(3), K};
   const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_dwconv_cpu", [&] {
-    const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
-                   *sh = shift.data_ptr<scalar_t>(), *wp = conv_weight.data_ptr<scalar_t>(),
-                   *bp = conv_bias.data_ptr<scalar_t>();
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(),
+                   *wp = conv_weight.data_ptr<scalar_t>(), *bp = conv_bias.data_ptr<scalar_t>();
     scalar_t *yp = y.data_ptr<scalar_t>(), *sp = sum.data_ptr<scalar_t>(), *qp = sumsq.data_ptr<scalar_t>();
     at::parallel_for(0, x.size(0) * C, plane_grain(x), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> padded(geometry.padded_size(), scalar_t(0));
       core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         const int64_t c = p % C;
         double s, q;
-        core::bn_swish_dwconv_plane(geometry, xp + p * HW, sc[c], sh[c], wp + c * K * K, bp[c],
-                                    padded.data(), yp + p * HW, s, q);
+        core::bn_swish_dwconv_plane(geometry, xp + p * HW, sc[c], sh[c], wp + c * K * K, bp[c], padded.data(),
+                                    yp + p * HW, s, q);
         sp[p] = static_cast<scalar_t>(s);
         qp[p] = static_cast<scalar_t>(q);
       });
@@ -237,11 +233,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_dwconv_cpu(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_swish_dwconv_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq,
-    const at::Tensor& out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-    const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
-  const int64_t K = check_dwconv_backward("bn_swish_dwconv_backward", grad_out, grad_sum, grad_sumsq, out, x,
-                                          mean, invstd, bn_weight, bn_bias, conv_weight);
+    const at::Tensor& grad_out, const at::Tensor& grad_sum, const at::Tensor& grad_sumsq, const at::Tensor& out,
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
+    const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
+  const int64_t K = check_dwconv_backward("bn_swish_dwconv_backward", grad_out, grad_sum, grad_sumsq, out, x, mean,
+                                          invstd, bn_weight, bn_bias, conv_weight);
   const auto acc = accumulation_type(x);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   auto [scale, shift] = folded_affine(mean, invstd, bn_weight, bn_bias);
@@ -250,13 +246,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_swish_
   const core::DepthwisePlane geometry{x.size(2), x.size(3), K};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_swish_dwconv_backward_cpu", [&] {
     const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *gs = grad_sum.data_ptr<scalar_t>(),
-                   *gq = grad_sumsq.data_ptr<scalar_t>(), *yp = out.data_ptr<scalar_t>(),
-                   *xp = x.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>(),
-                   *sh = shift.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>(),
+                   *gq = grad_sumsq.data_ptr<scalar_t>(), *yp = out.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(),
+                   *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>(),
                    *wp = conv_weight.data_ptr<scalar_t>();
-    scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
-             *s2 = sum_gc.data_ptr<scalar_t>(), *gw = grad_w.data_ptr<scalar_t>(),
-             *gb = grad_b.data_ptr<scalar_t>();
+    scalar_t *gx = grad_x.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(), *s2 = sum_gc.data_ptr<scalar_t>(),
+             *gw = grad_w.data_ptr<scalar_t>(), *gb = grad_b.data_ptr<scalar_t>();
     at::parallel_for(0, N * C, plane_grain(x), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> padded_a(geometry.padded_size(), scalar_t(0));
       std::vector<scalar_t> padded_g(geometry.padded_size(), scalar_t(0));
@@ -264,10 +258,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_swish_
       core::for_each_depthwise_plane(begin, end, [&](int64_t p) NCPFAST_ALWAYS_INLINE {
         const int64_t c = p % C;
         double a, b, bias_grad;
-        core::bn_swish_dwconv_backward_plane(geometry, gp + p * HW, gs[p], gq[p], yp + p * HW, xp + p * HW,
-                                             sc[c], sh[c], mp[c], wp + c * K * K, padded_a.data(),
-                                             padded_g.data(), grad_a.data(), flipped.data(), tap_acc.data(),
-                                             gx + p * HW, a, b,
+        core::bn_swish_dwconv_backward_plane(geometry, gp + p * HW, gs[p], gq[p], yp + p * HW, xp + p * HW, sc[c],
+                                             sh[c], mp[c], wp + c * K * K, padded_a.data(), padded_g.data(),
+                                             grad_a.data(), flipped.data(), tap_acc.data(), gx + p * HW, a, b,
                                              gw + p * K * K, bias_grad);
         s1[p] = static_cast<scalar_t>(a);
         s2[p] = static_cast<scalar_t>(b);
@@ -288,8 +281,8 @@ at::Tensor bn_gate_residual_cpu(const at::Tensor& h, const at::Tensor& skip, con
   at::Tensor out = at::empty_like(h);
   const int64_t C = h.size(1), HW = h.size(2) * h.size(3);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "bn_gate_residual_cpu", [&] {
-    const scalar_t *hp = h.data_ptr<scalar_t>(), *sp = skip.data_ptr<scalar_t>(),
-                   *ap = coef_a.data_ptr<scalar_t>(), *cp = coef_c.data_ptr<scalar_t>();
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *sp = skip.data_ptr<scalar_t>(), *ap = coef_a.data_ptr<scalar_t>(),
+                   *cp = coef_c.data_ptr<scalar_t>();
     scalar_t* op_ = out.data_ptr<scalar_t>();
     if (is_channels_last(h)) {
       return for_each_image(h, [&](int64_t n, double*, double*) NCPFAST_ALWAYS_INLINE {
@@ -315,10 +308,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cpu(
   at::Tensor grad_h = at::empty_like(h), sum_g = plane_tensor(h, acc), sum_gc = plane_tensor(h, acc);
   const int64_t C = h.size(1), HW = h.size(2) * h.size(3);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "bn_gate_residual_backward_cpu", [&] {
-    const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>(),
-                   *ap = coef_a.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>();
-    scalar_t *gh = grad_h.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(),
-             *s2 = sum_gc.data_ptr<scalar_t>();
+    const scalar_t *gp = grad_out.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>(), *ap = coef_a.data_ptr<scalar_t>(),
+                   *mp = mean.data_ptr<scalar_t>();
+    scalar_t *gh = grad_h.data_ptr<scalar_t>(), *s1 = sum_g.data_ptr<scalar_t>(), *s2 = sum_gc.data_ptr<scalar_t>();
     if (is_channels_last(h)) {
       return for_each_image(h, [&](int64_t n, double* a, double* b) NCPFAST_ALWAYS_INLINE {
         const int64_t o = n * HW * C;

@@ -25,8 +25,7 @@ constexpr size_t kSharedLimit = core::kDefaultSharedBytesPerBlock;
 constexpr const char* kBackend = "the CUDA backend";
 
 // Rows per depthwise tile so that `buffers` padded tiles fit in kTileBytes.
-int64_t depthwise_tile_rows(const char* op, int64_t H, int64_t W, int64_t K, int64_t element_bytes,
-                            int64_t buffers) {
+int64_t depthwise_tile_rows(const char* op, int64_t H, int64_t W, int64_t K, int64_t element_bytes, int64_t buffers) {
   const int64_t P = K / 2, Wp = W + 2 * P;
   const int64_t rows = kTileBytes / (buffers * element_bytes * Wp) - 2 * P;
   TORCH_CHECK_VALUE(rows >= 1, op, ": planes of width ", W, " with a ", K, "x", K,
@@ -77,7 +76,7 @@ at::Tensor plane_moments_backward_cuda(const at::Tensor& x, const at::Tensor& gr
 }
 
 at::Tensor bn_swish_given_stats_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-                         const at::Tensor& weight, const at::Tensor& bias) {
+                                     const at::Tensor& weight, const at::Tensor& bias) {
   require_nchw("bn_swish_given_stats", "x", x, kBackend);
   check_bn_swish_given_stats("bn_swish_given_stats", x, mean, invstd, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -107,16 +106,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_given_stats_backward_cud
   NCPFAST_DISPATCH(x, "bn_swish_given_stats_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     bn_swish_backward_kernel<scalar_t, A><<<plane_grid(x), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.size(1), x.size(2) * x.size(3),
-        scale.data_ptr<A>(), shift.data_ptr<A>(), mean.data_ptr<A>(), grad_x.data_ptr<scalar_t>(),
-        sum_g.data_ptr<A>(), sum_gc.data_ptr<A>());
+        grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.size(1), x.size(2) * x.size(3), scale.data_ptr<A>(),
+        shift.data_ptr<A>(), mean.data_ptr<A>(), grad_x.data_ptr<scalar_t>(), sum_g.data_ptr<A>(),
+        sum_gc.data_ptr<A>());
   });
   NCPFAST_CHECK_LAUNCH(op);
   return {grad_x, sum_g, sum_gc};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_batch_stats_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                                                     const at::Tensor& bias, double eps) {
+                                                                         const at::Tensor& bias, double eps) {
   require_nchw("bn_swish_batch_stats", "x", x, kBackend);
   const c10::cuda::CUDAGuard guard(x.device());
   return bn_swish_batch_stats_with(x, weight, bias, eps, &plane_moments_cuda, &bn_swish_given_stats_cuda);
@@ -170,8 +169,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_swish_
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
     const at::Tensor& bn_bias, const at::Tensor& conv_weight) {
   const char* op = "bn_swish_dwconv_backward";
-  const int64_t K = check_dwconv_backward(op, grad_out, grad_sum, grad_sumsq, out, x, mean, invstd, bn_weight,
-                                          bn_bias, conv_weight);
+  const int64_t K =
+      check_dwconv_backward(op, grad_out, grad_sum, grad_sumsq, out, x, mean, invstd, bn_weight, bn_bias, conv_weight);
   const auto acc = accumulation_type(x);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -195,9 +194,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_swish_
     using A = at::opmath_type<scalar_t>;
     dwconv_backward_kernel<scalar_t, A><<<grid, kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
         grad_out.data_ptr<scalar_t>(), grad_sum.data_ptr<A>(), grad_sumsq.data_ptr<A>(), out.data_ptr<scalar_t>(),
-        x.data_ptr<scalar_t>(), C, H, W, K, tile_rows, scale.data_ptr<A>(), shift.data_ptr<A>(),
-        mean.data_ptr<A>(), conv_weight.data_ptr<A>(), grad_x.data_ptr<scalar_t>(), sum_g.data_ptr<A>(),
-        sum_gc.data_ptr<A>(), grad_w.data_ptr<A>(), grad_b.data_ptr<A>());
+        x.data_ptr<scalar_t>(), C, H, W, K, tile_rows, scale.data_ptr<A>(), shift.data_ptr<A>(), mean.data_ptr<A>(),
+        conv_weight.data_ptr<A>(), grad_x.data_ptr<scalar_t>(), sum_g.data_ptr<A>(), sum_gc.data_ptr<A>(),
+        grad_w.data_ptr<A>(), grad_b.data_ptr<A>());
   });
   NCPFAST_CHECK_LAUNCH(op);
   return {grad_x, sum_g.sum(2), sum_gc.sum(2), grad_w.sum(2), grad_b.sum(2)};
@@ -236,9 +235,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_gate_residual_backward_cuda(
   NCPFAST_DISPATCH(h, "bn_gate_residual_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     gate_residual_backward_kernel<scalar_t, A><<<plane_grid(h), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad_out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h.size(1), h.size(2) * h.size(3),
-        coef_a.data_ptr<A>(), mean.data_ptr<A>(), grad_h.data_ptr<scalar_t>(), sum_g.data_ptr<A>(),
-        sum_gc.data_ptr<A>());
+        grad_out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h.size(1), h.size(2) * h.size(3), coef_a.data_ptr<A>(),
+        mean.data_ptr<A>(), grad_h.data_ptr<scalar_t>(), sum_g.data_ptr<A>(), sum_gc.data_ptr<A>());
   });
   NCPFAST_CHECK_LAUNCH(op);
   return {grad_h, sum_g, sum_gc};

@@ -63,19 +63,23 @@ __device__ __forceinline__ void swish_affine_backward(A grad_a, A xv, A sc, A sh
   v[1] += g * (xv - m);
 }
 
+// The moments accumulate in double, as on the CPU (core::plane_moments): in
+// float, the sum of squares of values with a large mean (x = 1000 + noise) is
+// off by many float ulps, and the variance, E[x^2] - mean^2, lives in its last
+// bits. Each output is then one rounding of the exact sum.
 template <typename T, typename A>
 __global__ void plane_moments_kernel(const T* x, int64_t HW, A* sum, A* sumsq) {
   const int64_t p = blockIdx.x;
-  A v[2] = {0, 0};
+  double v[2] = {0, 0};
   for (int64_t i = threadIdx.x; i < HW; i += kThreads) {
-    const A value = load<T, A>(x, p * HW + i);
+    const double value = static_cast<double>(load<T, A>(x, p * HW + i));
     v[0] += value;
     v[1] += value * value;
   }
   block_sum(v);
   if (threadIdx.x == 0) {
-    sum[p] = v[0];
-    sumsq[p] = v[1];
+    sum[p] = static_cast<A>(v[0]);
+    sumsq[p] = static_cast<A>(v[1]);
   }
 }
 
@@ -112,8 +116,7 @@ __global__ void bn_swish_backward_kernel(const T* grad_y, const T* x, int64_t C,
 }
 
 template <typename T, typename A>
-__global__ void gate_residual_kernel(const T* h, const T* skip, int64_t HW, const A* coef_a, const A* coef_c,
-                                     T* out) {
+__global__ void gate_residual_kernel(const T* h, const T* skip, int64_t HW, const A* coef_a, const A* coef_c, T* out) {
   const int64_t p = blockIdx.x;
   const A a = coef_a[p], c = coef_c[p];
   for (int64_t i = threadIdx.x; i < HW; i += kThreads)
@@ -121,8 +124,8 @@ __global__ void gate_residual_kernel(const T* h, const T* skip, int64_t HW, cons
 }
 
 template <typename T, typename A>
-__global__ void gate_residual_backward_kernel(const T* grad_out, const T* h, int64_t C, int64_t HW,
-                                              const A* coef_a, const A* mean, T* grad_h, A* sum_g, A* sum_gc) {
+__global__ void gate_residual_backward_kernel(const T* grad_out, const T* h, int64_t C, int64_t HW, const A* coef_a,
+                                              const A* mean, T* grad_h, A* sum_g, A* sum_gc) {
   const int64_t p = blockIdx.x;
   const A a = coef_a[p], m = mean[p % C];
   A v[2] = {0, 0};
@@ -165,19 +168,19 @@ __device__ void fill_tile(A* tile, int64_t r0, int64_t rows, int64_t H, int64_t 
 }
 
 template <typename T, typename A>
-__global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows,
-                              const A* scale, const A* shift, const A* weight, const A* bias, T* y,
-                              A* tile_sum, A* tile_sumsq) {
+__global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows, const A* scale,
+                              const A* shift, const A* weight, const A* bias, T* y, A* tile_sum, A* tile_sumsq) {
   NCPFAST_DYNAMIC_SHARED(unsigned char, shared_bytes);
   A* tile = reinterpret_cast<A*>(shared_bytes);
   const int64_t p = blockIdx.x, c = p % C, r0 = blockIdx.y * tile_rows, P = K / 2, Wp = W + 2 * P;
   const int64_t rows = min(tile_rows, H - r0);
   const T* xp = x + p * H * W;
   const A sc = scale[c], sh = shift[c];
-  fill_tile(tile, r0, rows, H, W, P, [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
+  fill_tile(tile, r0, rows, H, W, P,
+            [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
   __syncthreads();
   const A* w = weight + c * K * K;
-  A v[2] = {0, 0};
+  double v[2] = {0, 0};  // the moments in double, as in plane_moments_kernel
   for (int64_t t = threadIdx.x; t < rows * W; t += kThreads) {
     const int64_t i = t / W, j = t % W;
     A acc = bias[c];
@@ -185,22 +188,22 @@ __global__ void dwconv_kernel(const T* x, int64_t C, int64_t H, int64_t W, int64
       for (int64_t kj = 0; kj < K; ++kj) acc += w[ki * K + kj] * tile[(i + ki) * Wp + j + kj];
     const T stored = static_cast<T>(acc);
     y[p * H * W + (r0 + i) * W + j] = stored;
-    const A value = static_cast<A>(stored);  // the moments of what the next op reads
+    const double value = static_cast<double>(static_cast<A>(stored));  // the moments of what the next op reads
     v[0] += value;
     v[1] += value * value;
   }
   block_sum(v);
   if (threadIdx.x == 0) {
-    tile_sum[p * gridDim.y + blockIdx.y] = v[0];
-    tile_sumsq[p * gridDim.y + blockIdx.y] = v[1];
+    tile_sum[p * gridDim.y + blockIdx.y] = static_cast<A>(v[0]);
+    tile_sumsq[p * gridDim.y + blockIdx.y] = static_cast<A>(v[1]);
   }
 }
 
 template <typename T, typename A>
-__global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const A* grad_sumsq, const T* y,
-                                       const T* x, int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows,
-                                       const A* scale, const A* shift, const A* mean, const A* weight, T* grad_x,
-                                       A* tile_sum_g, A* tile_sum_gc, A* tile_grad_w, A* tile_grad_b) {
+__global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const A* grad_sumsq, const T* y, const T* x,
+                                       int64_t C, int64_t H, int64_t W, int64_t K, int64_t tile_rows, const A* scale,
+                                       const A* shift, const A* mean, const A* weight, T* grad_x, A* tile_sum_g,
+                                       A* tile_sum_gc, A* tile_grad_w, A* tile_grad_b) {
   NCPFAST_DYNAMIC_SHARED(unsigned char, shared_bytes);
   const int64_t p = blockIdx.x, c = p % C, r0 = blockIdx.y * tile_rows, P = K / 2, Wp = W + 2 * P;
   const int64_t rows = min(tile_rows, H - r0), tile_size = (tile_rows + 2 * P) * Wp;
@@ -212,7 +215,8 @@ __global__ void dwconv_backward_kernel(const T* grad_y, const A* grad_sum, const
   const T* gyp = grad_y + p * H * W;
   const T* yp = y + p * H * W;
   const A sc = scale[c], sh = shift[c], m = mean[c], gs = grad_sum[p], gq = grad_sumsq[p];
-  fill_tile(a_tile, r0, rows, H, W, P, [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
+  fill_tile(a_tile, r0, rows, H, W, P,
+            [&](int64_t i, int64_t j) { return core::swish(load<T, A>(xp, i * W + j) * sc + sh); });
   // The effective output gradient, including the moments' share.
   fill_tile(g_tile, r0, rows, H, W, P, [&](int64_t i, int64_t j) {
     return load<T, A>(gyp, i * W + j) + gs + A(2) * gq * load<T, A>(yp, i * W + j);

@@ -23,8 +23,8 @@ constexpr int64_t kTileRows = 256;  // a tile of 256 x 256 activations: 256 KB, 
 
 // out[r, :] = swish(in[r, :] @ W^T + b) for a tile of rows (row-major).
 // weight_t: W^T [K, H]. Inside at::parallel_for the GEMM runs single-threaded.
-void linear_swish_tile(const float* in, int64_t rows, int64_t K, const at::Tensor& weight_t, const float* b,
-                       int64_t H, float* out) {
+void linear_swish_tile(const float* in, int64_t rows, int64_t K, const at::Tensor& weight_t, const float* b, int64_t H,
+                       float* out) {
   const auto options = at::TensorOptions().dtype(at::kFloat);
   at::Tensor out_tile = at::from_blob(out, {rows, H}, options);
   at::mm_out(out_tile, at::from_blob(const_cast<float*>(in), {rows, K}, options), weight_t);

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -24,12 +25,12 @@ std::tuple<at::Tensor, at::Tensor> mlp_log_ratio_cuda(const at::Tensor& z, at::T
   const int64_t widest = check_mlp_inputs(z, weights, biases);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) <= kMaxLayers, "mlp_log_ratio: at most ", kMaxLayers,
                     " layers on CUDA, got ", weights.size());
-  const size_t shared = mlp_shared_bytes(static_cast<int>(widest));
-  constexpr size_t kSharedLimit = core::kDefaultSharedBytesPerBlock;
-  TORCH_CHECK_VALUE(shared <= kSharedLimit, "mlp_log_ratio: hidden width ", widest,
-                    " exceeds the CUDA kernel's shared-memory tiles (at most ",
-                    (kSharedLimit / sizeof(float) / kTileRows - kStageColumns) / 2, ")");
   const c10::cuda::CUDAGuard guard(z.device());
+  const size_t shared_optin_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  const int max_width = mlp_max_width(std::max(shared_optin_limit, core::kDefaultSharedBytesPerBlock));
+  TORCH_CHECK_VALUE(widest <= max_width, "mlp_log_ratio: hidden width ", widest,
+                    " exceeds what this GPU's shared memory holds for the CUDA kernel (at most ", max_width,
+                    "); run the classifier module instead");
   const int64_t B = z.size(0), M = z.size(1), rows = B * M;
   at::Tensor logits = at::empty({B, M}, z.options().dtype(at::kFloat));
   if (rows == 0) return {logits, at::full({B}, -std::numeric_limits<float>::infinity(), logits.options())};
@@ -46,12 +47,11 @@ std::tuple<at::Tensor, at::Tensor> mlp_log_ratio_cuda(const at::Tensor& z, at::T
   const int64_t blocks = (rows + kTileRows - 1) / kTileRows;
   TORCH_CHECK_VALUE(blocks < (int64_t(1) << 31), "mlp_log_ratio: B * M = ", rows, " exceeds the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "mlp_log_ratio_cuda", [&] {
-    with_mlp_kernel<scalar_t>(static_cast<int>(widest), [&](auto kernel) {
-      kernel<<<static_cast<unsigned>(blocks), kThreads, shared, at::cuda::getCurrentCUDAStream()>>>(
-          z.data_ptr<scalar_t>(), rows, layers, static_cast<int>(widest), logits.data_ptr<float>());
-    });
+    const cudaError_t status =
+        launch_mlp_log_ratio<scalar_t>(z.data_ptr<scalar_t>(), rows, layers, static_cast<int>(widest),
+                                       logits.data_ptr<float>(), shared_optin_limit, at::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(status == cudaSuccess, "mlp_log_ratio: CUDA launch failed: ", cudaGetErrorString(status));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {logits, at::logsumexp(logits, {1})};
 }
 

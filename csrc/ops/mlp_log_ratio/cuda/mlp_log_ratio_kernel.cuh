@@ -40,6 +40,14 @@ inline size_t mlp_shared_bytes(int widest) {
   return sizeof(float) * kTileRows * (2 * static_cast<size_t>(widest) + kStageColumns);
 }
 
+// The widest hidden layer whose tiles fit `shared_limit` bytes: 352 within
+// the 48 KiB a block gets by default, 1,784 within an H100/H200's 227 KiB
+// opt-in limit (cudaDeviceProp::sharedMemPerBlockOptin).
+inline int mlp_max_width(size_t shared_limit) {
+  const size_t floats_per_row = shared_limit / sizeof(float) / kTileRows;
+  return floats_per_row < kStageColumns ? 0 : static_cast<int>((floats_per_row - kStageColumns) / 2);
+}
+
 // acc[i] += sum_k src[r * ld + k] * w[k * H] for k < width and the rows
 // r = first_row + i * row_stride < count that this thread owns. src is shared
 // memory; w points at one output unit's column of W^T (global). With ld a
@@ -86,9 +94,9 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
   constexpr int kGroups = kTileRows / kRowsPerThread;
   constexpr int kUnits = kThreads / kGroups;  // output units a pass computes
   NCPFAST_DYNAMIC_SHARED(float, shared);
-  float* const tile_a = shared;                             // outputs of even layers
-  float* const tile_b = shared + kTileRows * widest;        // outputs of odd layers
-  float* const staged = shared + 2 * kTileRows * widest;    // [kTileRows][kStageColumns] proposals
+  float* const tile_a = shared;                           // outputs of even layers
+  float* const tile_b = shared + kTileRows * widest;      // outputs of odd layers
+  float* const staged = shared + 2 * kTileRows * widest;  // [kTileRows][kStageColumns] proposals
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   const int count = static_cast<int>(rows - r0 < kTileRows ? rows - r0 : kTileRows);
   const int D = layers.in[0];
@@ -113,8 +121,8 @@ __global__ void mlp_log_ratio_kernel(const T* z, int64_t rows, Layers layers, in
           }
           __syncthreads();
           if (h < H)
-            accumulate_columns(staged, kStageColumns, width, layers.weight_t[0] + k0 * H + h, H, group, kGroups,
-                               count, acc);
+            accumulate_columns(staged, kStageColumns, width, layers.weight_t[0] + k0 * H + h, H, group, kGroups, count,
+                               acc);
         }
       } else if (h < H) {
         accumulate_columns(in, K, K, layers.weight_t[l] + h, H, group, kGroups, count, acc);
@@ -155,6 +163,30 @@ void with_mlp_kernel(int widest, Launch&& launch) {
   } else {
     launch(mlp_log_ratio_kernel<T, 16>);  // 1 group of 256
   }
+}
+
+// Runs the MLP on `rows` proposals (B * M) on `stream`. Past the default
+// 48 KiB of dynamic shared memory the kernel is opted in to what it needs, up
+// to shared_optin_limit (the device's sharedMemPerBlockOptin); a wider layer
+// returns cudaErrorInvalidValue without a launch (check mlp_max_width first).
+template <typename T>
+cudaError_t launch_mlp_log_ratio(const T* z, int64_t rows, const Layers& layers, int widest, float* logits,
+                                 size_t shared_optin_limit, cudaStream_t stream) {
+  const size_t shared = mlp_shared_bytes(widest);
+  const size_t limit =
+      shared_optin_limit > core::kDefaultSharedBytesPerBlock ? shared_optin_limit : core::kDefaultSharedBytesPerBlock;
+  if (shared > limit) return cudaErrorInvalidValue;
+  const unsigned blocks = static_cast<unsigned>((rows + kTileRows - 1) / kTileRows);
+  cudaError_t status = cudaSuccess;
+  with_mlp_kernel<T>(widest, [&](auto kernel) {
+    if (shared > core::kDefaultSharedBytesPerBlock) {
+      status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+      if (status != cudaSuccess) return;
+    }
+    NCPFAST_LAUNCH(kernel, blocks, kThreads, shared, stream, z, rows, layers, widest, logits);
+    status = cudaGetLastError();
+  });
+  return status;
 }
 
 }  // namespace mlp_kernels

@@ -1,0 +1,101 @@
+"""python -m ncpfast.evaluate RUN_DIR: the base prior and the NCP prior side by side.
+
+NLL: the importance-weighted bound with K samples (nats, bits/dim), with log Z
+and its standard error folded in for the NCP prior. Frechet distance of
+generated vs held-out test images, on the features of a small classifier
+trained on the data set's labels (named as such; it is not FID), and FID
+proper when --fid-weights gives pytorch-fid's Inception weights file (it cannot
+be downloaded here). Results go to RUN_DIR/metrics.json ("evaluation") and
+print as a table. A run whose NCP has a GMM base (train --ncp-base gmm) gets a
+GMM row too.
+
+At a temperature T < 1 the NCP classifiers score latents (and decoder contexts)
+they were not trained on; --readjust-bn re-estimates the decoder's BatchNorm
+statistics at T before sampling (NVAE's re-adjustment, on a copy of the model;
+the NLL keeps the checkpoint's statistics).
+"""
+import argparse
+import json
+import sys
+
+from ..models.temperature import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES
+from ..run_dir import RunDir
+from ..training.trainer import pick_device
+from .common import USER_ERRORS
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m ncpfast.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with both stages (python -m ncpfast.train)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed of every random stream (default 0)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    nll = p.add_argument_group("NLL (importance weighted) and log Z")
+    nll.add_argument("--iw-samples", type=int, default=100, metavar="K",
+                     help="importance samples K of the NLL (default 100)")
+    nll.add_argument("--max-images", type=int, default=0, metavar="N", help="test images of the NLL (0: all)")
+    nll.add_argument("--iw-chunk", type=int, default=0, metavar="N",
+                     help="importance samples per pass (0: all; bounds memory)")
+    nll.add_argument("--log-z-samples", type=int, default=10000, metavar="N",
+                     help="samples of the log Z estimate (default 10000)")
+    nll.add_argument("--log-z-proposal", choices=["auto", "prior", "aggregate-posterior"], default="auto",
+                     help="proposal of the log Z estimate (default auto: aggregate-posterior for single-group "
+                          "flat models, the prior otherwise)")
+    sampling = p.add_argument_group("sampling the NCP prior")
+    sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
+                          help="how the NCP prior is sampled (default sir)")
+    sampling.add_argument("--mode", choices=["group", "joint"], default="group",
+                          help="group: group by group (the paper's samplers); joint: SIR over whole samples or "
+                               "Langevin on all groups, targeting the density the NLL scores (default group)")
+    sampling.add_argument("--num-proposals", type=int, default=50, metavar="N",
+                          help="SIR proposals per latent group, or per image in joint mode (default 50)")
+    sampling.add_argument("--steps", type=int, default=50, metavar="N",
+                          help="Langevin steps per latent group (default 50)")
+    sampling.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
+                          help="Langevin step size (default 0.01)")
+    sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                          help="prior temperature for the generated images (default 1.0); at T < 1 the NCP "
+                               "classifiers score latents and decoder contexts they were not trained on")
+    sampling.add_argument("--readjust-bn", action="store_true",
+                          help="re-estimate the decoder's BatchNorm statistics on prior samples at the temperature "
+                               "before sampling (NVAE's re-adjustment for T < 1; on a copy of the model)")
+    sampling.add_argument("--readjust-bn-batches", type=int, default=DEFAULT_BATCHES, metavar="N",
+                          help=f"batches of {DEFAULT_BATCH_SIZE} prior samples for --readjust-bn "
+                               f"(default {DEFAULT_BATCHES})")
+    frechet = p.add_argument_group("Frechet distances")
+    frechet.add_argument("--num-generated", type=int, default=1000, metavar="N",
+                         help="images per prior for the Frechet distance (default 1000)")
+    frechet.add_argument("--num-real", type=int, default=0, metavar="N",
+                         help="test images of the Frechet distances' reference set (0: max(num-generated, 1000))")
+    frechet.add_argument("--fid-weights", default="", metavar="FILE",
+                         help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: also compute FID with it")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..evaluation import evaluate_run, format_table
+
+    try:
+        for name in ("num_proposals", "steps", "log_z_samples", "readjust_bn_batches"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        result, _, _ = evaluate_run(
+            args.run_dir, pick_device(args.device), iw_samples=args.iw_samples, max_images=args.max_images,
+            iw_chunk=args.iw_chunk, num_generated=args.num_generated, method=args.method,
+            num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
+            temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed,
+            fid_weights=args.fid_weights, num_real=args.num_real, mode=args.mode,
+            log_z_proposal=args.log_z_proposal, readjust_bn=args.readjust_bn,
+            readjust_bn_batches=args.readjust_bn_batches)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    RunDir(args.run_dir).merge_metrics("evaluation", result)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""python -m ncpfast.sample RUN_DIR: images from a trained run's base or NCP prior.
+
+    python -m ncpfast.sample runs/tiny-... --method sir -n 64 --num-proposals 50
+    python -m ncpfast.sample runs/tiny-... --method langevin --steps 100 --step-size 0.01
+    python -m ncpfast.sample runs/tiny-... --method base --temperature 0.8 --npz samples.npz
+    python -m ncpfast.sample runs/tiny-... --temperature 0.7 --readjust-bn
+
+At a temperature T < 1 the NCP classifiers score latents (and decoder contexts)
+they were not trained on. --readjust-bn re-estimates the decoder's BatchNorm
+statistics on prior samples at T first (NVAE's re-adjustment, on a copy of the
+model; ncpfast.models.temperature).
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ..models.temperature import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, readjust_batchnorm
+from ..run_dir import RunDir
+from ..training.trainer import pick_device
+from .common import USER_ERRORS
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m ncpfast.sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by python -m ncpfast.train")
+    what = p.add_argument_group("what to sample")
+    what.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
+                      help="sir / langevin with the NCP prior, or the base prior (default: sir)")
+    what.add_argument("-n", "--num-samples", type=int, default=64, metavar="N", help="images to generate (default 64)")
+    what.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                      help="prior temperature (default 1.0); at T < 1 the NCP classifiers score latents and decoder "
+                           "contexts they were not trained on")
+    what.add_argument("--readjust-bn", action="store_true",
+                      help="re-estimate the decoder's BatchNorm statistics on prior samples at the temperature "
+                           "before sampling (NVAE's re-adjustment for T < 1; on a copy of the model)")
+    what.add_argument("--readjust-bn-batches", type=int, default=DEFAULT_BATCHES, metavar="N",
+                      help=f"batches of {DEFAULT_BATCH_SIZE} prior samples for --readjust-bn "
+                           f"(default {DEFAULT_BATCHES})")
+    what.add_argument("--seed", type=int, default=0, metavar="SEED",
+                      help="seed of the sampling generator (default 0)")
+    what.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
+    sampler = p.add_argument_group("the samplers")
+    sampler.add_argument("--mode", choices=["group", "joint"], default="group",
+                         help="group: group by group (the paper's samplers); joint: SIR over whole samples or "
+                              "Langevin on all groups, targeting the density the NLL scores (default group)")
+    sampler.add_argument("--num-proposals", type=int, default=50, metavar="N",
+                         help="SIR proposals per latent group, or per image in joint mode (default 50)")
+    sampler.add_argument("--steps", type=int, default=50, metavar="N",
+                         help="Langevin steps per latent group (default 50)")
+    sampler.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
+                         help="Langevin step size (default 0.01)")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", metavar="PNG", help="PNG grid to write (default RUN_DIR/samples_<method>.png)")
+    output.add_argument("--npz", metavar="FILE", help="also write the images, uint8 [N, H, W, C], to this .npz")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..images import save_grid
+    from ..ncp.stage2 import load_ncp, load_run
+
+    try:
+        if args.num_samples < 1:
+            raise ValueError(f"-n must be >= 1, got {args.num_samples}")
+        if not args.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+        device = pick_device(args.device)
+        if args.readjust_bn_batches < 1:
+            raise ValueError(f"--readjust-bn-batches must be >= 1, got {args.readjust_bn_batches}")
+        _, vae = load_run(args.run_dir, device)
+        if args.readjust_bn:
+            vae = readjust_batchnorm(vae, args.temperature, args.readjust_bn_batches,
+                                     generator=torch.Generator(device).manual_seed(args.seed + 1))
+        generator = torch.Generator(device).manual_seed(args.seed)
+        start = time.perf_counter()
+        if args.method == "base":
+            images = vae.sample(args.num_samples, args.temperature, generator=generator)
+        else:
+            images = load_ncp(args.run_dir, vae).sample(
+                args.num_samples, method=args.method, num_proposals=args.num_proposals, steps=args.steps,
+                step_size=args.step_size, temperature=args.temperature, generator=generator, mode=args.mode)
+        seconds = time.perf_counter() - start
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = args.out or RunDir(args.run_dir).sampler_output(args.method)
+    save_grid(images, out)
+    if args.npz:
+        array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        np.savez_compressed(args.npz, images=array)
+    readjusted = f", BatchNorm re-adjusted on {args.readjust_bn_batches} batches" if args.readjust_bn else ""
+    print(f"{args.num_samples} images ({args.method}, {args.mode} mode, temperature {args.temperature}{readjusted}) "
+          f"in {seconds:.2f} s -> {out}"
+          + (f" and {args.npz}" if args.npz else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""python -m ncpfast.train: stage 1 (the VAE), then stage 2 (the NCP classifiers),
+then the evaluation of both priors. No arguments: the `tiny` preset on the
+embedded MNIST, end to end.
+
+    python -m ncpfast.train                         # tiny, CPU-friendly default, both stages
+    python -m ncpfast.train --stage 1               # the VAE only
+    python -m ncpfast.train --stage 2 --from RUN_DIR  # NCP classifiers on a trained VAE
+    python -m ncpfast.train --preset mnist --data-dir DIR
+    python -m ncpfast.train --resume RUN_DIR         # continue exactly where it stopped
+    torchrun --nproc_per_node 2 -m ncpfast.train ... # data parallel
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from ..run_dir import RunDir
+from ..training.config import PRESETS, RUN, add_config_arguments, config_from_args, load_config, validate_config
+from .common import USER_ERRORS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ncpfast.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = parser.add_argument_group(RUN)
+    run.add_argument("--stage", choices=["1", "2", "both"], default="both",
+                     help="1: the VAE; 2: the NCP classifiers on --from RUN_DIR; both (default)")
+    run.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="the stage-1 run that --stage 2 uses")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    run.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    add_config_arguments(parser, {RUN: run})
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_presets:
+        print(json.dumps(PRESETS, indent=2))
+        return 0
+    from ..training import Trainer
+    from ..training.distributed import init_distributed, shutdown_distributed
+
+    try:
+        if args.stage == "2":
+            if not args.from_run:
+                raise ValueError("--stage 2 needs --from RUN_DIR (a stage-1 run directory)")
+            config = load_config(RunDir(args.from_run).require_config())
+            _apply_overrides(config, args)
+            run_stage2(config, args.from_run, init_distributed(config.device))
+            return 0
+        if args.resume:
+            config = load_config(RunDir(args.resume).require_config())
+            _apply_overrides(config, args)
+            run_dir = args.resume
+        else:
+            config = config_from_args(args)
+            run_dir = config.run_dir or os.path.join("runs", f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+            config.run_dir = run_dir
+        trainer = Trainer(config, run_dir, resume=bool(args.resume), final_nll=args.stage == "1")
+        metrics = trainer.train()
+        if trainer.ctx.is_main:
+            print(_stage1_summary(run_dir, metrics))
+        if args.stage == "both" and metrics["status"] == "complete":
+            run_stage2(config, run_dir, trainer.ctx)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        # Gloo's threads must stop before the interpreter exits, or a rank can
+        # die in std::terminate after its work is done.
+        shutdown_distributed()
+    return 0
+
+
+def _apply_overrides(config, args) -> None:
+    """Options given explicitly on the command line override the saved config."""
+    for key, value in vars(args).items():
+        if value is not None and hasattr(config, key) and key not in ("preset", "run_dir"):
+            setattr(config, key, value)
+    validate_config(config)
+
+
+def _stage1_summary(run_dir: str, metrics: dict) -> str:
+    text = (f"stage 1: {run_dir} ({metrics['status']}, step {metrics['step']}/{metrics['total_steps']}, "
+            f"{metrics['images_per_second']:.0f} images/s)")
+    test = metrics.get("test")
+    if test:
+        text += (f"\ntest NLL (K={test['iw_samples']}): {test['nll_nats']:.2f} nats "
+                 f"({test['bits_per_dim']:.4f} bits/dim) on {test['test_images']} images")
+    return text
+
+
+def run_stage2(config, run_dir: str, distributed) -> None:
+    """Stage 2 on a finished stage-1 run (the classifiers data parallel under torchrun), then,
+    on rank 0, the base-vs-NCP evaluation and the side-by-side samples."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ..evaluation import evaluate_run, format_table
+    from ..images import save_side_by_side
+    from ..ncp.stage2 import train_stage2
+    from ..training.trainer import pick_device
+
+    run = RunDir(run_dir)
+    device = pick_device(config.device, distributed.local_rank)
+    writer = SummaryWriter(run.tensorboard_dir) if distributed.is_main else None
+    try:
+        summary = train_stage2(run_dir, device, config.ncp_epochs, config.ncp_batch_size, config.ncp_lr,
+                               config.ncp_hidden, config.ncp_cells, config.ncp_log_z_samples, config.seed,
+                               config.progress, writer, distributed, log_z_proposal=config.ncp_log_z_proposal,
+                               base=config.ncp_base, gmm_components=config.ncp_gmm_components)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not distributed.is_main:
+        return
+    run.merge_metrics("ncp", summary)
+    at_chance = summary["groups_at_chance"]
+    print(f"stage 2: {summary['groups']} classifiers, held-out accuracy "
+          f"{', '.join(f'{a:.3f}' for a in summary['val_accuracy'])}; log Z = {summary['log_z']:.4f} "
+          f"+- {summary['log_z_stderr']:.4f} (effective sample size "
+          f"{100 * summary['log_z_estimate']['ess_fraction']:.1f}%)"
+          + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
+    result, base_images, ncp_images = evaluate_run(
+        run_dir, device, iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
+        iw_chunk=config.eval_chunk, num_generated=config.eval_generated, num_proposals=config.ncp_num_proposals,
+        log_z_samples=config.ncp_log_z_samples, seed=config.seed, progress=config.progress,
+        fid_weights=config.fid_weights, mode=config.ncp_sampling_mode, log_z_proposal=config.ncp_log_z_proposal)
+    run.merge_metrics("evaluation", result)
+    n = config.num_sample_images
+    save_side_by_side([base_images[:n], ncp_images[:n]], run.sample_grid)
+    print(format_table(result))
+    per = "per image, joint" if config.ncp_sampling_mode == "joint" else "per latent group"
+    print(f"{RunDir.SAMPLE_GRID}: base prior (left) | NCP prior, SIR with {config.ncp_num_proposals} proposals "
+          f"{per} (right)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""An experiment's record: where and how it ran, its JSON, and its generated
+section of docs/results.md (between markers, so a rerun replaces it)."""
+import datetime
+import os
+import platform
+import subprocess
+from typing import List, Optional, Sequence
+
+import ncpfast
+
+from .definitions import Experiment
+from .results import METRIC_NAMES
+from .runner import RunRecord
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": model or platform.processor() or "unknown", "cores": os.cpu_count(),
+            "system": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def git_commit() -> dict:
+    """The commit of the ncpfast that ran, and whether its tree had changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
+
+    def git(*words) -> Optional[str]:
+        try:
+            result = subprocess.run(["git", "-C", root, *words], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "dirty": bool(status)}
+
+
+def begin_marker(name: str) -> str:
+    return f"<!-- experiment:{name}:begin -->"
+
+
+def end_marker(name: str) -> str:
+    return f"<!-- experiment:{name}:end -->"
+
+
+def replace_section(text: str, name: str, section: str) -> str:
+    """The text with the experiment's section replaced (or appended when it has none yet)."""
+    begin, end = begin_marker(name), end_marker(name)
+    block = f"{begin}\n{section.strip()}\n{end}"
+    start = text.find(begin)
+    if start >= 0:
+        stop = text.find(end, start)
+        if stop < 0:
+            raise ValueError(f"{begin} has no matching {end}; fix the file by hand")
+        return text[:start] + block + text[stop + len(end):]
+    return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+
+
+def update_markdown(path: str, name: str, section: str) -> None:
+    text = ""
+    if os.path.isfile(path):
+        with open(path) as f:
+            text = f.read()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(replace_section(text, name, section))
+    os.replace(tmp, path)
+
+
+def _number(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    magnitude = abs(value)
+    digits = 1 if magnitude >= 100 else 2 if magnitude >= 1 else 3
+    return f"{value:.{digits}f}"
+
+
+def _mean_sd(m: dict) -> str:
+    if m["sd"] is not None:
+        return f"{_number(m['mean'])} +- {_number(m['sd'])}"
+    se = m["run_se"][0] if m.get("run_se") else None
+    return f"{_number(m['mean'])}" + (f" (+- {_number(se)} s.e.)" if se is not None else "")
+
+
+def _status(entry: dict) -> str:
+    """Why a row or comparison has no numbers (the reason already says 'not available ...')."""
+    if entry["status"] == "unavailable" and entry["reason"]:
+        return entry["reason"]
+    return f"{entry['status']}: {entry['reason']}" if entry["reason"] else entry["status"]
+
+
+def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> List[str]:
+    lines = ["| prior | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " | seeds |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for r in rows:
+        if r["status"] != "complete":
+            lines.append(f"| {r['label']} | " + " | ".join("-" for _ in metrics) + f" | {_status(r)} |")
+            continue
+        cells = [_mean_sd(r["metrics"][m]) if m in r["metrics"] else "-" for m in metrics]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {len(r['seeds'])} |")
+    return lines
+
+
+def _comparisons_table(comparisons: Sequence[dict], metrics: Sequence[str]) -> List[str]:
+    lines = ["| difference (same seed) | " + " | ".join(f"{METRIC_NAMES.get(m, m)}: mean +- s.e." for m in metrics)
+             + " | seeds |", "|---" * (len(metrics) + 2) + "|"]
+    for c in comparisons:
+        label = f"{c['b']} - {c['a']}"
+        if c["status"] != "complete":
+            lines.append(f"| {label} | " + " | ".join("-" for _ in metrics) + f" | {_status(c)} |")
+            continue
+        cells = []
+        for m in metrics:
+            d = c["metrics"].get(m)
+            if d is None:
+                cells.append("-")
+                continue
+            if d["se"] is None:
+                cells.append(f"{_number(d['mean'])} (no standard error)")
+                continue
+            source = "over seeds" if d["se_seeds"] is not None else "run s.e."
+            cells.append(f"{_number(d['mean'])} +- {_number(d['se'])} ({source}; {d['direction']})")
+        n = max((len(d["seeds"]) for d in c["metrics"].values()), default=0)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {n} |")
+    return lines
+
+
+def markdown_section(experiment: Experiment, summary: dict, records: Sequence[RunRecord], context: dict,
+                     figures: Sequence[str], docs_path: str) -> str:
+    where = context["machine"]
+    commit = context["git"]
+    lines = [f"### {experiment.title}", "",
+             f"Generated by `{context['command']}` on {context['date']} on {where['cpu']} ({where['cores']} cores; "
+             f"{where['system']}, Python {where['python']}, torch {where['torch']}), commit "
+             f"`{commit['commit'][:12]}`{' with uncommitted changes' if commit['dirty'] else ''}; "
+             f"{'--quick sizes (one seed, tiny models: not results)' if context['quick'] else 'default sizes'}, "
+             f"seeds {', '.join(str(s) for s in context['seeds'])}; all numbers in "
+             f"`{context['json_name']}`.", "",
+             f"The paper: {experiment.paper}", "", experiment.note, "",
+             "Temperature 1 everywhere. Rows: mean +- sd over seeds (with one seed, the run's own standard error). "
+             "Differences: paired by seed; the standard error is sd/sqrt(n) over seeds (with one seed, the "
+             "evaluation's own); `lower`/`higher` means more than 2 standard errors from 0, `within noise` not.", ""]
+    lines += _rows_table(summary["rows"], experiment.metrics)
+    if summary["comparisons"]:
+        lines += [""] + _comparisons_table(summary["comparisons"], experiment.metrics)
+    base = os.path.dirname(os.path.abspath(docs_path))
+    lines.append("")
+    for figure in figures:
+        lines.append(f"![{os.path.basename(figure)}]({os.path.relpath(figure, base)})")
+    lines += ["", "<details><summary>The exact commands</summary>", "", "```", context["command"]]
+    for r in records:
+        if r.status == "unavailable":
+            continue
+        lines += [f"# seed {r.seed}, {r.training}{'/' + r.variant if r.variant else ''}"
+                  f"{', ' + r.sampler if r.sampler else ''}: {r.status}, {r.seconds:.0f} s"] + r.commands
+    lines += ["```", "", "</details>"]
+    return "\n".join(lines)
+
+
+def context(argv: Sequence[str], seeds: Sequence[int], quick: bool, json_name: str) -> dict:
+    return {"command": "python -m ncpfast.experiments " + " ".join(argv), "seeds": list(seeds), "quick": quick,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(), "git": git_commit(), "json_name": json_name}

@@ -1,0 +1,111 @@
+"""An experiment's runs as its table: each row's metrics over seeds, and the
+paired differences between rows."""
+from typing import Dict, List, Optional, Sequence
+
+from .definitions import Experiment, Row, sampler_by_key
+from .runner import RunRecord
+from .stats import combined_se, direction, mean_sd, paired_difference
+
+METRIC_NAMES = {
+    "nll_nats": "NLL (nats)",
+    "bits_per_dim": "bits/dim",
+    "fd": "FD (small classifier features)",
+    "seconds_per_1000": "sampling seconds per 1,000 images",
+    "peak_rss_mib": "peak memory of the evaluation (MiB)",
+}
+# Each metric's own standard error in the evaluation section, where it has one.
+_STD_ERROR_KEYS = {"nll_nats": "nll_std_error", "fd": "fd_std_error"}
+
+
+def metric(record: RunRecord, prior: str, name: str):
+    """(value, its run's standard error or None) of one prior of one run; value None where not measured."""
+    evaluation = record.evaluation or {}
+    scores = evaluation.get(prior) or {}
+    if name == "seconds_per_1000":
+        seconds, images = scores.get("sampling_seconds"), evaluation.get("generated_images")
+        return (1000 * seconds / images if seconds is not None and images else None), None
+    if name == "peak_rss_mib":
+        # One process samples both priors; its peak is the NCP sampler's at large settings.
+        return (record.peak_rss_mib if prior == "ncp" else None), None
+    se = scores.get(_STD_ERROR_KEYS[name]) if name in _STD_ERROR_KEYS else None
+    return scores.get(name), se
+
+
+def rows_in_use(experiment: Experiment, quick: bool) -> List[Row]:
+    keys = {s.key for s in experiment.sizes(quick).samplers}
+    return [r for r in experiment.rows if not r.sampler or r.sampler in keys]
+
+
+def _records_of(row: Row, records: Sequence[RunRecord]) -> List[RunRecord]:
+    return [r for r in records if (r.training, r.variant, r.sampler) == (row.training, row.variant, row.sampler)]
+
+
+def _row_status(runs: Sequence[RunRecord]):
+    for status in ("unavailable", "failed", "planned"):
+        bad = [r for r in runs if r.status == status]
+        if bad:
+            return status, bad[0].reason
+    return ("complete", "") if runs else ("missing", "no runs")
+
+
+def summarize_row(experiment: Experiment, row: Row, records: Sequence[RunRecord]) -> dict:
+    runs = sorted(_records_of(row, records), key=lambda r: r.seed)
+    status, reason = _row_status(runs)
+    done = [r for r in runs if r.status == "complete"]
+    out = {"label": row.label, "training": row.training, "variant": row.variant, "sampler": row.sampler,
+           "prior": row.prior, "status": status, "reason": reason, "seeds": [r.seed for r in done], "metrics": {}}
+    sampler = sampler_by_key(experiment, row.sampler) if row.sampler else None
+    if sampler is not None:
+        out.update(method=sampler.method, mode=sampler.mode, amount=sampler.amount)
+    for name in experiment.metrics:
+        pairs = [metric(r, row.prior, name) for r in done]
+        values = [v for v, _ in pairs]
+        if not values or any(v is None for v in values):
+            continue
+        out["metrics"][name] = {**mean_sd(values), "values": values, "run_se": [se for _, se in pairs]}
+    return out
+
+
+def compare(a: dict, b: dict, a_row: Row, b_row: Row, records: Sequence[RunRecord], metrics: Sequence[str]) -> dict:
+    """b - a on the seeds both rows completed."""
+    out = {"a": a["label"], "b": b["label"], "metrics": {}}
+    if a["status"] != "complete" or b["status"] != "complete":
+        out["status"] = "unavailable" if "unavailable" in (a["status"], b["status"]) else "incomplete"
+        out["reason"] = a["reason"] or b["reason"]
+        return out
+    out["status"], out["reason"] = "complete", ""
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    same_run = (a_row.training, a_row.variant, a_row.sampler) == (b_row.training, b_row.variant, b_row.sampler)
+    for name in metrics:
+        if name not in a["metrics"] or name not in b["metrics"]:
+            continue
+        va = dict(zip(a["seeds"], a["metrics"][name]["values"]))
+        vb = dict(zip(b["seeds"], b["metrics"][name]["values"]))
+        sa = dict(zip(a["seeds"], a["metrics"][name]["run_se"]))
+        sb = dict(zip(b["seeds"], b["metrics"][name]["run_se"]))
+        within: List[Optional[float]] = []
+        for seed in seeds:
+            run = next((r for r in _records_of(a_row, records) if r.seed == seed), None)
+            paired = (run.evaluation or {}).get("nll_difference_std_error") if run else None
+            # base and NCP scored on the same posterior draws: the run's own paired error.
+            if same_run and name == "nll_nats" and {a_row.prior, b_row.prior} == {"base", "ncp"} and paired is not None:
+                within.append(paired)
+            else:
+                within.append(combined_se(sa[seed], sb[seed]))
+        diff = paired_difference([va[s] for s in seeds], [vb[s] for s in seeds], within)
+        out["metrics"][name] = {**diff, "seeds": seeds, "direction": direction(diff["mean"], diff["se"])}
+    return out
+
+
+def summarize(experiment: Experiment, records: Sequence[RunRecord], quick: bool) -> dict:
+    rows = rows_in_use(experiment, quick)
+    by_label: Dict[str, dict] = {}
+    summaries = []
+    for row in rows:
+        summary = summarize_row(experiment, row, records)
+        by_label[row.label] = summary
+        summaries.append(summary)
+    row_of = {r.label: r for r in rows}
+    comparisons = [compare(by_label[a], by_label[b], row_of[a], row_of[b], records, experiment.metrics)
+                   for a, b in experiment.comparisons if a in by_label and b in by_label]
+    return {"rows": summaries, "comparisons": comparisons}

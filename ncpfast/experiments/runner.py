@@ -1,0 +1,393 @@
+"""Runs an experiment's jobs as subprocesses of the stable command lines, reusing
+what is finished and resuming what was interrupted.
+
+Layout under the runs directory, for a training T with its arguments hashed to H:
+
+    T-H/seed0/                  python -m ncpfast.train ... --seed 0 --run-dir T-H/seed0
+    T-H/seed0.experiment.json   the commands that made it and their seconds
+    T-H/seed0-V-H2/             stage-1 copy + stage 2 with variant V's arguments
+    T-H/seed0.evaluate/         copy of the finished run for ncpfast.evaluate/sample
+        results/S-H3.json       one sampler setting's evaluation (--json) and peak memory
+        samples/S.png           one sampler setting's grid (ncpfast.sample)
+    logs/...                    every child's stdout and stderr
+
+The arguments are part of the directory names, so a changed definition never
+reuses a stale run. A training run is finished when its metrics.json holds the
+whole evaluation (both priors' NLL and FD); an interrupted one with a checkpoint
+resumes with --resume; one that died before its first checkpoint starts over.
+ncpfast.evaluate rewrites the "evaluation" of the run it is given, so it only
+ever sees a copy.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from tqdm import tqdm
+
+from . import commands
+from .definitions import Experiment, Sampler
+
+METRICS = "metrics.json"
+# What a copy of a run leaves behind: the outputs that the copy's own programs rewrite.
+_NOT_COPIED = ("metrics.json", "tensorboard", "samples", "samples.png", "*.experiment.json")
+_STAGE2_KEYS = ("ncp", "evaluation")
+
+
+@dataclass
+class RunRecord:
+    """One job's outcome: a training run (sampler ''), or one sampler setting's evaluation of one."""
+    seed: int
+    training: str
+    variant: str
+    sampler: str
+    run_dir: str
+    status: str = "pending"      # complete | unavailable | failed | planned
+    reason: str = ""
+    reused: bool = False
+    commands: List[str] = field(default_factory=list)
+    seconds: float = 0.0         # wall seconds of this job's commands, over all invocations
+    seconds_now: float = 0.0     # of them, in this invocation
+    evaluation: Optional[dict] = None
+    peak_rss_mib: Optional[float] = None
+    train_seconds: Optional[float] = None
+    samples_png: Optional[str] = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def digest(arguments: Sequence[str]) -> str:
+    return hashlib.sha1("\0".join(arguments).encode()).hexdigest()[:8]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def complete_evaluation(evaluation) -> bool:
+    """Both priors' NLL and FD are there."""
+    return isinstance(evaluation, dict) and all(
+        isinstance(evaluation.get(p), dict) and _number(evaluation[p].get("nll_nats"))
+        and _number(evaluation[p].get("fd")) for p in ("base", "ncp"))
+
+
+def read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(value, path: str) -> None:
+    """Atomically: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def finished_run(run_dir: str) -> Optional[dict]:
+    """The run's metrics.json when it holds the complete evaluation, else None."""
+    metrics = read_json(os.path.join(run_dir, METRICS))
+    return metrics if metrics is not None and complete_evaluation(metrics.get("evaluation")) else None
+
+
+def copy_run(source: str, target: str, keep_stage2: bool) -> None:
+    """A fresh copy of a finished run's stage 1 (and its stage 2 when keep_stage2)."""
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    ignore = list(_NOT_COPIED) + ([] if keep_stage2 else ["ncp.pt"])
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*ignore))
+    metrics = read_json(os.path.join(source, METRICS)) or {}
+    write_json({k: v for k, v in metrics.items() if k not in _STAGE2_KEYS}, os.path.join(target, METRICS))
+
+
+@dataclass
+class Execution:
+    returncode: int
+    seconds: float
+    peak_rss_mib: float
+
+
+def execute(command: List[str], log_path: str, stdout_path: Optional[str] = None) -> Execution:
+    """Runs one child to its end, its output appended to log_path (stdout to stdout_path
+    when given), and measures its wall seconds and peak resident memory (its own, from wait4)."""
+    for path in (log_path, stdout_path):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"$ {commands.shell_line(command)}\n")
+        log.flush()
+        out = open(stdout_path, "w") if stdout_path else log
+        try:
+            start = time.perf_counter()
+            proc = subprocess.Popen(command, stdout=out, stderr=log, env=commands.child_environment())
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except KeyboardInterrupt:
+                # The child may not have seen the interrupt (a signal sent to this process only):
+                # SIGTERM lets ncpfast.train write its checkpoint before it stops.
+                proc.send_signal(signal.SIGTERM)
+                os.wait4(proc.pid, 0)
+                proc.returncode = -signal.SIGTERM
+                raise
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            seconds = time.perf_counter() - start
+        finally:
+            if stdout_path:
+                out.close()
+    return Execution(proc.returncode, seconds, usage.ru_maxrss / 1024)
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path) as f:
+            tail = f.read().strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return " | ".join(t.strip() for t in tail)
+
+
+class Runner:
+    """Runs (or, with dry_run, lists) an experiment's jobs under runs_dir."""
+
+    def __init__(self, runs_dir: str, dry_run: bool = False, say: Callable[[str], None] = tqdm.write):
+        self.runs_dir, self.dry_run, self.say = runs_dir, dry_run, say
+        self.grids: List[tuple] = []  # (label, PNG) of the sampler experiment's grids, filled by run()
+
+    # --- the plan ------------------------------------------------------------------------
+
+    def run(self, experiment: Experiment, seeds: Sequence[int], quick: bool) -> List[RunRecord]:
+        sizes = experiment.sizes(quick)
+        records: List[RunRecord] = []
+        self.grids = []
+        jobs = sum(len(seeds) * (1 + len(t.variants) + len(sizes.samplers)) for t in experiment.trainings)
+        with tqdm(total=jobs, desc=experiment.name, unit="run", disable=self.dry_run) as bar:
+            for seed in seeds:
+                for training in experiment.trainings:
+                    train_args = sizes.train_args + training.train_args
+                    run_dir = os.path.join(self.runs_dir, f"{training.key}-{digest(train_args)}", f"seed{seed}")
+                    primary = self._training(RunRecord(seed, training.key, "", "", run_dir), train_args)
+                    records.append(primary)
+                    bar.update()
+                    for key, (_, variant_args) in training.variants.items():
+                        target = f"{run_dir}-{key}-{digest(variant_args)}"
+                        records.append(self._variant(RunRecord(seed, training.key, key, "", target), primary,
+                                                     variant_args))
+                        bar.update()
+                    for sampler in sizes.samplers:
+                        records.append(self._sampler(primary, sampler, sizes.evaluate_args))
+                        bar.update()
+                    if sizes.samplers and seed == seeds[0]:
+                        self._sample_grids(primary, sizes.samplers, sizes.sample_images, records)
+        return records
+
+    # --- the three kinds of job ----------------------------------------------------------
+
+    def _training(self, record: RunRecord, train_args) -> RunRecord:
+        history_path = record.run_dir + ".experiment.json"
+        history = read_json(history_path) or {"commands": [], "seconds": 0.0}
+        train = commands.python_command("train")
+        record.reason = commands.unavailable_reason("train", train_args)
+        if record.reason:
+            return self._unavailable(record)
+        metrics = finished_run(record.run_dir)
+        if metrics is not None:
+            return self._reuse(record, metrics, history)
+        if os.path.isfile(os.path.join(record.run_dir, "checkpoints", "latest.pt")):
+            command = train + ["--resume", record.run_dir] + commands.quiet("train")
+            what = "resuming"
+        else:
+            command = (train + list(train_args) + ["--seed", str(record.seed), "--run-dir", record.run_dir]
+                       + commands.quiet("train"))
+            what = "training"
+            history = {"commands": [], "seconds": 0.0}
+            if os.path.exists(record.run_dir) and not self.dry_run:
+                shutil.rmtree(record.run_dir)  # died before its first checkpoint: nothing to resume
+        if not self.dry_run:
+            _remove_derived(record.run_dir)
+        return self._run_train_command(record, command, what, history, history_path)
+
+    def _variant(self, record: RunRecord, primary: RunRecord, variant_args) -> RunRecord:
+        history_path = record.run_dir + ".experiment.json"
+        history = read_json(history_path) or {"commands": [], "seconds": 0.0}
+        record.reason = primary.reason or commands.unavailable_reason("train", variant_args)
+        if record.reason:
+            return self._unavailable(record)
+        metrics = finished_run(record.run_dir)
+        if metrics is not None:
+            return self._reuse(record, metrics, history)
+        if primary.status not in ("complete", "planned"):
+            return self._failed(record, f"its stage-1 run failed ({primary.run_dir})")
+        command = (commands.python_command("train") + ["--stage", "2", "--from", record.run_dir]
+                   + list(variant_args) + commands.quiet("train"))
+        if not self.dry_run:
+            copy_run(primary.run_dir, record.run_dir, keep_stage2=False)
+        history = {"commands": [f"(copy of {primary.run_dir}'s stage 1)"], "seconds": 0.0}
+        return self._run_train_command(record, command, "stage 2 of", history, history_path)
+
+    def _sampler(self, primary: RunRecord, sampler: Sampler, evaluate_args) -> RunRecord:
+        arguments = commands.sampler_arguments("evaluate", sampler) + tuple(evaluate_args)
+        copy = primary.run_dir + ".evaluate"
+        record = RunRecord(primary.seed, primary.training, "", sampler.key, copy)
+        result_path = os.path.join(copy, "results", f"{sampler.key}-{digest(arguments)}.json")
+        record.reason = primary.reason or commands.unavailable_reason("evaluate", arguments)
+        if record.reason:
+            return self._unavailable(record)
+        result = read_json(result_path)
+        if result is not None and complete_evaluation(result.get("evaluation")):
+            record.reused, record.status = True, "complete"
+            record.evaluation, record.peak_rss_mib = result["evaluation"], result.get("peak_rss_mib")
+            record.commands, record.seconds = result.get("commands", []), result.get("seconds", 0.0)
+            self.say(f"reused: {sampler.label}, seed {record.seed} ({result_path})")
+            return record
+        if primary.status not in ("complete", "planned"):
+            return self._failed(record, f"its training run failed ({primary.run_dir})")
+        command = (commands.python_command("evaluate") + [copy, "--json", "--seed", str(primary.seed)]
+                   + list(arguments))
+        record.commands = [commands.shell_line(command)]
+        if self.dry_run:
+            return self._planned(record, "evaluate")
+        self._ensure_copy(primary.run_dir, copy)
+        self.say(f"evaluating: {sampler.label}, seed {record.seed}")
+        stdout_path = result_path + ".stdout"
+        done = execute(command, self._log_path(copy, sampler.key), stdout_path)
+        record.seconds = record.seconds_now = done.seconds
+        evaluation = _json_from_output(stdout_path)
+        if done.returncode != 0 or not complete_evaluation(evaluation):
+            return self._failed(record, f"exit status {done.returncode}: "
+                                        f"{_log_tail(self._log_path(copy, sampler.key))}")
+        record.status, record.evaluation, record.peak_rss_mib = "complete", evaluation, done.peak_rss_mib
+        write_json({"evaluation": evaluation, "peak_rss_mib": done.peak_rss_mib, "seconds": done.seconds,
+                    "commands": record.commands, "sampler": asdict(sampler)}, result_path)
+        os.remove(stdout_path)
+        return record
+
+    def _sample_grids(self, primary: RunRecord, samplers, images: int, records: List[RunRecord]) -> None:
+        """Grids of the base prior and of each method and mode at its largest setting (first seed only),
+        added to self.grids as (label, PNG path)."""
+        if primary.status not in ("complete", "planned"):
+            return
+        largest: Dict[tuple, Sampler] = {}
+        for s in samplers:
+            if s.amount > largest.get((s.method, s.mode), Sampler("", "", -1)).amount:
+                largest[(s.method, s.mode)] = s
+        copy = primary.run_dir + ".evaluate"
+        settings = [("base", "base prior", ("--method", "base"))] + [
+            (s.key, s.label, commands.sampler_arguments("sample", s)) for s in largest.values()]
+        for key, label, arguments in settings:
+            out = os.path.join(copy, "samples", f"{key}-n{images}.png")
+            evaluated = next((r for r in records if r.sampler == key and r.seed == primary.seed), None)
+            if commands.unavailable_reason("sample", arguments) or (evaluated and evaluated.status != "complete"):
+                continue
+            if not os.path.isfile(out):
+                command = (commands.python_command("sample") + [copy, "-n", str(images), "--seed",
+                                                                str(primary.seed), "--out", out] + list(arguments))
+                if self.dry_run:
+                    self.say(f"planned (sample grid): {commands.shell_line(command)}")
+                    continue
+                self._ensure_copy(primary.run_dir, copy)
+                log = self._log_path(copy, f"sample-{key}")
+                done = execute(command, log)
+                if done.returncode != 0 or not os.path.isfile(out):
+                    self.say(f"sample grid {key} failed: {_log_tail(log)}")
+                    continue
+            self.grids.append((f"{label}, seed {primary.seed}", out))
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _run_train_command(self, record, command, what, history, history_path) -> RunRecord:
+        record.commands = history["commands"] + [commands.shell_line(command)]
+        record.seconds = history["seconds"]
+        if self.dry_run:
+            return self._planned(record, what)
+        self.say(f"{what}: {record.run_dir}")
+        log = self._log_path(record.run_dir, "train")
+        done = execute(command, log)
+        record.seconds += done.seconds
+        record.seconds_now = done.seconds
+        write_json({"commands": record.commands, "seconds": record.seconds}, history_path)
+        metrics = finished_run(record.run_dir)
+        if done.returncode != 0 or metrics is None:
+            return self._failed(record, f"exit status {done.returncode}: {_log_tail(log)} (log: {log})")
+        return self._complete(record, metrics)
+
+    def _reuse(self, record: RunRecord, metrics: dict, history: dict) -> RunRecord:
+        record.reused = True
+        record.commands, record.seconds = history["commands"], history["seconds"]
+        self.say(f"reused: {record.run_dir} (its metrics.json holds the complete evaluation)")
+        return self._complete(record, metrics)
+
+    @staticmethod
+    def _complete(record: RunRecord, metrics: dict) -> RunRecord:
+        record.status, record.evaluation = "complete", metrics["evaluation"]
+        record.train_seconds = metrics.get("train_seconds")
+        samples = os.path.join(record.run_dir, "samples.png")
+        record.samples_png = samples if os.path.isfile(samples) else None
+        return record
+
+    def _unavailable(self, record: RunRecord) -> RunRecord:
+        record.status = "unavailable"
+        self.say(f"{record.training}{'/' + record.variant if record.variant else ''}"
+                 f"{' ' + record.sampler if record.sampler else ''}: {record.reason}")
+        return record
+
+    def _failed(self, record: RunRecord, reason: str) -> RunRecord:
+        record.status, record.reason = "failed", reason
+        self.say(f"failed: {record.run_dir}: {reason}")
+        return record
+
+    def _planned(self, record: RunRecord, what: str) -> RunRecord:
+        record.status = "planned"
+        self.say(f"planned ({what}): {record.commands[-1]}")
+        return record
+
+    def _ensure_copy(self, source: str, copy: str) -> None:
+        if not os.path.isfile(os.path.join(copy, "checkpoints", "ncp.pt")):
+            copy_run(source, copy, keep_stage2=True)
+
+    def _log_path(self, run_dir: str, what: str) -> str:
+        relative = os.path.relpath(run_dir, self.runs_dir).replace(os.sep, "_")
+        return os.path.join(self.runs_dir, "logs", f"{relative}.{what}.log")
+
+
+def _remove_derived(run_dir: str) -> None:
+    """The copies made from an earlier state of a run that is about to change (variants, evaluations)."""
+    parent, name = os.path.split(run_dir)
+    if not os.path.isdir(parent or "."):
+        return
+    for entry in os.listdir(parent or "."):
+        if entry.startswith(name + "-") or entry == name + ".evaluate":
+            path = os.path.join(parent, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+
+def _json_from_output(path: str) -> Optional[dict]:
+    """The JSON object ncpfast.evaluate --json prints (whatever else went to stdout before it)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start = text.find("{")
+    while start >= 0:
+        try:
+            return json.loads(text[start:])
+        except ValueError:
+            start = text.find("\n{", start + 1)
+            start = start + 1 if start >= 0 else -1
+    return None

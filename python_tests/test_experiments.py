@@ -1,0 +1,301 @@
+"""python -m ncpfast.experiments: the statistics on hand-made numbers, the pieces
+that need no training (flag syntax, availability, markdown sections, the
+summaries, the resume decision), and one --quick experiment end to end, run twice
+(the second time reusing every finished run)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ncpfast.experiments import commands, definitions, report, runner
+from ncpfast.experiments.results import summarize
+from ncpfast.experiments.runner import Runner, RunRecord, complete_evaluation, digest
+from ncpfast.experiments.stats import combined_se, direction, mean_sd, paired_difference
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def test_mean_sd_uses_the_sample_standard_deviation():
+    assert mean_sd([1.0, 2.0, 3.0]) == {"mean": 2.0, "sd": 1.0, "n": 3}
+    one = mean_sd([4.5])
+    assert one["mean"] == 4.5 and one["sd"] is None and one["n"] == 1
+
+
+def test_mean_sd_refuses_empty_and_non_finite_input():
+    with pytest.raises(ValueError, match="at least one"):
+        mean_sd([])
+    with pytest.raises(ValueError, match="finite"):
+        mean_sd([1.0, float("nan")])
+
+
+def test_paired_difference_over_seeds():
+    # differences b - a: -1, 0, -2 -> mean -1, sd 1, se 1/sqrt(3)
+    d = paired_difference([10.0, 12.0, 14.0], [9.0, 12.0, 12.0], within_se=[0.3, 0.4, 1.2])
+    assert d["differences"] == [-1.0, 0.0, -2.0]
+    assert d["mean"] == pytest.approx(-1.0) and d["sd"] == pytest.approx(1.0) and d["n"] == 3
+    assert d["se_seeds"] == pytest.approx(1 / math.sqrt(3))
+    assert d["se_within"] == pytest.approx(math.sqrt(0.09 + 0.16 + 1.44) / 3)
+    assert d["se"] == d["se_seeds"]
+
+
+def test_paired_difference_pairs_by_position_not_by_sorting():
+    # unpaired, the two lists have equal means; paired, b is always 1 above a
+    d = paired_difference([1.0, 5.0, 3.0], [2.0, 6.0, 4.0])
+    assert d["mean"] == pytest.approx(1.0) and d["sd"] == pytest.approx(0.0) and d["se"] == pytest.approx(0.0)
+
+
+def test_paired_difference_with_one_seed_falls_back_to_the_runs_error():
+    d = paired_difference([5.0], [4.0], within_se=[0.5])
+    assert d["mean"] == -1.0 and d["se_seeds"] is None and d["se"] == pytest.approx(0.5)
+    assert paired_difference([5.0], [4.0])["se"] is None
+    # one seed without its error: nothing to go on
+    assert paired_difference([5.0, 6.0], [4.0, 4.0], within_se=[0.5, None])["se_within"] is None
+
+
+def test_paired_difference_refuses_unpaired_lists():
+    with pytest.raises(ValueError, match="as many values"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="one value per pair"):
+        paired_difference([1.0, 2.0], [1.0, 3.0], within_se=[0.1])
+
+
+def test_combined_se_and_direction():
+    assert combined_se(3.0, 4.0) == pytest.approx(5.0)
+    assert combined_se(3.0, None) is None
+    assert direction(-1.0, 0.4) == "lower"
+    assert direction(-1.0, 0.6) == "within noise"
+    assert direction(1.0, 0.1) == "higher"
+    assert direction(1.0, None) == "unknown"
+
+
+# --- command lines -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_help(monkeypatch):
+    texts = {}
+    monkeypatch.setattr(commands, "help_text", lambda program: texts[program])
+    return texts
+
+
+def test_boolean_flag_follows_the_syntax_the_help_shows(fake_help):
+    fake_help["train"] = "usage: ...\n  --progress PROGRESS   tqdm progress bars (default: True)\n"
+    assert commands.boolean_flag("train", "progress", False) == ["--progress", "false"]
+    assert commands.boolean_flag("train", "progress", True) == ["--progress", "true"]
+    fake_help["train"] = "usage: ...\n  --progress, --no-progress\n      tqdm progress bars\n"
+    assert commands.boolean_flag("train", "progress", False) == ["--no-progress"]
+    assert commands.boolean_flag("train", "progress", True) == ["--progress"]
+
+
+def test_an_option_the_help_lacks_makes_the_run_unavailable(fake_help):
+    fake_help["train"] = "  --preset PRESET\n  --ncp-epochs EPOCHS\n  --stage {1,2,both}\n"
+    assert commands.unavailable_reason("train", ["--preset", "tiny", "--ncp-epochs", "2"]) == ""
+    reason = commands.unavailable_reason("train", ["--stage", "2", "--ncp-base", "gmm", "--ncp-gmm-k=5"])
+    assert reason == "not available in this build: --ncp-base, --ncp-gmm-k missing"
+    # a longer option that contains a known one is not mistaken for it
+    fake_help["train"] = "  --ncp-base-components N\n"
+    assert "--ncp-base missing" in commands.unavailable_reason("train", ["--ncp-base", "gmm"])
+
+
+def test_group_wise_sampling_runs_without_the_mode_option_joint_needs_it(fake_help):
+    sir = definitions.Sampler("sir", "group", 50)
+    joint = definitions.Sampler("sir", "joint", 50)
+    fake_help["evaluate"] = "  --method {sir,langevin}\n  --num-proposals N\n"
+    assert commands.sampler_arguments("evaluate", sir) == ("--method", "sir", "--num-proposals", "50")
+    flag = definitions.SAMPLING_MODE_FLAG
+    assert f"{flag} missing" in commands.unavailable_reason("evaluate", commands.sampler_arguments("evaluate", joint))
+    fake_help["evaluate"] += f"  {flag} {{group,joint}}\n"
+    assert commands.sampler_arguments("evaluate", sir)[-2:] == (flag, "group")
+    assert commands.unavailable_reason("evaluate", commands.sampler_arguments("evaluate", joint)) == ""
+
+
+# --- the generated markdown ----------------------------------------------------------------------
+
+
+def test_replace_section_appends_then_replaces_only_its_own_section():
+    text = "# Results\n\nwritten by hand\n"
+    once = report.replace_section(text, "groups", "first")
+    assert once.startswith(text.rstrip()) and "<!-- experiment:groups:begin -->\nfirst\n" in once
+    twice = report.replace_section(report.replace_section(once, "sampler", "other"), "groups", "second")
+    assert "first" not in twice and "second" in twice and "other" in twice and "written by hand" in twice
+    assert twice.count("<!-- experiment:groups:begin -->") == 1
+    with pytest.raises(ValueError, match="no matching"):
+        report.replace_section("<!-- experiment:groups:begin -->\nbroken", "groups", "x")
+
+
+# --- the summaries on hand-made runs ---------------------------------------------------------------
+
+
+def _evaluation(base_nll, ncp_nll, base_fd, ncp_fd, paired_se=0.05):
+    return {"base": {"nll_nats": base_nll, "nll_std_error": 0.3, "fd": base_fd},
+            "ncp": {"nll_nats": ncp_nll, "nll_std_error": 0.4, "fd": ncp_fd},
+            "nll_difference_ncp_minus_base": ncp_nll - base_nll, "nll_difference_std_error": paired_se,
+            "generated_images": 100}
+
+
+def test_summary_pairs_base_and_ncp_by_seed_and_reports_unavailable_variants():
+    experiment = definitions.experiment("single-latent")
+    records = []
+    for seed, (b, n, bf, nf) in enumerate([(90.0, 89.0, 20.0, 18.0), (92.0, 90.0, 22.0, 21.0)]):
+        records.append(RunRecord(seed, "single", "", "", f"/runs/s{seed}", status="complete",
+                                 evaluation=_evaluation(b, n, bf, nf)))
+        records.append(RunRecord(seed, "single", "gmm", "", f"/runs/s{seed}-gmm", status="unavailable",
+                                 reason="not available in this build: --ncp-base missing"))
+    summary = summarize(experiment, records, quick=False)
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows["Gaussian prior"]["metrics"]["nll_nats"]["mean"] == pytest.approx(91.0)
+    assert rows["NCP (Gaussian base)"]["metrics"]["fd"]["values"] == [18.0, 21.0]
+    assert rows["GMM prior"]["status"] == "unavailable" and "--ncp-base missing" in rows["GMM prior"]["reason"]
+    comparisons = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    nll = comparisons[("Gaussian prior", "NCP (Gaussian base)")]["metrics"]["nll_nats"]
+    assert nll["differences"] == [-1.0, -2.0] and nll["se_seeds"] == pytest.approx(0.5)
+    assert nll["se_within"] == pytest.approx(math.sqrt(2 * 0.05 ** 2) / 2)  # the runs' paired errors
+    fd = comparisons[("Gaussian prior", "NCP (Gaussian base)")]["metrics"]["fd"]
+    assert fd["differences"] == [-2.0, -1.0] and fd["se_within"] is None  # no FD error in these runs
+    assert comparisons[("Gaussian prior", "GMM prior")]["status"] == "unavailable"
+
+
+def test_complete_evaluation_needs_both_priors_nll_and_fd():
+    assert complete_evaluation(_evaluation(1.0, 1.0, 1.0, 1.0))
+    partial = _evaluation(1.0, 1.0, 1.0, 1.0)
+    del partial["ncp"]["fd"]
+    assert not complete_evaluation(partial)
+    assert not complete_evaluation({**_evaluation(1.0, 1.0, 1.0, 1.0), "base": {"nll_nats": float("nan"), "fd": 1}})
+    assert not complete_evaluation(None)
+
+
+# --- the resume decision (dry run: nothing is trained) --------------------------------------------------
+
+
+def test_a_run_with_a_checkpoint_resumes_one_without_starts_over(tmp_path):
+    experiment = definitions.experiment("single-latent")
+    training = experiment.training("single")
+    train_args = experiment.quick.train_args + training.train_args
+    run_dir = tmp_path / f"single-{digest(train_args)}" / "seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    said = []
+    records = Runner(str(tmp_path), dry_run=True, say=said.append).run(experiment, [0], quick=True)
+    assert records[0].status == "planned" and "--resume" not in records[0].commands[-1]
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
+    records = Runner(str(tmp_path), dry_run=True, say=said.append).run(experiment, [0], quick=True)
+    assert records[0].commands[-1].split()[3:5] == ["--resume", str(run_dir)]
+    assert run_dir.is_dir()  # a dry run deletes nothing
+
+
+def test_copies_of_a_run_leave_out_its_stage2_results_and_go_when_it_changes(tmp_path):
+    run = tmp_path / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "checkpoints/best.pt", "checkpoints/ncp.pt", "samples.png"):
+        (run / name).write_text(name)
+    (run / "metrics.json").write_text(json.dumps({"status": "complete", "ncp": {}, "evaluation": {"base": {}}}))
+    runner.copy_run(str(run), str(tmp_path / "seed0-gmm-1"), keep_stage2=False)
+    copied = tmp_path / "seed0-gmm-1"
+    assert (copied / "checkpoints" / "best.pt").is_file() and not (copied / "checkpoints" / "ncp.pt").exists()
+    assert not (copied / "samples.png").exists()
+    assert json.loads((copied / "metrics.json").read_text()) == {"status": "complete"}
+    runner.copy_run(str(run), str(tmp_path / "seed0.evaluate"), keep_stage2=True)
+    assert (tmp_path / "seed0.evaluate" / "checkpoints" / "ncp.pt").is_file()
+    (tmp_path / "seed0-gmm-1.experiment.json").write_text("{}")
+    (tmp_path / "seed01").mkdir()  # another seed's run: not derived from seed0
+    runner._remove_derived(str(run))
+    assert sorted(os.listdir(tmp_path)) == ["seed0", "seed01"]
+
+
+def test_the_json_of_evaluate_is_found_after_other_output(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_text('a warning {not json}\n{\n  "base": {"nll_nats": 1.0}\n}\n')
+    assert runner._json_from_output(str(out)) == {"base": {"nll_nats": 1.0}}
+    out.write_text("no json at all")
+    assert runner._json_from_output(str(out)) is None
+
+
+def test_a_sampler_setting_is_evaluated_once_then_reused(tmp_path, monkeypatch, fake_help):
+    """The sampler job with a stand-in for ncpfast.evaluate that prints its arguments in the JSON."""
+    fake = tmp_path / "fake_evaluate.py"
+    fake.write_text("import json, sys\nprint('loading...')\n"
+                    "print(json.dumps({'argv': sys.argv[1:], 'generated_images': 100,\n"
+                    "  'base': {'nll_nats': 90.0, 'fd': 30.0, 'sampling_seconds': 1.0},\n"
+                    "  'ncp': {'nll_nats': 89.0, 'fd': 25.0, 'sampling_seconds': 4.0}}))\n")
+    monkeypatch.setattr(commands, "python_command", lambda program: [sys.executable, str(fake)])
+    fake_help["evaluate"] = "  --method M\n  --num-proposals N\n  --steps N\n  --num-generated N\n"
+    run = tmp_path / "runs" / "seed3"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ncp.pt").write_text("")
+    primary = RunRecord(3, "sampler", "", "", str(run), status="complete")
+    said = []
+    first = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
+        primary, definitions.Sampler("sir", "group", 50), ("--num-generated", "100"))
+    assert first.status == "complete" and not first.reused and first.peak_rss_mib > 0
+    assert first.evaluation["argv"] == [f"{run}.evaluate", "--json", "--seed", "3", "--method", "sir",
+                                        "--num-proposals", "50", "--num-generated", "100"]
+    assert (run.parent / "seed3.evaluate" / "checkpoints" / "ncp.pt").is_file()  # evaluate sees a copy
+    again = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
+        primary, definitions.Sampler("sir", "group", 50), ("--num-generated", "100"))
+    assert again.reused and again.evaluation == first.evaluation and again.seconds_now == 0
+    joint = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
+        primary, definitions.Sampler("sir", "joint", 50), ("--num-generated", "100"))
+    assert joint.status == "unavailable" and definitions.SAMPLING_MODE_FLAG in joint.reason
+
+
+# --- end to end --------------------------------------------------------------------------------------------
+
+
+def _experiments(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", "ncpfast.experiments", *args], capture_output=True, text=True,
+                            env=env, timeout=1800)
+    assert result.returncode == 0, f"experiments failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_quick_single_latent_end_to_end_then_reused(tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    docs.write_text("# Results\n\nkept as it is\n")
+    args = ["single-latent", "--quick", "--out", str(out), "--docs", str(docs)]
+    first = _experiments(*args)
+    assert "training:" in first
+
+    result = json.loads((out / "single-latent.json").read_text())
+    assert result["experiment"] == "single-latent" and result["quick"] and result["seeds"] == [0]
+    runs = {(r["training"], r["variant"]): r for r in result["runs"]}
+    primary = runs[("single", "")]
+    assert primary["status"] == "complete" and not primary["reused"] and primary["seconds_now"] > 0
+    metrics = json.loads((tmp_path / primary["run_dir"] / "metrics.json").read_text())["evaluation"]
+    rows = {r["label"]: r for r in result["summary"]["rows"]}
+    assert rows["Gaussian prior"]["metrics"]["nll_nats"]["values"] == [metrics["base"]["nll_nats"]]
+    assert rows["NCP (Gaussian base)"]["metrics"]["fd"]["values"] == [metrics["ncp"]["fd"]]
+    diff = {(c["a"], c["b"]): c for c in result["summary"]["comparisons"]}[("Gaussian prior", "NCP (Gaussian base)")]
+    # the difference of the float32 means vs the mean of the differences
+    assert diff["metrics"]["nll_nats"]["mean"] == pytest.approx(metrics["nll_difference_ncp_minus_base"], abs=1e-3)
+    assert diff["metrics"]["nll_nats"]["se"] == pytest.approx(metrics["nll_difference_std_error"])
+    gmm = runs[("single", "gmm")]
+    assert gmm["status"] in ("complete", "unavailable")
+    if gmm["status"] == "unavailable":
+        assert gmm["reason"] == "not available in this build: --ncp-base missing"
+
+    for figure in ("single-latent-bars.png", "single-latent-samples.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    text = docs.read_text()
+    assert text.startswith("# Results\n\nkept as it is\n")
+    begin, end = report.begin_marker("single-latent"), report.end_marker("single-latent")
+    assert (begin, end) == ("<!-- experiment:single-latent:begin -->", "<!-- experiment:single-latent:end -->")
+    section = text[text.index(begin):text.index(end)]
+    assert "python -m ncpfast.experiments single-latent --quick" in section and result["git"]["commit"][:12] in section
+    assert "python -m ncpfast.train" in section and "Gaussian prior" in section
+    assert "](../out/single-latent-bars.png)" in section  # figures linked relative to the markdown file
+
+    stamp = os.stat(tmp_path / primary["run_dir"] / "metrics.json").st_mtime_ns
+    second = _experiments(*args)
+    assert "training:" not in second and "stage 2 of:" not in second and "reused:" in second
+    assert os.stat(tmp_path / primary["run_dir"] / "metrics.json").st_mtime_ns == stamp
+    again = json.loads((out / "single-latent.json").read_text())
+    done = [r for r in again["runs"] if r["status"] == "complete"]
+    assert done and all(r["reused"] and r["seconds_now"] == 0 for r in done)
+    assert again["summary"]["rows"] == result["summary"]["rows"]
+    assert docs.read_text().count("<!-- experiment:single-latent:begin -->") == 1

@@ -1,0 +1,158 @@
+"""FlatNCP (an NCPPrior over a single-group VAE's latents, any base) and the GMM base
+in the pipeline (--ncp-base gmm): likelihood, log Z, checkpoints, the CLI end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ncpfast import checkpoint
+from ncpfast.models import HierarchicalVAE, MLPVAE
+from ncpfast.ncp import GaussianMixture
+from ncpfast.ncp.flat import FlatNCP, posterior_samples
+from ncpfast.training.config import resolve_config
+from test_ncp_grouped import TINY
+
+
+def constant_classifier(ncp, value):
+    last = ncp.prior.classifier[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(value)
+
+
+def standard_normal_gmm(dim):
+    """A one-component GMM equal to the VAE's own N(0, I) prior."""
+    return GaussianMixture(torch.ones(1), torch.zeros(1, dim), torch.zeros(1, dim))
+
+
+def test_constant_classifier_over_the_vae_prior_gives_the_base_likelihood():
+    torch.manual_seed(0)
+    vae = MLPVAE(latent_dim=6, hidden=16).eval()
+    ncp = FlatNCP(vae, standard_normal_gmm(6), hidden=8)
+    constant_classifier(ncp, 0.8)
+    estimate = ncp.log_partition_estimate(500, generator=torch.Generator().manual_seed(0))
+    assert estimate.log_z == pytest.approx(0.8, abs=1e-6) and estimate.stderr == pytest.approx(0, abs=1e-6)
+    x = torch.rand(5, 1, 32, 32).bernoulli()
+    torch.manual_seed(1)
+    base = vae.importance_weighted_log_likelihood(x, 8)
+    torch.manual_seed(1)
+    reweighted = ncp.importance_weighted_log_likelihood(x, 8)
+    torch.manual_seed(1)
+    gmm_only = ncp.base_log_likelihood(x, 8)
+    torch.testing.assert_close(reweighted, base, rtol=0, atol=1e-4)
+    torch.testing.assert_close(gmm_only, base, rtol=0, atol=1e-4)
+    # A different constant moves log Z with it and leaves the likelihood where it was; a wrong
+    # log Z (not the estimate) shifts every image by the difference.
+    torch.manual_seed(1)
+    shifted = ncp.importance_weighted_log_likelihood(x, 8, log_z=0.3)
+    torch.testing.assert_close(shifted, base + 0.5, rtol=0, atol=1e-4)
+
+
+def test_a_gmm_base_changes_the_likelihood_and_log_z_sees_the_classifier():
+    torch.manual_seed(0)
+    vae = MLPVAE(latent_dim=4, hidden=16).eval()
+    gmm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[1.0] * 4, [-1.0] * 4]), torch.zeros(2, 4))
+    ncp = FlatNCP(vae, gmm, hidden=8)
+    x = torch.rand(3, 1, 32, 32).bernoulli()
+    torch.manual_seed(1)
+    base = vae.importance_weighted_log_likelihood(x, 4)
+    torch.manual_seed(1)
+    assert not torch.allclose(ncp.base_log_likelihood(x, 4), base, atol=1e-3)
+    # log r(z) = z_0 under the GMM: Z = E[e^{z_0}] = e^{1/2} (e^1 + e^-1) / 2 in closed form.
+    ncp.prior.classifier = torch.nn.Sequential(torch.nn.Linear(4, 1))
+    with torch.no_grad():
+        ncp.prior.classifier[0].weight.copy_(torch.tensor([[1.0, 0, 0, 0]]))
+        ncp.prior.classifier[0].bias.zero_()
+    exact = 0.5 + float(torch.log(torch.cosh(torch.tensor(1.0))))
+    for proposal, posterior in (("prior", None), ("aggregate-posterior", (torch.randn(20, 4), torch.rand(20, 4) + .5))):
+        estimate = ncp.log_partition_estimate(20_000, generator=torch.Generator().manual_seed(3), proposal=proposal,
+                                              posterior=posterior, refresh=True)
+        assert abs(estimate.log_z - exact) < 4 * estimate.stderr + 1e-3, (proposal, estimate)
+        assert 0 < estimate.ess <= 20_000
+
+
+def test_fit_sample_and_weights_only_round_trip(tmp_path):
+    torch.manual_seed(0)
+    vae = MLPVAE(latent_dim=4, hidden=16).eval()
+    mu, sigma = torch.randn(60, 4) * 0.5 + 1.0, torch.full((60, 4), 0.3)
+    g = torch.Generator().manual_seed(0)
+    gmm = GaussianMixture.fit(mu, 3, generator=g)
+    ncp = FlatNCP(vae, gmm, hidden=8)
+    assert ncp.prior.hidden == 64 and ncp.base_kind == "gmm"  # the flat classifier's minimum width
+    samples = posterior_samples(mu, sigma, 3, g)
+    assert samples.shape == (180, 4)
+    history = ncp.fit(samples, epochs=2, batch_size=32, generator=g, progress=False)
+    assert 1 <= history["epochs_run"] <= 2
+    ncp.log_partition_estimate(300, generator=g)
+    path = tmp_path / "ncp.pt"
+    checkpoint.save_atomic(ncp.to_checkpoint(), str(path))
+    state = torch.load(path, weights_only=True)
+    again = FlatNCP.from_checkpoint(vae, state)
+    z = torch.randn(7, 4)
+    torch.testing.assert_close(again.log_ratio(z), ncp.log_ratio(z))
+    torch.testing.assert_close(again.base.log_prob(z), ncp.base.log_prob(z))
+    assert again.log_partition() == ncp.log_partition()
+    for method in ("sir", "langevin", "base"):
+        images = again.sample(3, method=method, num_proposals=4, steps=2, generator=torch.Generator().manual_seed(0))
+        assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all()
+    a = again.sample(4, temperature=0.5, generator=torch.Generator().manual_seed(1))
+    b = again.sample(4, temperature=0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert again.base_sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 28, 28)
+
+
+def test_flat_ncp_refuses_a_hierarchical_vae_and_gmm_config_refuses_nvae():
+    with pytest.raises(ValueError, match="single-group VAE"):
+        FlatNCP(HierarchicalVAE(TINY).eval(), standard_normal_gmm(4))
+    with pytest.raises(ValueError, match="ncp_base gmm needs a single-group model"):
+        resolve_config("tiny", {"ncp_base": "gmm"})
+    with pytest.raises(ValueError, match="ncp_base must be gaussian or gmm"):
+        resolve_config("mnist-single", {"ncp_base": "flow"})
+    with pytest.raises(ValueError, match="ncp_gmm_components must be >= 1"):
+        resolve_config("mnist-single", {"ncp_base": "gmm", "ncp_gmm_components": 0})
+    assert resolve_config("mnist-single", {"ncp_base": "gmm"}).ncp_gmm_components == 10
+
+
+def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+MLP_GMM = ["--preset", "mnist-single", "--latent-dim", "4", "--hidden-units", "16", "--epochs", "1",
+           "--batch-size", "250", "--no-progress", "--eval-iw-samples", "3", "--eval-max-images", "20",
+           "--eval-chunk", "0", "--eval-generated", "50", "--ncp-base", "gmm", "--ncp-gmm-components", "3",
+           "--ncp-epochs", "1", "--ncp-hidden", "8", "--ncp-log-z-samples", "300", "--ncp-num-proposals", "5"]
+
+
+def test_gmm_base_end_to_end_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run("ncpfast.train", *MLP_GMM, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\nGMM " in result.stdout and "NCP-GMM - GMM NLL" in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["ncp"]["base"] == "gmm" and metrics["ncp"]["gmm_components"] == 3
+    evaluation = metrics["evaluation"]
+    assert evaluation["gmm"]["components"] == 3 and evaluation["ncp"]["base"] == "gmm"
+    for prior in ("base", "gmm", "ncp"):
+        for key in ("nll_nats", "nll_std_error", "fd", "fd_std_error"):
+            assert evaluation[prior][key] == pytest.approx(evaluation[prior][key]) and \
+                abs(evaluation[prior][key]) < float("inf"), (prior, key)
+    for key in ("nll_difference_ncp_minus_gmm", "nll_difference_gmm_minus_base"):
+        assert abs(evaluation[key]) < float("inf") and evaluation[key + "_std_error"] >= 0
+    # the NCP-GMM difference's error includes log Z's
+    assert evaluation["nll_difference_ncp_minus_gmm_std_error"] >= evaluation["log_z_stderr"]
+    state = torch.load(run_dir / "checkpoints" / "ncp.pt", weights_only=True)
+    assert state["kind"] == "flat"
+
+    result = run("ncpfast.sample", str(run_dir), "-n", "4", "--num-proposals", "3", "--out", str(tmp_path / "s.png"))
+    assert result.returncode == 0, result.stderr
+    result = run("ncpfast.evaluate", str(run_dir), "--iw-samples", "2", "--max-images", "10", "--num-generated", "20",
+                 "--num-proposals", "3", "--log-z-samples", "100", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "gmm" in json.loads(result.stdout)
+
+    result = run("ncpfast.train", "--ncp-base", "gmm", "--run-dir", str(tmp_path / "nvae"))
+    assert result.returncode == 2 and "ncp_base gmm needs a single-group model" in result.stderr

@@ -73,8 +73,8 @@ def test_rates_take_the_slower_bound(plan):
 
 
 def test_commands_use_only_existing_flags(plan):
-    from ncpfast.evaluate import build_parser as evaluate_parser
-    from ncpfast.train import build_parser as train_parser
+    from ncpfast.cli.evaluate import build_parser as evaluate_parser
+    from ncpfast.cli.train import build_parser as train_parser
 
     cmds = plan.commands("cifar10")
     for line in cmds.values():

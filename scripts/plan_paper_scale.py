@@ -50,8 +50,8 @@ from ncpfast.training.trainer import _Objective, balanced_kl  # noqa: E402
 
 PAPER_PRESETS = ("mnist", "cifar10", "celeba64", "celebahq256")
 
-# Data sets that ncpfast.data loads without labels: ncpfast.evaluation's Frechet-distance
-# feature network trains on labels, so their evaluation stops with an error today.
+# Data sets that ncpfast.data loads without labels: ncpfast.frechet's feature network
+# trains on labels, so their evaluation stops with an error today.
 NO_LABELS = ("celeba64", "celebahq256")
 
 # Generated images per prior in the paper-scale evaluation: the paper's FID sample.
@@ -535,9 +535,10 @@ def render_markdown(report: dict) -> str:
         "splits, `--max-images` (e.g. 5,000) divides it.",
         "",
         "**CelebA evaluation is blocked today.** `ncpfast.data` loads CelebA-64 and CelebA-HQ-256 without "
-        "labels, and `ncpfast.evaluation.evaluate_run` always trains its Frechet-distance feature network on "
-        "the labels (even with `--fid-weights`), so `python -m ncpfast.evaluate` and the end of `--stage 2` "
-        "stop with \"has no labels to train the Frechet-distance feature network on\" for these two presets "
+        "labels, and `ncpfast.evaluation.evaluate_run` always builds its Frechet-distance feature network "
+        "(`ncpfast.frechet.feature_network`, trained on labels) even with `--fid-weights`, so "
+        "`python -m ncpfast.evaluate` and the end of `--stage 2` stop with \"the Frechet-distance feature "
+        "network needs a labelled data set\" for these two presets "
         "(stage 2's classifiers are saved before that point). Until the evaluation can skip the small-classifier "
         "FD, the CelebA rows' evaluation hours are what it would cost, not something that runs. At 256x256, "
         f"{EVAL_GENERATED:,} generated images per prior are also {EVAL_GENERATED * 3 * 256 * 256 * 4 / 1e9:.0f} GB "

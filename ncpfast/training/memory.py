@@ -18,7 +18,9 @@ def saved_activation_bytes(forward: Callable[[], object], exclude=()) -> int:
     def pack(t):
         storage = t.untyped_storage()
         saved[storage.data_ptr()] = storage.nbytes()
-        return t
+        # Not t itself: an op's output saved as itself would hold its own grad_fn, a
+        # reference cycle in C++ that no collector frees, leaking every measured graph.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         forward()

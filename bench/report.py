@@ -101,10 +101,12 @@ RESULTS = (
            "by 512 MiB.", tables=("time", "peak")),
 )
 
-# Quality measurements of the NCP prior (FD, NLL), described with their commands in docs/results.md.
+# Files that are not timings: the NCP prior's quality measurements (FD, NLL), described with
+# their commands in docs/results.md, and the paper-scale estimates in docs/paper-scale.md.
 DESCRIBED_ELSEWHERE = {
     "ncp-sampler-table-cpu-2core-epyc.json": "results.md",
     "ncp-single-latent-cpu-2core-xeon.json": "results.md",
+    "paper-scale-estimates.json": "paper-scale.md",
 }
 
 

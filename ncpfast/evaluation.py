@@ -84,9 +84,17 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     base_ll, ncp_ll = torch.cat(base_ll).cpu(), torch.cat(ncp_ll).cpu()
     dims = vae.num_data_dims()
 
-    features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress)
+    # The FD's feature network learns the data set's labels; without labels (CelebA)
+    # there is no FD, only FID when its weights are given.
+    labelled = getattr(train, "labels", None) is not None and getattr(test, "labels", None) is not None
+    features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress) if labelled else None
     real = test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device)
-    real_features = extract_features(features.net.features, real)
+    real_features = extract_features(features.net.features, real) if labelled else None
+
+    def fd_of(images):
+        if not labelled:
+            return {"fd": None, "fd_std_error": None}
+        return fd_summary(extract_features(features.net.features, images), real_features, fd_generator)
     timings = {}
 
     def generate(name, draw=None, **kw):
@@ -115,13 +123,14 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
         "readjust_bn_batches": readjust_bn_batches if readjust_bn else None,
         "log_z": log_z, "log_z_stderr": log_z_estimate.stderr, "log_z_samples": log_z_estimate.num_samples,
         "log_z_estimate": log_z_estimate.as_dict(),
-        "fd_name": FD_NAME, "fd_feature_net": features.describe(), "generated_images": num_generated,
+        "fd_name": FD_NAME, "fd_feature_net": features.describe() if labelled else None,
+        "generated_images": num_generated,
         "real_images": real.shape[0],
         "base": {**nll_summary(base_ll),
-                 **fd_summary(extract_features(features.net.features, base_images), real_features, fd_generator),
+                 **fd_of(base_images),
                  "sampling_seconds": timings["base"]},
         "ncp": {**nll_summary(ncp_ll, log_z_variance),
-                **fd_summary(extract_features(features.net.features, ncp_images), real_features, fd_generator),
+                **fd_of(ncp_images),
                 "sampling": method, "sampling_mode": mode, "num_proposals": num_proposals if method == "sir" else None,
                 "langevin_steps": steps if method == "langevin" else None,
                 "sampling_seconds": timings[method]},
@@ -136,8 +145,7 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
         sampled.append(("gmm", gmm_images))
         result["ncp"]["base"] = "gmm"
         result["gmm"] = {**nll_summary(gmm_ll), "components": ncp.base.means.shape[0],
-                         **fd_summary(extract_features(features.net.features, gmm_images), real_features,
-                                      fd_generator),
+                         **fd_of(gmm_images),
                          "sampling_seconds": timings["gmm"]}
         ncp_gmm_error = float((ncp_ll - gmm_ll).std() / math.sqrt(len(gmm_ll)))
         result["nll_difference_ncp_minus_gmm"] = float(-(ncp_ll - gmm_ll).mean())
@@ -160,7 +168,9 @@ def format_table(result: dict) -> str:
     for label, key in priors:
         scores = result[key]
         rows.append((label, f"{scores['nll_nats']:.2f} +- {scores['nll_std_error']:.2f}",
-                     f"{scores['bits_per_dim']:.4f}", f"{scores['fd']:.3f} +- {scores['fd_std_error']:.3f}")
+                     f"{scores['bits_per_dim']:.4f}",
+                     "n/a (no labels)" if scores["fd"] is None
+                     else f"{scores['fd']:.3f} +- {scores['fd_std_error']:.3f}")
                     + ((f"{scores['fid']:.3f}",) if with_fid else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -178,9 +188,10 @@ def format_table(result: dict) -> str:
                  + f"temperature {result['temperature']}"
                  + (f" (BatchNorm re-adjusted on {result['readjust_bn_batches']} batches)"
                     if result.get("readjust_bn") else "")
-                 + f"; Frechet distances: {result['generated_images']} generated vs "
-                 f"{result['real_images']} test images, features of a classifier with "
-                 f"{100 * result['fd_feature_net']['test_accuracy']:.1f}% test accuracy; NCP sampling: "
+                 + f"; Frechet distances: {result['generated_images']} generated vs {result['real_images']} test "
+                 + (f"images, features of a classifier with {100 * result['fd_feature_net']['test_accuracy']:.1f}% "
+                    "test accuracy" if result["fd_feature_net"] else "images (no FD: the data set has no labels)")
+                 + "; NCP sampling: "
                  f"{result['ncp']['sampling']} ({result['ncp']['sampling_mode']})")
     return "\n".join(lines)
 

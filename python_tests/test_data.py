@@ -121,7 +121,12 @@ def test_embedded_mnist_split_and_binarisation():
     assert image_shape("mnist-embedded") == (1, 32, 32)
     x = test.batch(torch.arange(10))
     assert x.shape == (10, 1, 32, 32) and float(x.max()) <= 1 and float(x.max()) > 0.9
-    assert set(test.labels.tolist()) <= set(range(10))
+    # The file is sorted by digit: both splits must hold every digit (400 / 100 of each),
+    # and so must any prefix (stage 2 holds out the training split's tail, the
+    # aggregate-posterior proposal reads its head).
+    assert train.labels.bincount().tolist() == [400] * 10 and test.labels.bincount().tolist() == [100] * 10
+    assert train.labels[:100].bincount().tolist() == [10] * 10
+    assert train.labels[-400:].bincount().tolist() == [40] * 10
     b1 = binarize(x, torch.Generator().manual_seed(0))
     b2 = binarize(x, torch.Generator().manual_seed(1))
     assert set(b1.unique().tolist()) <= {0.0, 1.0} and not torch.equal(b1, b2)

@@ -14,7 +14,7 @@ import torch
 from ncpfast.training.schedules import kl_coefficient, learning_rate, regularizer_weight
 
 # A very small hierarchical model so that a step takes tens of milliseconds.
-SMALL = ["--channels", "4", "--latent-channels", "2", "--batch-size", "16", "--no-progress",
+SMALL = ["--preset", "tiny", "--channels", "4", "--latent-channels", "2", "--batch-size", "16", "--no-progress",
          "--eval-iw-samples", "3", "--eval-max-images", "20", "--log-every", "5"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -124,7 +124,7 @@ def test_cli_help_and_errors(tmp_path):
     result = train(*SMALL, "--lr", "-1", check=False)
     assert result.returncode == 2 and "lr must be > 0" in result.stderr
     presets = json.loads(train("--list-presets").stdout)
-    assert {"tiny", "mnist", "cifar10", "celeba64", "celebahq256", "mnist-single", "celeba64-rae"} <= set(presets)
+    assert {"default", "tiny", "mnist", "cifar10", "celeba64", "celebahq256", "mnist-single", "celeba64-rae"} <= set(presets)
 
 
 def test_boolean_options_and_help_grouped_by_stage():

@@ -1,8 +1,10 @@
 """python -m ncpfast.train: stage 1 (the VAE), then stage 2 (the NCP classifiers),
-then the evaluation of both priors. No arguments: the `tiny` preset on the
-embedded MNIST, end to end.
+then the evaluation of both priors. No arguments: the `default` preset (a
+single-latent MLP VAE on the embedded MNIST, where NCP's effect shows within
+minutes on a CPU), end to end.
 
-    python -m ncpfast.train                         # tiny, CPU-friendly default, both stages
+    python -m ncpfast.train                         # the default preset, both stages
+    python -m ncpfast.train --preset tiny           # the small hierarchical NVAE
     python -m ncpfast.train --stage 1               # the VAE only
     python -m ncpfast.train --stage 2 --from RUN_DIR  # NCP classifiers on a trained VAE
     python -m ncpfast.train --preset mnist --data-dir DIR

@@ -107,6 +107,8 @@ DESCRIBED_ELSEWHERE = {
     "ncp-sampler-table-cpu-2core-epyc.json": "results.md",
     "ncp-single-latent-cpu-2core-xeon.json": "results.md",
     "paper-scale-estimates.json": "paper-scale.md",
+    "default-search-cpu-2core.json": "results.md",
+    "log-z-convergence-cpu-2core.json": "results.md",
 }
 
 

@@ -30,14 +30,14 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
                  iw_chunk: int = 0, num_generated: int = 1000, method: str = "sir", num_proposals: int = 50,
                  steps: int = 50, step_size: float = 1e-2, temperature: float = 1.0, log_z_samples: int = 10_000,
                  seed: int = 0, progress: bool = True, fid_weights: str = "", num_real: int = 0,
-                 mode: str = "group", log_z_proposal: str = "auto", fd_cache_dir=None, readjust_bn: bool = False,
+                 mode: str = "group", log_z_proposal: str = "prior", fd_cache_dir=None, readjust_bn: bool = False,
                  readjust_bn_batches: int = DEFAULT_BATCHES) -> dict:
     """Base prior and NCP prior side by side: NLL and Frechet distance (and FID given `fid_weights`).
 
     `num_real` held-out images are the reference set of the Frechet distances
     (0: max(num_generated, 1000), at most the whole test split). mode: "group"
-    or "joint" samplers (GroupedNCP.sample). log_z_proposal: "prior",
-    "aggregate-posterior" or "auto" (the latter for single-group flat models).
+    or "joint" samplers (GroupedNCP.sample). log_z_proposal: "prior" or
+    "aggregate-posterior" (single-group flat models).
     The NCP NLL's standard error includes log Z's, which shifts every image alike.
 
     An NCP whose base is a GMM (stage 2 with --ncp-base gmm, a FlatNCP) adds a "gmm"

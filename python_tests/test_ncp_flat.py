@@ -154,5 +154,5 @@ def test_gmm_base_end_to_end_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "gmm" in json.loads(result.stdout)
 
-    result = run("ncpfast.train", "--ncp-base", "gmm", "--run-dir", str(tmp_path / "nvae"))
+    result = run("ncpfast.train", "--preset", "tiny", "--ncp-base", "gmm", "--run-dir", str(tmp_path / "nvae"))
     assert result.returncode == 2 and "ncp_base gmm needs a single-group model" in result.stderr

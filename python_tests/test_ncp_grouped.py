@@ -89,7 +89,8 @@ def test_fit_reports_groups_and_round_trips(tmp_path):
         ncp.sample(3, max_proposal_bytes=0)
 
 
-SMALL = ["--preset", "tiny", "--channels", "4", "--latent-channels", "2", "--no-progress", "--batch-size", "250", "--epochs", "1",
+SMALL = ["--preset", "tiny", "--channels", "4", "--latent-channels", "2", "--no-progress", "--batch-size", "250",
+         "--epochs", "1",
          "--eval-iw-samples", "3", "--eval-max-images", "20", "--eval-generated", "100", "--ncp-epochs", "1",
          "--ncp-hidden", "8", "--ncp-cells", "1", "--ncp-log-z-samples", "200", "--ncp-num-proposals", "5"]
 

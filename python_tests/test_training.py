@@ -124,7 +124,8 @@ def test_cli_help_and_errors(tmp_path):
     result = train(*SMALL, "--lr", "-1", check=False)
     assert result.returncode == 2 and "lr must be > 0" in result.stderr
     presets = json.loads(train("--list-presets").stdout)
-    assert {"default", "tiny", "mnist", "cifar10", "celeba64", "celebahq256", "mnist-single", "celeba64-rae"} <= set(presets)
+    expected = {"default", "tiny", "mnist", "cifar10", "celeba64", "celebahq256", "mnist-single", "celeba64-rae"}
+    assert expected <= set(presets)
 
 
 def test_boolean_options_and_help_grouped_by_stage():

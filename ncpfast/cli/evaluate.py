@@ -38,9 +38,9 @@ def build_parser():
                      help="importance samples per pass (0: all; bounds memory)")
     nll.add_argument("--log-z-samples", type=int, default=10000, metavar="N",
                      help="samples of the log Z estimate (default 10000)")
-    nll.add_argument("--log-z-proposal", choices=["auto", "prior", "aggregate-posterior"], default="auto",
-                     help="proposal of the log Z estimate (default auto: aggregate-posterior for single-group "
-                          "flat models, the prior otherwise)")
+    nll.add_argument("--log-z-proposal", choices=["prior", "aggregate-posterior"], default="prior",
+                     help="proposal of the log Z estimate (default prior; aggregate-posterior: a defensive mixture "
+                          "with training images' posteriors, single-group flat models)")
     sampling = p.add_argument_group("sampling the NCP prior")
     sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
                           help="how the NCP prior is sampled (default sir)")

@@ -52,24 +52,20 @@ def image_reader(split, likelihood: str, device: torch.device, generator: Option
 AGGREGATE_POSTERIOR_IMAGES = 2000
 
 
-def resolve_log_z_proposal(vae, proposal: str) -> str:
-    """"auto": the aggregate-posterior proposal for single-group flat models (where the
-    prior's weights are heavy-tailed), the prior otherwise."""
-    if proposal not in ("auto",) + PROPOSALS:
-        raise ValueError(f"log Z proposal must be auto, {' or '.join(PROPOSALS)}, got {proposal!r}")
-    if proposal != "auto":
-        return proposal
-    shapes = []
-    vae.sample_decoder_output(1, intercept=lambda k, z, context, prior: shapes.append(z.shape) or z,
-                              generator=torch.Generator(next(vae.parameters()).device), decode=False)
-    return "aggregate-posterior" if len(shapes) == 1 and len(shapes[0]) == 2 else "prior"
+def check_log_z_proposal(proposal: str) -> str:
+    """The prior is the default: on the default preset the aggregate-posterior
+    mixture's weights were no less heavy-tailed and it cost 20x the time
+    (docs/results.md, log Z convergence)."""
+    if proposal not in PROPOSALS:
+        raise ValueError(f"log Z proposal must be {' or '.join(PROPOSALS)}, got {proposal!r}")
+    return proposal
 
 
 @torch.no_grad()
 def estimate_log_partition(ncp, vae, train, device, num_samples: int, proposal: str,
                            generator: torch.Generator) -> LogPartitionEstimate:
-    """ncp's log Z from num_samples draws of the proposal (resolve_log_z_proposal)."""
-    proposal = resolve_log_z_proposal(vae, proposal)
+    """ncp's log Z from num_samples draws of the proposal (estimators.PROPOSALS)."""
+    proposal = check_log_z_proposal(proposal)
     posterior = None
     if proposal == "aggregate-posterior":
         read = image_reader(train, vae.likelihood, device, generator)
@@ -81,7 +77,7 @@ def estimate_log_partition(ncp, vae, train, device, num_samples: int, proposal: 
 def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
                  cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None,
                  distributed: DistributedContext = DistributedContext(),
-                 log_z_proposal: str = "auto", base: str = "gaussian", gmm_components: int = 10) -> Optional[dict]:
+                 log_z_proposal: str = "prior", base: str = "gaussian", gmm_components: int = 10) -> Optional[dict]:
     """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
     estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None).
     base "gmm" (single-group models): train_flat_gmm_stage2, on rank 0 alone."""
@@ -125,7 +121,7 @@ def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: in
 
 def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, components: int, epochs: int,
                           batch_size: int, lr: float, hidden: int, log_z_samples: int, seed: int = 0,
-                          progress: bool = True, log_z_proposal: str = "auto", gmm_data: str = "samples") -> dict:
+                          progress: bool = True, log_z_proposal: str = "prior", gmm_data: str = "samples") -> dict:
     """NCP-GMM on a single-group VAE: a GaussianMixture of `components` fitted (on the
     model's device) to the training images' posteriors (the last 10% held out, as for
     GroupedNCP), then a FlatNCP classifier of posterior samples against GMM samples,

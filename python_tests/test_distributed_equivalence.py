@@ -114,16 +114,23 @@ def one_and_two_processes(tmp_path, model_args):
     return one, two
 
 
-def assert_same_weights(one, two, rtol, atol):
+def assert_same_weights(one, two, weights_tolerance, optimizer_tolerance):
+    """Every weight and optimiser-state tensor equal up to the tolerance times the
+    tensor's largest magnitude (float reordering drifts each tensor on its own scale)."""
     a, b = checkpoint(one), checkpoint(two)
     assert a["step"] == b["step"] and b["world_size"] == 2
     assert a["model"].keys() == b["model"].keys()
+
+    def close(x, y, tolerance, what):
+        x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
+        scale = float(y.abs().max()) if y.numel() else 0.0
+        torch.testing.assert_close(x, y, rtol=0, atol=tolerance * max(scale, 1e-12), msg=what)
+
     for key in a["model"]:
-        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=rtol, atol=atol, msg=key)
+        close(b["model"][key], a["model"][key], weights_tolerance, key)
     for index, state in a["optimizer"]["state"].items():
         for name, value in state.items():
-            torch.testing.assert_close(torch.as_tensor(b["optimizer"]["state"][index][name]), torch.as_tensor(value),
-                                       rtol=rtol, atol=atol, msg=f"optimizer {index} {name}")
+            close(b["optimizer"]["state"][index][name], value, optimizer_tolerance, f"optimizer {index} {name}")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +140,12 @@ def mlp_runs(tmp_path_factory):
 
 def test_two_processes_of_16_train_like_one_of_32(mlp_runs):
     one, two = mlp_runs
-    assert_same_weights(one, two, rtol=1e-4, atol=1e-6)
+    # Summing the gradient over 2 ranks instead of 32 images in one pass reorders
+    # float additions; over 250 Adamax steps that drifts the weights by up to ~8e-6
+    # and the optimiser's moments by up to ~1.1e-4 of each tensor's largest value
+    # (seen on the fixed data split). A wrong split of the data between ranks
+    # moves them by 1e-2 and more.
+    assert_same_weights(one, two, weights_tolerance=3e-5, optimizer_tolerance=1e-3)
     # the held-out loss curve (rank 0, the whole synchronised model) and the final NLL
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert a["step"] == b["step"] == 250 and b["world_size"] == 2 and b["replicas_identical"] is True
@@ -155,7 +167,7 @@ def test_two_processes_log_the_loss_curve_of_one(mlp_runs):
                                        "by each process's own batch-mean KL")
 def test_hierarchical_model_two_processes_of_16_train_like_one_of_32(tmp_path):
     one, two = one_and_two_processes(tmp_path, NVAE)
-    assert_same_weights(one, two, rtol=1e-4, atol=1e-6)
+    assert_same_weights(one, two, weights_tolerance=3e-5, optimizer_tolerance=1e-3)
 
 
 def test_two_process_kill_and_resume_matches_an_uninterrupted_run(tmp_path):

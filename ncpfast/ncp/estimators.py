@@ -48,6 +48,25 @@ class LogPartitionEstimate:
         return {**asdict(self), "ess_fraction": self.ess_fraction}
 
 
+def cached_estimate(cached: Optional[LogPartitionEstimate], num_samples: Optional[int],
+                    proposal: str) -> Optional[LogPartitionEstimate]:
+    """The cached log Z when it answers the request: any request without a sample
+    count, or the same count from the same proposal."""
+    if cached is not None and (num_samples is None or (num_samples, proposal) == (cached.num_samples,
+                                                                                 cached.proposal)):
+        return cached
+    return None
+
+
+def require_posterior(posterior, proposal: str):
+    """posterior=(mu, sigma) of training images, which the aggregate-posterior proposal needs."""
+    if proposal not in PROPOSALS:
+        raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+    if proposal == "aggregate-posterior" and posterior is None:
+        raise ValueError("the aggregate-posterior proposal needs posterior=(mu, sigma) of training images "
+                         "(ncpfast.ncp.estimators.flat_posterior_parameters)")
+
+
 def log_mean_exp_with_stderr(log_values: torch.Tensor):
     """log mean exp(x) and its standard error (delta method: std(w) / (sqrt(N) mean(w)))."""
     n = log_values.numel()

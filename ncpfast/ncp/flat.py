@@ -17,7 +17,13 @@ import torch.nn as nn
 from ..models.base import LatentVAE
 from .base_priors import GaussianMixture, StandardNormal
 from .classifiers import probe_groups
-from .estimators import PROPOSALS, LogPartitionEstimate, aggregate_posterior_log_weights, summarize_log_weights
+from .estimators import (
+    LogPartitionEstimate,
+    aggregate_posterior_log_weights,
+    cached_estimate,
+    require_posterior,
+    summarize_log_weights,
+)
 from .joint_sampling import check_sampling_mode
 from .prior import NCPPrior
 from .sampling import check_sampling_arguments
@@ -98,23 +104,18 @@ class FlatNCP(nn.Module):
         "aggregate-posterior": the defensive mixture of the base and posterior=(mu, sigma)
         [N, D] of N training images (estimators.aggregate_posterior_log_weights),
         which puts draws where r is large. Cached until the next fit (or refresh=True)."""
-        cached = self._log_partition
-        if cached is not None and not refresh and (num_samples is None or
-                                                   (num_samples, proposal) == (cached.num_samples, cached.proposal)):
+        cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal)
+        if cached is not None:
             return cached
+        require_posterior(posterior, proposal)
         num_samples = num_samples or 10_000
         if proposal == "prior":
             log_w = torch.cat([self.log_ratio(self.base.sample(min(batch_size, num_samples - start),
                                                                generator=generator)).cpu()
                                for start in range(0, num_samples, batch_size)])
-        elif proposal == "aggregate-posterior":
-            if posterior is None:
-                raise ValueError("the aggregate-posterior proposal needs posterior=(mu, sigma) of training images "
-                                 "(ncpfast.ncp.estimators.flat_posterior_parameters)")
-            log_w = aggregate_posterior_log_weights(self.log_ratio, self.base, *posterior, num_samples,
-                                                         generator=generator, batch_size=batch_size)
         else:
-            raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+            log_w = aggregate_posterior_log_weights(self.log_ratio, self.base, *posterior, num_samples,
+                                                    generator=generator, batch_size=batch_size)
         self._log_partition = summarize_log_weights(log_w, proposal)
         return self._log_partition
 

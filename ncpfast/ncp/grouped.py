@@ -21,11 +21,12 @@ from ..models.base import LatentVAE
 from ..training.distributed import DistributedContext
 from .classifiers import GroupClassifier, probe_groups
 from .estimators import (
-    PROPOSALS,
     LogPartitionEstimate,
+    cached_estimate,
     grouped_aggregate_posterior_log_partition,
     grouped_importance_weighted_log_likelihood,
     grouped_log_partition,
+    require_posterior,
 )
 from .fitting import evaluate_classifiers, fit_classifiers, group_losses
 from .joint_sampling import check_sampling_mode, decode_latents, joint_langevin_latents, joint_sir_latents
@@ -101,21 +102,16 @@ class GroupedNCP(nn.Module):
         the prior and posterior=(mu, sigma) [N, D] of N training images
         (estimators.flat_posterior_parameters). Cached until the next fit (or
         refresh=True); without num_samples the cached estimate is returned."""
-        cached = self._log_partition
-        if cached is not None and not refresh and (num_samples is None or
-                                                   (num_samples, proposal) == (cached.num_samples, cached.proposal)):
+        cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal)
+        if cached is not None:
             return cached
+        require_posterior(posterior, proposal)
         num_samples = num_samples or 10_000
         if proposal == "prior":
             estimate = grouped_log_partition(self.vae, self.log_ratio, num_samples, batch_size, generator)
-        elif proposal == "aggregate-posterior":
-            if posterior is None:
-                raise ValueError("the aggregate-posterior proposal needs posterior=(mu, sigma) of training images "
-                                 "(ncpfast.ncp.estimators.flat_posterior_parameters)")
+        else:
             estimate = grouped_aggregate_posterior_log_partition(self.vae, self.log_ratio, *posterior, num_samples,
                                                                  generator)
-        else:
-            raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
         self._log_partition = estimate
         return estimate
 

@@ -58,8 +58,8 @@ def cached_estimate(cached: Optional[LogPartitionEstimate], num_samples: Optiona
     return None
 
 
-def require_posterior(posterior, proposal: str):
-    """posterior=(mu, sigma) of training images, which the aggregate-posterior proposal needs."""
+def check_proposal_arguments(posterior, proposal: str):
+    """A known proposal, and posterior=(mu, sigma) of training images where it is the aggregate posterior."""
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
     if proposal == "aggregate-posterior" and posterior is None:

@@ -21,7 +21,7 @@ from .estimators import (
     LogPartitionEstimate,
     aggregate_posterior_log_weights,
     cached_estimate,
-    require_posterior,
+    check_proposal_arguments,
     summarize_log_weights,
 )
 from .joint_sampling import check_sampling_mode
@@ -107,7 +107,7 @@ class FlatNCP(nn.Module):
         cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal)
         if cached is not None:
             return cached
-        require_posterior(posterior, proposal)
+        check_proposal_arguments(posterior, proposal)
         num_samples = num_samples or 10_000
         if proposal == "prior":
             log_w = torch.cat([self.log_ratio(self.base.sample(min(batch_size, num_samples - start),

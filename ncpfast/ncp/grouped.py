@@ -23,10 +23,10 @@ from .classifiers import GroupClassifier, probe_groups
 from .estimators import (
     LogPartitionEstimate,
     cached_estimate,
+    check_proposal_arguments,
     grouped_aggregate_posterior_log_partition,
     grouped_importance_weighted_log_likelihood,
     grouped_log_partition,
-    require_posterior,
 )
 from .fitting import evaluate_classifiers, fit_classifiers, group_losses
 from .joint_sampling import check_sampling_mode, decode_latents, joint_langevin_latents, joint_sir_latents
@@ -105,7 +105,7 @@ class GroupedNCP(nn.Module):
         cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal)
         if cached is not None:
             return cached
-        require_posterior(posterior, proposal)
+        check_proposal_arguments(posterior, proposal)
         num_samples = num_samples or 10_000
         if proposal == "prior":
             estimate = grouped_log_partition(self.vae, self.log_ratio, num_samples, batch_size, generator)

@@ -130,6 +130,42 @@ def test_single_group_models():
     assert conv.sample(3).shape == (3, 3, 64, 64)
 
 
+def test_conv_vae_on_binary_mnist_scores_the_central_28x28():
+    conv = ConvVAE(image_size=32, latent_dim=8, width=4, in_channels=1, output="bernoulli")
+    assert conv.likelihood == "binary" and conv.num_data_dims() == 784
+    x = torch.zeros(3, 1, 32, 32)
+    x[:, :, 2:30, 2:30] = torch.rand(3, 1, 28, 28).bernoulli()
+    output, groups = conv(x)
+    assert output.shape == (3, 1, 32, 32) and groups[0].z.shape == (3, 8)
+    # the padding is not scored: logits there change nothing
+    moved = output.clone()
+    moved[:, :, :2] += 50.0
+    assert torch.equal(conv.reconstruction_log_prob(output, x), conv.reconstruction_log_prob(moved, x))
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(
+        output[:, :, 2:30, 2:30], x[:, :, 2:30, 2:30], reduction="none").flatten(1).sum(1)
+    assert torch.allclose(conv.reconstruction_log_prob(output, x), expected)
+    assert conv.sample(2).shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(in_channels=1, output="logistic_mixture"), "3-channel"),
+    (dict(output="gaussian"), "bernoulli"),
+    (dict(image_size=28), "divisible by 16"),
+])
+def test_conv_vae_rejects_what_it_cannot_model(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConvVAE(**{"image_size": 32, "latent_dim": 4, "width": 4, **kwargs})
+
+
+def test_mnist_conv_preset_builds_the_binary_conv_model():
+    from ncpfast.models import build_model
+    from ncpfast.training.config import resolve_config
+    model = build_model(resolve_config("mnist-conv", {}))
+    assert isinstance(model, ConvVAE) and model.likelihood == "binary" and model.encoder[0].out_channels == 16
+    rae = build_model(resolve_config("celeba64-rae", {}))
+    assert rae.likelihood == "8bit" and rae.encoder[0].out_channels == 128
+
+
 def test_importance_weighted_bound_is_tighter_than_the_elbo():
     torch.manual_seed(0)
     model = MLPVAE(latent_dim=5, hidden=20).eval()

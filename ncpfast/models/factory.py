@@ -13,5 +13,6 @@ def build_model(config) -> LatentVAE:
     if config.model == "mlp":
         return MLPVAE(latent_dim=config.latent_dim, hidden=config.hidden_units)
     if config.model == "conv":
-        return ConvVAE(image_size=config.image_size, latent_dim=config.latent_dim, num_mix=config.num_mix)
+        return ConvVAE(image_size=config.image_size, latent_dim=config.latent_dim, num_mix=config.num_mix,
+                       width=config.channels, in_channels=config.in_channels, output=config.output)
     raise ValueError(f"unknown model {config.model!r}; expected nvae, mlp or conv")

@@ -2,8 +2,9 @@
 
 MLPVAE: the LARS/SNIS MNIST setting (latent dim 50, two hidden layers of 300
 tanh units, Bernoulli decoder on 28x28, N(0, I) prior). ConvVAE: the RAE
-setting for 64x64 colour images (4 stride-2 convs 128-1024 wide with BN and
-ReLU, a linear latent, transposed convs back), with a logistic-mixture output.
+setting (4 stride-2 convs of width w, 2w, 4w, 8w with BN and ReLU, a linear
+latent, transposed convs back): w = 128 and a logistic-mixture output for 64x64
+colour images, or a Bernoulli output on the central 28x28 of padded MNIST.
 """
 import torch
 import torch.nn as nn
@@ -76,14 +77,21 @@ class MLPVAE(_FlatLatentVAE):
 
 
 class ConvVAE(_FlatLatentVAE):
-    likelihood = "8bit"
-
-    def __init__(self, image_size: int = 64, latent_dim: int = 64, num_mix: int = 10, width: int = 128):
+    def __init__(self, image_size: int = 64, latent_dim: int = 64, num_mix: int = 10, width: int = 128,
+                 in_channels: int = 3, output: str = "logistic_mixture", crop_border: int = 2):
         super().__init__()
         if image_size % 16:
             raise ValueError(f"ConvVAE needs image_size divisible by 16, got {image_size}")
-        self.latent_dim, self.num_mix, self.image_size = latent_dim, num_mix, image_size
-        widths = [3, width, 2 * width, 4 * width, 8 * width]
+        if output == "logistic_mixture" and in_channels != 3:
+            raise ValueError(f"ConvVAE's logistic_mixture output models 3-channel images, got in_channels="
+                             f"{in_channels}; use output='bernoulli' for binary images")
+        if output not in ("logistic_mixture", "bernoulli"):
+            raise ValueError(f"ConvVAE output must be logistic_mixture or bernoulli, got {output!r}")
+        self.latent_dim, self.num_mix, self.image_size, self.in_channels = latent_dim, num_mix, image_size, in_channels
+        self.likelihood = "binary" if output == "bernoulli" else "8bit"
+        # Binary MNIST is padded to 32 by the loader; the likelihood covers the real 28x28 only.
+        self.crop_border = crop_border if self.likelihood == "binary" else 0
+        widths = [in_channels, width, 2 * width, 4 * width, 8 * width]
         layers = []
         for cin, cout in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -94,8 +102,13 @@ class ConvVAE(_FlatLatentVAE):
         up = []
         for cin, cout in zip(widths[:1:-1], widths[-2:0:-1]):
             up += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-        self.decoder = nn.Sequential(*up, nn.Conv2d(width, 10 * num_mix, 3, padding=1))
+        out_channels = 10 * num_mix if self.likelihood == "8bit" else in_channels
+        self.decoder = nn.Sequential(*up, nn.Conv2d(width, out_channels, 3, padding=1))
         self.top_width = widths[-1]
+
+    def _crop(self, t):
+        b = self.crop_border
+        return t[:, :, b:t.shape[2] - b, b:t.shape[3] - b] if b else t
 
     def encode(self, x):
         mu, log_sigma = self.to_latent(self.encoder(2 * x - 1)).chunk(2, dim=1)
@@ -105,10 +118,15 @@ class ConvVAE(_FlatLatentVAE):
         return self.decoder(self.from_latent(z).view(-1, self.top_width, self.base, self.base))
 
     def reconstruction_log_prob(self, decoder_output, x):
+        if self.likelihood == "binary":
+            return bernoulli_log_prob(self._crop(decoder_output), self._crop(x))
         return DiscretizedLogisticMixture(decoder_output, self.num_mix).log_prob(x)
 
     def mean_image(self, decoder_output):
+        if self.likelihood == "binary":
+            return torch.sigmoid(self._crop(decoder_output))
         return DiscretizedLogisticMixture(decoder_output, self.num_mix).mean()
 
     def num_data_dims(self):
-        return 3 * self.image_size * self.image_size
+        side = self.image_size - 2 * self.crop_border
+        return self.in_channels * side * side

@@ -23,8 +23,8 @@ class StandardNormal(nn.Module):
 
 
 class GaussianMixture(nn.Module):
-    """A diagonal Gaussian mixture, fitted by EM (the paper's "GMM base" is fitted
-    to the posterior means)."""
+    """A diagonal Gaussian mixture, fitted by EM (the paper's "GMM base"; the
+    pipeline fits it to posterior samples: ncp.stage2 says why)."""
 
     def __init__(self, weights: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor):
         super().__init__()

@@ -1,6 +1,6 @@
 """FlatNCP: a single-group VAE (mlp, conv) with an NCPPrior over its one flat
 latent group, on any base: the paper's NCP-GMM (Table 7) when the base is a
-GaussianMixture fitted to the posterior means.
+GaussianMixture fitted to posterior samples (the aggregate posterior).
 
     p_NCP(z) = r(z) p_base(z) / Z,   Z = E_{p_base}[r(z)]
 

@@ -30,7 +30,7 @@ class NCPPrior(nn.Module):
         event_shape (dim,)), e.g. Independent(Normal(loc, scale), 1),
         MultivariateNormal or MixtureSameFamily, sampled from the generators
         this class takes (see base_adapter for which families exactly); or
-        StandardNormal(dim), GaussianMixture.fit(posterior_means), or anything
+        StandardNormal(dim), GaussianMixture.fit(posterior_samples), or anything
         with sample(shape, generator), log_prob(z) and dim.
         Devices: samples live on the base's device and the classifier must be
         there too. `.to(device)` moves the package's bases and the Gaussian

@@ -46,12 +46,14 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", RUN, metavar="DEVICE")
     kernels: str = _f("auto", "residual-cell kernels: auto (fused where the extension has the device's "
                       "backend) | fused | torch (eager; same parameters either way)", MODEL, metavar="KERNELS")
-    model: str = _f("nvae", "nvae (hierarchical) | mlp (LARS/SNIS MNIST) | conv (RAE 64x64)", MODEL, metavar="MODEL")
+    model: str = _f("nvae", "nvae (hierarchical) | mlp (LARS/SNIS MNIST) | conv (RAE: CelebA-64, "
+                      "MNIST)", MODEL, metavar="MODEL")
     image_size: int = _f(32, "image side after padding/resizing", MODEL, metavar="PIXELS")
     in_channels: int = _f(1, "1 (MNIST) or 3 (colour)", MODEL)
     output: str = _f("bernoulli", "bernoulli | logistic_mixture", MODEL, metavar="LIKELIHOOD")
     num_mix: int = _f(10, "logistic mixture components (colour)", MODEL)
-    channels: int = _f(32, "NVAE: width at full resolution (doubles at each down step)", MODEL)
+    channels: int = _f(32, "nvae: width at full resolution (doubles at each down step); conv: width of the first "
+                       "of its 4 stride-2 convs (doubles at each)", MODEL)
     num_preprocess_blocks: int = _f(2, "NVAE: pre-process blocks (each halves the resolution)", MODEL)
     num_preprocess_cells: int = _f(3, "NVAE: cells per pre-process block", MODEL)
     num_postprocess_blocks: int = _f(2, "NVAE: post-process blocks (each doubles the resolution)", MODEL)
@@ -105,7 +107,7 @@ class TrainConfig:
                                  "mixture with the posteriors of 2,000 training images; single-group flat models)",
                                  STAGE2, metavar="PROPOSAL")
     ncp_base: str = _f("gaussian", "base prior of the NCP: gaussian (the VAE's own prior) | gmm (a Gaussian mixture "
-                       "fitted to the posterior means, the paper's NCP-GMM; models mlp and conv only)", STAGE2,
+                       "fitted to posterior samples, the paper's NCP-GMM; models mlp and conv only)", STAGE2,
                        metavar="BASE")
     ncp_gmm_components: int = _f(10, "components of the GMM base (--ncp-base gmm)", STAGE2)
     ncp_num_proposals: int = _f(50, "SIR proposals per latent group (per image in joint mode)", EVALUATION)
@@ -162,9 +164,15 @@ PRESETS = {
                          batch_size=100, lr=1e-3, lr_min=1e-4, warmup_epochs=1, kl_anneal_portion=0.0,
                          kl_const_portion=0.0, kl_balance=False, spectral_reg=0.0, spectral_reg_init=0.0,
                          eval_iw_samples=1000, eval_chunk=250),
+    # Single latent group, the RAE architecture at MNIST scale (a quarter of its width,
+    # Bernoulli output): the conv model whose prior holes Table 7's GMM base targets.
+    "mnist-conv": dict(dataset="mnist-embedded", model="conv", in_channels=1, image_size=32, output="bernoulli",
+                       channels=16, latent_dim=20, epochs=30, batch_size=100, lr=1e-3, lr_min=1e-4,
+                       warmup_epochs=1, kl_anneal_portion=0.0, kl_const_portion=0.0, kl_balance=False,
+                       spectral_reg=0.0, spectral_reg_init=0.0, eval_iw_samples=100, eval_chunk=100),
     # Single latent group, the RAE CelebA-64 setting.
     "celeba64-rae": dict(dataset="celeba64", model="conv", in_channels=3, image_size=64,
-                         output="logistic_mixture", latent_dim=64, epochs=70, batch_size=100, lr=1e-3,
+                         output="logistic_mixture", latent_dim=64, channels=128, epochs=70, batch_size=100, lr=1e-3,
                          lr_min=1e-5, warmup_epochs=1, kl_anneal_portion=0.1, kl_balance=False,
                          spectral_reg=0.0, spectral_reg_init=0.0, eval_iw_samples=100, eval_chunk=10),
 }

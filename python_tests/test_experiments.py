@@ -115,6 +115,14 @@ def test_group_wise_sampling_runs_without_the_mode_option_joint_needs_it(fake_he
 # --- the generated markdown ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("value, error, expected", [
+    (133.92, 0.522, ("133.92", "0.52")), (97.70, 2.47, ("97.7", "2.5")), (1234.5, 45.0, ("1234", "45")),
+    (-1.44, 0.115, ("-1.44", "0.12")), (5.0, None, ("5.00", "-")),
+])
+def test_a_value_is_shown_to_the_decimal_place_of_its_error(value, error, expected):
+    assert report._with_error(value, error) == expected
+
+
 def test_replace_section_appends_then_replaces_only_its_own_section():
     text = "# Results\n\nwritten by hand\n"
     once = report.replace_section(text, "groups", "first")

@@ -1,10 +1,11 @@
 """An experiment's record: where and how it ran, its JSON, and its generated
 section of docs/results.md (between markers, so a rerun replaces it)."""
 import datetime
+import math
 import os
 import platform
 import subprocess
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import ncpfast
 
@@ -84,11 +85,21 @@ def _number(value: Optional[float]) -> str:
     return f"{value:.{digits}f}"
 
 
+def _with_error(value: float, error: Optional[float]) -> Tuple[str, str]:
+    """value and error to the same decimal place: two significant digits of the error."""
+    if error is None or not math.isfinite(error) or error <= 0:
+        return _number(value), _number(error)
+    digits = min(4, max(0, 1 - math.floor(math.log10(error))))
+    return f"{value:.{digits}f}", f"{error:.{digits}f}"
+
+
 def _mean_sd(m: dict) -> str:
     if m["sd"] is not None:
-        return f"{_number(m['mean'])} +- {_number(m['sd'])}"
+        return "{} +- {}".format(*_with_error(m["mean"], m["sd"]))
     se = m["run_se"][0] if m.get("run_se") else None
-    return f"{_number(m['mean'])}" + (f" (+- {_number(se)} s.e.)" if se is not None else "")
+    if se is None:
+        return _number(m["mean"])
+    return "{} (+- {} s.e.)".format(*_with_error(m["mean"], se))
 
 
 def _status(entry: dict) -> str:
@@ -128,7 +139,8 @@ def _comparisons_table(comparisons: Sequence[dict], metrics: Sequence[str]) -> L
                 cells.append(f"{_number(d['mean'])} (no standard error)")
                 continue
             source = "over seeds" if d["se_seeds"] is not None else "run s.e."
-            cells.append(f"{_number(d['mean'])} +- {_number(d['se'])} ({source}; {d['direction']})")
+            mean, se = _with_error(d["mean"], d["se"])
+            cells.append(f"{mean} +- {se} ({source}; {d['direction']})")
         n = max((len(d["seeds"]) for d in c["metrics"].values()), default=0)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {n} |")
     return lines

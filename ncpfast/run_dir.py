@@ -2,8 +2,8 @@
 
     config.json              the resolved training configuration
     metrics.json             stage 1's metrics, then the "ncp" and "evaluation" sections
-    checkpoints/latest.pt    stage 1 at its last step boundary (what --resume continues)
-    checkpoints/best.pt      stage 1 at its best test -ELBO
+    checkpoints/latest.pt    stage 1 at its last step boundary (what --resume continues; at the
+                             end, the final weights that stage 2 and the evaluation read)
     checkpoints/ncp.pt       stage 2: the NCP classifiers and their log Z
     tensorboard/             TensorBoard event files of both stages
     samples/epoch_NNNN.png   stage 1's sample grids (samples/final.png at the end)
@@ -27,7 +27,6 @@ class RunDir:
     METRICS = "metrics.json"
     CHECKPOINTS = "checkpoints"
     LATEST = "latest.pt"
-    BEST = "best.pt"
     NCP = "ncp.pt"
     TENSORBOARD = "tensorboard"
     SAMPLES = "samples"
@@ -67,10 +66,6 @@ class RunDir:
         return self._join(self.CHECKPOINTS, self.LATEST)
 
     @property
-    def best_checkpoint(self) -> str:
-        return self._join(self.CHECKPOINTS, self.BEST)
-
-    @property
     def ncp_checkpoint(self) -> str:
         return self._join(self.CHECKPOINTS, self.NCP)
 
@@ -104,8 +99,9 @@ class RunDir:
         return self.config_path
 
     def stage1_checkpoint(self) -> str:
-        """The checkpoint a trained VAE is read from: best.pt, else latest.pt."""
-        return self.best_checkpoint if os.path.isfile(self.best_checkpoint) else self.latest_checkpoint
+        """The checkpoint a trained VAE is read from: the final weights. No checkpoint is
+        chosen by a test score, which would bias the test numbers reported on it."""
+        return self.latest_checkpoint
 
     def require_ncp_checkpoint(self) -> str:
         """checkpoints/ncp.pt's path; RunDirError where stage 2 has not run."""

@@ -197,12 +197,12 @@ def test_a_run_with_a_checkpoint_resumes_one_without_starts_over(tmp_path):
 def test_copies_of_a_run_leave_out_its_stage2_results_and_go_when_it_changes(tmp_path):
     run = tmp_path / "seed0"
     (run / "checkpoints").mkdir(parents=True)
-    for name in ("config.json", "checkpoints/best.pt", "checkpoints/ncp.pt", "samples.png"):
+    for name in ("config.json", "checkpoints/latest.pt", "checkpoints/ncp.pt", "samples.png"):
         (run / name).write_text(name)
     (run / "metrics.json").write_text(json.dumps({"status": "complete", "ncp": {}, "evaluation": {"base": {}}}))
     runner.copy_run(str(run), str(tmp_path / "seed0-gmm-1"), keep_stage2=False)
     copied = tmp_path / "seed0-gmm-1"
-    assert (copied / "checkpoints" / "best.pt").is_file() and not (copied / "checkpoints" / "ncp.pt").exists()
+    assert (copied / "checkpoints" / "latest.pt").is_file() and not (copied / "checkpoints" / "ncp.pt").exists()
     assert not (copied / "samples.png").exists()
     assert json.loads((copied / "metrics.json").read_text()) == {"status": "complete"}
     runner.copy_run(str(run), str(tmp_path / "seed0.evaluate"), keep_stage2=True)

@@ -104,7 +104,6 @@ class Trainer:
                              f"({config.batch_size} x {self.ctx.world_size} processes); lower --batch-size")
         self.total_steps = config.epochs * self.steps_per_epoch
         self.step, self.nan_streak, self.nan_skips = 0, 0, 0
-        self.best_test_nelbo = math.inf
         self.history, self.train_seconds, self.images_seen = [], 0.0, 0
         # Every rank has its own stream of training noise (binarisation, z).
         torch.manual_seed(config.seed + 1 + 1000 * self.ctx.rank)
@@ -288,12 +287,7 @@ class Trainer:
             self.writer.add_scalar("test/nelbo", test_nelbo, self.step)
             if (epoch + 1) % c.sample_every == 0 or epoch + 1 == c.epochs:
                 self._save_samples(f"epoch_{epoch + 1:04d}.png")
-        improved = test_nelbo < self.best_test_nelbo
-        if improved:
-            self.best_test_nelbo = test_nelbo
         self._save(self.run.latest_checkpoint)
-        if improved:
-            self._save(self.run.best_checkpoint)
 
     def _forked_rng(self):
         """Evaluation and sampling draw from a fork, so training's RNG stream (and
@@ -401,14 +395,13 @@ class Trainer:
             spectral=self.spectral.state_dict() if self.spectral is not None else None,
             ema=self.ema.state_dict() if self.ema is not None else None,
             scaler=self.scaler.state_dict() if self.scaler else None, rng=rng, nan_skips=self.nan_skips,
-            best_test_nelbo=self.best_test_nelbo, history=self.history, train_seconds=self.train_seconds,
+            history=self.history, train_seconds=self.train_seconds,
             images_seen=self.images_seen, world_size=self.ctx.world_size)
         checkpoint.save_atomic(state, path)
 
     def _load(self, path: str) -> None:
         if self.ctx.is_main:  # temporaries of saves that a kill interrupted; only rank 0 writes here
-            for name in (self.run.latest_checkpoint, self.run.best_checkpoint):
-                checkpoint.remove_stale_temporaries(name)
+            checkpoint.remove_stale_temporaries(self.run.latest_checkpoint)
         state = checkpoint.load(path, map_location=self.device)
         if state.get("world_size", 1) != self.ctx.world_size:
             raise ValueError(f"{path} was written by {state['world_size']} processes; resume it with the "
@@ -426,5 +419,5 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self.step, self.nan_skips = state["step"], state["nan_skips"]
-        self.best_test_nelbo, self.history = state["best_test_nelbo"], state["history"]
+        self.history = state["history"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]

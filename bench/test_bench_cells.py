@@ -99,7 +99,8 @@ class _Chain(nn.Module):
 
 
 def _fused_chain(chain):
-    from ncpfast.nn.fused_cells import _statistics_of, batch_norm_statistics
+    from ncpfast.nn.batch_norm import batch_norm_statistics
+    from ncpfast.nn.fused_cells import _statistics_of
 
     def forward(x):
         mean1, invstd1 = _statistics_of(chain.bn1, x)

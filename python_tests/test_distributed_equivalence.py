@@ -124,7 +124,10 @@ def assert_same_weights(one, two, weights_tolerance, optimizer_tolerance):
     def close(x, y, tolerance, what):
         x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
         scale = float(y.abs().max()) if y.numel() else 0.0
-        torch.testing.assert_close(x, y, rtol=0, atol=tolerance * max(scale, 1e-12), msg=what)
+        # A scale of at least 1e-2: some tensors are 0 in exact arithmetic (the bias of a
+        # batch norm that another batch norm follows gets no gradient) and hold only
+        # float noise (~1e-8), which differs between any two summation orders.
+        torch.testing.assert_close(x, y, rtol=0, atol=tolerance * max(scale, 1e-2), msg=what)
 
     for key in a["model"]:
         close(b["model"][key], a["model"][key], weights_tolerance, key)
@@ -161,13 +164,17 @@ def test_two_processes_log_the_loss_curve_of_one(mlp_runs):
     torch.testing.assert_close(b, a, rtol=1e-5, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="the hierarchical model's batch statistics are per process: BatchNorm "
-                                       "normalises with each process's own 16 images (no SyncBatchNorm; this alone "
-                                       "breaks it, seen with --kl-balance false) and KL balancing weights the groups "
-                                       "by each process's own batch-mean KL")
 def test_hierarchical_model_two_processes_of_16_train_like_one_of_32(tmp_path):
+    # Batch norm synchronised over the processes and KL balancing on the global
+    # batch's mean KL: the per-process batch statistics that broke this are gone.
     one, two = one_and_two_processes(tmp_path, NVAE)
     assert_same_weights(one, two, weights_tolerance=3e-5, optimizer_tolerance=1e-3)
+
+
+def test_hierarchical_model_without_sync_batch_norm_trains_differently(tmp_path):
+    one, two = one_and_two_processes(tmp_path, [*NVAE, "--no-sync-batch-norm"])
+    with pytest.raises(AssertionError):
+        assert_same_weights(one, two, weights_tolerance=3e-5, optimizer_tolerance=1e-3)
 
 
 def test_two_process_kill_and_resume_matches_an_uninterrupted_run(tmp_path):

@@ -30,8 +30,13 @@ def machine() -> dict:
             "threads": os.environ.get("OMP_NUM_THREADS") or f"torch default ({torch.get_num_threads()})"}
 
 
+# What decides the numbers: the package, its kernels and its build.
+CODE_PATHS = ("ncpfast", "csrc", "setup.py", "CMakeLists.txt", "pyproject.toml")
+
+
 def git_commit() -> dict:
-    """The commit of the ncpfast that ran, and whether its tree had changes."""
+    """The commit of the ncpfast that ran, and whether the code that runs had
+    uncommitted changes (the experiments' own outputs in docs/ do not count)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
 
     def git(*words) -> Optional[str]:
@@ -42,7 +47,7 @@ def git_commit() -> dict:
         return result.stdout.strip() if result.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     return {"commit": commit or "unknown", "dirty": bool(status)}
 
 

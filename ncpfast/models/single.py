@@ -9,6 +9,7 @@ colour images, or a Bernoulli output on the central 28x28 of padded MNIST.
 import torch
 import torch.nn as nn
 
+from ..nn.batch_norm import BatchNorm2d
 from ..nn.distributions import DiscretizedLogisticMixture, Normal, bernoulli_log_prob
 from .base import GroupOutput, LatentVAE
 
@@ -94,14 +95,14 @@ class ConvVAE(_FlatLatentVAE):
         widths = [in_channels, width, 2 * width, 4 * width, 8 * width]
         layers = []
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), BatchNorm2d(cout), nn.ReLU()]
         self.encoder = nn.Sequential(*layers, nn.Flatten())
         self.to_latent = nn.Linear(widths[-1] * (image_size // 16) ** 2, 2 * latent_dim)
         self.base = image_size // 8
         self.from_latent = nn.Linear(latent_dim, widths[-1] * self.base ** 2)
         up = []
         for cin, cout in zip(widths[:1:-1], widths[-2:0:-1]):
-            up += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            up += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), BatchNorm2d(cout), nn.ReLU()]
         out_channels = 10 * num_mix if self.likelihood == "8bit" else in_channels
         self.decoder = nn.Sequential(*up, nn.Conv2d(width, out_channels, 3, padding=1))
         self.top_width = widths[-1]

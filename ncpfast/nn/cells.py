@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .batch_norm import BatchNorm2d
 from .kernel_choice import (  # noqa: F401  (re-exported beside the cells)
     KERNEL_CHOICES,
     FusableModule,
@@ -36,8 +37,8 @@ class WNConv2d(nn.Conv2d):
         return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def batch_norm(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-5, momentum=BN_MOMENTUM)
+def batch_norm(channels: int) -> BatchNorm2d:
+    return BatchNorm2d(channels, eps=1e-5, momentum=BN_MOMENTUM)
 
 
 class SqueezeExcitation(nn.Module):

@@ -23,44 +23,21 @@ import torch.nn.functional as F
 
 from ..ops import cell_fusion as cell_ops
 from ..ops.layout import accumulation_dtype, contiguous_like
+from .batch_norm import batch_norm_statistics, check_count, update_running_statistics
 from .kernel_choice import fused_kernels_apply
-
-
-def batch_norm_statistics(bn: nn.BatchNorm2d, sums=None, sumsqs=None, count: int = 0):
-    """(mean, invstd) that bn normalises with. In training they come from the
-    per-plane sums of its input (differentiable; count values per channel) and
-    update the running statistics exactly as nn.BatchNorm2d does; in evaluation
-    they are the running statistics and the sums are not used."""
-    if not bn.training:
-        return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
-    _check_count(count)
-    mean = sums.sum(0) / count
-    var = (sumsqs.sum(0) / count - mean * mean).clamp_min(0)
-    _update_running_statistics(bn, mean, var, count)
-    return mean, torch.rsqrt(var + bn.eps)
-
-
-def _check_count(count: int):
-    if count <= 1:  # the same rule (and message) as nn.BatchNorm2d
-        raise ValueError(f"Expected more than 1 value per channel when training, got {count}")
-
-
-def _update_running_statistics(bn: nn.BatchNorm2d, mean, var, count: int):
-    """What nn.BatchNorm2d does with a training batch's mean and biased var."""
-    with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), bn.momentum)
-        unbiased = var.detach() * (count / max(count - 1, 1))
-        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
 
 
 def _bn_swish_batch_stats(bn: nn.BatchNorm2d, x):
     """swish(bn(x)) in training mode, through the one op that also folds the
-    statistics' gradient into its backward (see ops.bn_swish_batch_stats)."""
+    statistics' gradient into its backward (see ops.bn_swish_batch_stats); a
+    synchronised bn takes its statistics from every process first."""
+    acc = accumulation_dtype(x)
+    if getattr(bn, "synchronized", False):
+        return cell_ops.bn_swish_given_stats(x, *_statistics_of(bn, x), *_bn_params(bn, acc))
     count = x.shape[0] * x.shape[2] * x.shape[3]
-    _check_count(count)
-    y, mean, var = cell_ops.bn_swish_batch_stats(x, *_bn_params(bn, accumulation_dtype(x)), bn.eps)
-    _update_running_statistics(bn, mean, var, count)
+    check_count(count)
+    y, mean, var = cell_ops.bn_swish_batch_stats(x, *_bn_params(bn, acc), bn.eps)
+    update_running_statistics(bn, mean, var, count)
     return y
 
 

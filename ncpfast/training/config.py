@@ -83,6 +83,8 @@ class TrainConfig:
     spectral_reg_init: float = _f(10.0, "spectral+BN regulariser weight at the start (annealed log-linearly)",
                                   STAGE1, metavar="WEIGHT")
     spectral_reg: float = _f(1e-2, "spectral+BN regulariser weight at the end (0 disables)", STAGE1, metavar="WEIGHT")
+    sync_batch_norm: bool = _f(True, "under torchrun, batch-norm statistics over the global batch, as NVAE "
+                               "(off: each process normalises with its own share)", STAGE1)
     grad_clip: float = _f(200.0, "clip the gradient norm at this value (0: no clipping)", STAGE1, metavar="NORM")
     amp: str = _f("auto", "mixed precision: auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16", STAGE1,
                   metavar="PRECISION")

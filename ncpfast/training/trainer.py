@@ -25,6 +25,7 @@ from ..data import load_dataset, read_batch
 from ..images import save_grid
 from ..models import build_model
 from ..models.base import iw_images_per_pass
+from ..nn.batch_norm import set_synchronized
 from ..run_dir import RunDir
 from .config import TrainConfig, save_config
 from .distributed import all_reduce_sum, broadcast_buffers, init_distributed, parameters_identical, replicas_identical
@@ -50,12 +51,17 @@ class _Objective(nn.Module):
         return recon, torch.stack([g.kl() for g in groups])
 
 
-def balanced_kl(kl_all: torch.Tensor, alpha: Optional[torch.Tensor]) -> torch.Tensor:
+def balanced_kl(kl_all: torch.Tensor, alpha: Optional[torch.Tensor],
+                batch_mean: Optional[torch.Tensor] = None) -> torch.Tensor:
     """NVAE's KL balancing: each group's weight proportional to its batch-mean KL
-    divided by its scale factor alpha, normalised to mean 1, detached."""
+    divided by its scale factor alpha, normalised to mean 1, detached.
+    batch_mean: the groups' mean |KL| over the global batch when the batch is
+    split over processes (default: over kl_all's own images)."""
     if alpha is None or kl_all.shape[0] == 1:
         return kl_all.sum(0)
-    per_group = kl_all.detach().abs().mean(1) + 0.01
+    if batch_mean is None:
+        batch_mean = kl_all.detach().abs().mean(1)
+    per_group = batch_mean.detach() + 0.01
     coeff = per_group / alpha.to(per_group) * per_group.sum()
     coeff = coeff / coeff.mean()
     return (kl_all * coeff[:, None]).sum(0)
@@ -83,6 +89,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = build_model(config).to(self.device)
+        set_synchronized(self.model, self.ctx.enabled and config.sync_batch_norm)
         self.spectral = (SpectralRegularizer(self.model).to(self.device)
                          if config.spectral_reg > 0 and any(True for _ in self._wn_convs()) else None)
         self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=config.lr, eps=config.adamax_eps,
@@ -154,7 +161,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=self.amp_dtype is not None):
             recon, kl_all = self.objective(x)
         recon, kl_all = recon.float(), kl_all.float()
-        kl = balanced_kl(kl_all, self.kl_alpha) if kl_coeff < 1 else kl_all.sum(0)
+        kl = balanced_kl(kl_all, self.kl_alpha, self._global_batch_mean(kl_all)) if kl_coeff < 1 else kl_all.sum(0)
         loss = (-recon + kl_coeff * kl).mean()
         reg_weight = regularizer_weight(kl_coeff, c.spectral_reg_init, c.spectral_reg)
         if reg_weight > 0 and self.spectral is not None:
@@ -186,6 +193,14 @@ class Trainer:
         logged = all_reduce_sum(logged, self.ctx) / self.ctx.world_size
         return dict(loss=float(logged[0]), nelbo=float(logged[1]), kl=float(logged[2]), lr=lr,
                     kl_coeff=kl_coeff, grad_norm=grad_norm, kl_per_group=logged[3:])
+
+    def _global_batch_mean(self, kl_all: torch.Tensor) -> Optional[torch.Tensor]:
+        """Each group's mean |KL| over every process's images (None in one process):
+        KL balancing weighs the groups as one process with the whole batch would."""
+        if not self.ctx.enabled or self.kl_alpha is None:
+            return None
+        sums = all_reduce_sum(kl_all.detach().abs().sum(1), self.ctx)
+        return sums / (kl_all.shape[1] * self.ctx.world_size)
 
     def _record_non_finite(self, loss: float, grad_norm: float) -> None:
         self.nan_streak += 1

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ncpfast.experiments import commands, definitions, report, runner
+from ncpfast.experiments import commands, definitions, provenance, report, runner
 from ncpfast.experiments.results import summarize
 from ncpfast.experiments.runner import Runner, RunRecord, complete_evaluation, digest
 from ncpfast.experiments.stats import combined_se, direction, mean_sd, paired_difference
@@ -121,6 +121,16 @@ def test_group_wise_sampling_runs_without_the_mode_option_joint_needs_it(fake_he
 ])
 def test_a_value_is_shown_to_the_decimal_place_of_its_error(value, error, expected):
     assert report._with_error(value, error) == expected
+
+
+def test_the_section_names_the_commits_that_made_its_runs():
+    def record(code, status="complete"):
+        return RunRecord(0, "t", "", "", "run", status=status, code=code)
+
+    line = report._code_line([record(["aaa"]), record(["aaa", "bbb"]), record(["bbb"]), record([]),
+                              record(["ccc"], status="failed")])
+    assert line.startswith("Runs made by commit `aaa` (2 runs), `bbb` (2 runs); 1 made before")
+    assert report._code_line([record([])]).startswith("Runs made by commits not recorded")
 
 
 def test_replace_section_appends_then_replaces_only_its_own_section():
@@ -244,6 +254,7 @@ def test_a_sampler_setting_is_evaluated_once_then_reused(tmp_path, monkeypatch, 
     again = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
         primary, definitions.Sampler("sir", "group", 50), ("--num-generated", "100"))
     assert again.reused and again.evaluation == first.evaluation and again.seconds_now == 0
+    assert first.code and again.code == first.code  # the commit that made it, kept when reused
     joint = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
         primary, definitions.Sampler("sir", "joint", 50), ("--num-generated", "100"))
     assert joint.status == "unavailable" and definitions.SAMPLING_MODE_FLAG in joint.reason
@@ -274,6 +285,7 @@ def test_quick_single_latent_end_to_end_then_reused(tmp_path):
     runs = {(r["training"], r["variant"]): r for r in result["runs"]}
     primary = runs[("single", "")]
     assert primary["status"] == "complete" and not primary["reused"] and primary["seconds_now"] > 0
+    assert primary["code"] == [provenance.code_version()]
     metrics = json.loads((tmp_path / primary["run_dir"] / "metrics.json").read_text())["evaluation"]
     rows = {r["label"]: r for r in result["summary"]["rows"]}
     assert rows["Gaussian prior"]["metrics"]["nll_nats"]["values"] == [metrics["base"]["nll_nats"]]
@@ -304,6 +316,6 @@ def test_quick_single_latent_end_to_end_then_reused(tmp_path):
     assert os.stat(tmp_path / primary["run_dir"] / "metrics.json").st_mtime_ns == stamp
     again = json.loads((out / "single-latent.json").read_text())
     done = [r for r in again["runs"] if r["status"] == "complete"]
-    assert done and all(r["reused"] and r["seconds_now"] == 0 for r in done)
+    assert done and all(r["reused"] and r["seconds_now"] == 0 and r["code"] for r in done)
     assert again["summary"]["rows"] == result["summary"]["rows"]
     assert docs.read_text().count("<!-- experiment:single-latent:begin -->") == 1

@@ -3,52 +3,12 @@ section of docs/results.md (between markers, so a rerun replaces it)."""
 import datetime
 import math
 import os
-import platform
-import subprocess
-from typing import List, Optional, Sequence, Tuple
-
-import ncpfast
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .definitions import Experiment
+from .provenance import git_commit, machine
 from .results import METRIC_NAMES
 from .runner import RunRecord
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": model or platform.processor() or "unknown", "cores": os.cpu_count(),
-            "system": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "torch": torch.__version__,
-            # the runs' threads (they inherit the environment): what their seconds mean
-            "threads": os.environ.get("OMP_NUM_THREADS") or f"torch default ({torch.get_num_threads()})"}
-
-
-# What decides the numbers: the package, its kernels and its build.
-CODE_PATHS = ("ncpfast", "csrc", "setup.py", "CMakeLists.txt", "pyproject.toml")
-
-
-def git_commit() -> dict:
-    """The commit of the ncpfast that ran, and whether the code that runs had
-    uncommitted changes (the experiments' own outputs in docs/ do not count)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
-
-    def git(*words) -> Optional[str]:
-        try:
-            result = subprocess.run(["git", "-C", root, *words], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
-    return {"commit": commit or "unknown", "dirty": bool(status)}
 
 
 def begin_marker(name: str) -> str:
@@ -153,6 +113,24 @@ def _comparisons_table(comparisons: Sequence[dict], metrics: Sequence[str]) -> L
     return lines
 
 
+def _code_line(records: Sequence[RunRecord]) -> str:
+    """Which commits made the runs (a reused run keeps the commit that made it)."""
+    counts: Dict[str, int] = {}
+    unrecorded = 0
+    for r in records:
+        if r.status != "complete":
+            continue
+        if not r.code:
+            unrecorded += 1
+        for version in dict.fromkeys(r.code):
+            counts[version] = counts.get(version, 0) + 1
+    made = ", ".join(f"`{v}` ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
+    line = f"Runs made by commit {made}" if made else "Runs made by commits not recorded"
+    if made and unrecorded:
+        line += f"; {unrecorded} made before the runner recorded commits"
+    return line + " (a run that resumed lists both of its commits)."
+
+
 def markdown_section(experiment: Experiment, summary: dict, records: Sequence[RunRecord], context: dict,
                      figures: Sequence[str], docs_path: str) -> str:
     where = context["machine"]
@@ -165,6 +143,7 @@ def markdown_section(experiment: Experiment, summary: dict, records: Sequence[Ru
              f"{'--quick sizes (one seed, tiny models: not results)' if context['quick'] else 'default sizes'}, "
              f"seeds {', '.join(str(s) for s in context['seeds'])}; all numbers in "
              f"`{context['json_name']}`.", "",
+             _code_line(records), "",
              f"The paper: {experiment.paper}", "", experiment.note, "",
              "Temperature 1 everywhere. Rows: mean +- sd over seeds (with one seed, the run's own standard error). "
              "Differences: paired by seed; the standard error is sd/sqrt(n) over seeds (with one seed, the "

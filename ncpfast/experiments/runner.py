@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from . import commands
 from .definitions import Experiment, Sampler
+from .provenance import code_version
 
 METRICS = "metrics.json"
 # What a copy of a run leaves behind: the outputs that the copy's own programs rewrite.
@@ -58,6 +59,7 @@ class RunRecord:
     peak_rss_mib: Optional[float] = None
     train_seconds: Optional[float] = None
     samples_png: Optional[str] = None
+    code: List[str] = field(default_factory=list)  # provenance.code_version of each command that made it
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -234,7 +236,7 @@ class Runner:
                    + list(variant_args) + commands.quiet("train"))
         if not self.dry_run:
             copy_run(primary.run_dir, record.run_dir, keep_stage2=False)
-        history = {"commands": [f"(copy of {primary.run_dir}'s stage 1)"], "seconds": 0.0}
+        history = {"commands": [f"(copy of {primary.run_dir}'s stage 1)"], "seconds": 0.0, "code": primary.code}
         return self._run_train_command(record, command, "stage 2 of", history, history_path)
 
     def _sampler(self, primary: RunRecord, sampler: Sampler, evaluate_args) -> RunRecord:
@@ -250,6 +252,7 @@ class Runner:
             record.reused, record.status = True, "complete"
             record.evaluation, record.peak_rss_mib = result["evaluation"], result.get("peak_rss_mib")
             record.commands, record.seconds = result.get("commands", []), result.get("seconds", 0.0)
+            record.code = result.get("code", [])
             self.say(f"reused: {sampler.label}, seed {record.seed} ({result_path})")
             return record
         if primary.status not in ("complete", "planned"):
@@ -264,13 +267,14 @@ class Runner:
         stdout_path = result_path + ".stdout"
         done = execute(command, self._log_path(copy, sampler.key), stdout_path)
         record.seconds = record.seconds_now = done.seconds
+        record.code = [code_version()]
         evaluation = _json_from_output(stdout_path)
         if done.returncode != 0 or not complete_evaluation(evaluation):
             return self._failed(record, f"exit status {done.returncode}: "
                                         f"{_log_tail(self._log_path(copy, sampler.key))}")
         record.status, record.evaluation, record.peak_rss_mib = "complete", evaluation, done.peak_rss_mib
         write_json({"evaluation": evaluation, "peak_rss_mib": done.peak_rss_mib, "seconds": done.seconds,
-                    "commands": record.commands, "sampler": asdict(sampler)}, result_path)
+                    "commands": record.commands, "code": record.code, "sampler": asdict(sampler)}, result_path)
         os.remove(stdout_path)
         return record
 
@@ -317,7 +321,8 @@ class Runner:
         done = execute(command, log)
         record.seconds += done.seconds
         record.seconds_now = done.seconds
-        write_json({"commands": record.commands, "seconds": record.seconds}, history_path)
+        record.code = history.get("code", []) + [code_version()]
+        write_json({"commands": record.commands, "seconds": record.seconds, "code": record.code}, history_path)
         metrics = finished_run(record.run_dir)
         if done.returncode != 0 or metrics is None:
             return self._failed(record, f"exit status {done.returncode}: {_log_tail(log)} (log: {log})")
@@ -326,6 +331,7 @@ class Runner:
     def _reuse(self, record: RunRecord, metrics: dict, history: dict) -> RunRecord:
         record.reused = True
         record.commands, record.seconds = history["commands"], history["seconds"]
+        record.code = history.get("code", [])
         self.say(f"reused: {record.run_dir} (its metrics.json holds the complete evaluation)")
         return self._complete(record, metrics)
 

@@ -1,0 +1,51 @@
+"""Where and with what code an experiment ran: the machine, and the git commit of
+the ncpfast that ran (recorded per run by the runner, per section by the report)."""
+import os
+import platform
+import subprocess
+from typing import Optional
+
+import ncpfast
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": model or platform.processor() or "unknown", "cores": os.cpu_count(),
+            "system": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "torch": torch.__version__,
+            # the runs' threads (they inherit the environment): what their seconds mean
+            "threads": os.environ.get("OMP_NUM_THREADS") or f"torch default ({torch.get_num_threads()})"}
+
+
+# What decides the numbers: the package, its kernels and its build.
+CODE_PATHS = ("ncpfast", "csrc", "setup.py", "CMakeLists.txt", "pyproject.toml")
+
+
+def git_commit() -> dict:
+    """The commit of the ncpfast that ran, and whether the code that runs had
+    uncommitted changes (the experiments' own outputs in docs/ do not count)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
+
+    def git(*words) -> Optional[str]:
+        try:
+            result = subprocess.run(["git", "-C", root, *words], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    return {"commit": commit or "unknown", "dirty": bool(status)}
+
+
+def code_version() -> str:
+    """The short commit, with '+changes' where the code that runs had uncommitted changes."""
+    git = git_commit()
+    return git["commit"][:12] + ("+changes" if git["dirty"] else "")

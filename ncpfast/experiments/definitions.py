@@ -105,14 +105,10 @@ _QUICK_CONV_WIDTH = args("--channels 4")
 _QUICK_FLAT = args("--batch-size 250 --epochs 1 --eval-iw-samples 20 --eval-max-images 50 --eval-chunk 0 "
                    "--eval-generated 100 --ncp-epochs 1 --ncp-hidden 8 --ncp-cells 1 --ncp-log-z-samples 200 "
                    "--ncp-num-proposals 5")
-# Defaults: each experiment about 45 minutes or less on 2 unloaded CPU cores. Estimated, not
-# measured, from docs/results.md's unloaded `tiny` run (stage 1: 265 s for 496 steps; stage 2:
-# 39 s; evaluation with K = 100 on 200 digits and 1,000 images per prior: about 160 s) and the
-# sampler benchmark (SIR M = 500, 1,000 images: 35 s), scaled by steps, cells and images:
-#   groups         12 runs x ~3 min (stage 1 ~80 s, stage 2 ~35 s, evaluation ~60 s)   ~36 min
-#   sampler        3 x (training ~3 min + 13 evaluate processes ~6 min) + grids         ~28 min
-#   single-latent  3 x (stage 1 ~30 s + 2 x (stage 2 ~1 min + evaluation ~2 min))       ~20 min
-#   gmm-base       3 x (stage 1 ~3 min + 2 x (stage 2 ~30 s + evaluation ~70 s))          ~20 min
+# Defaults: each experiment about 45 minutes or less on 2 CPU cores. Measured on the 2-core
+# AMD EPYC VM (docs/results.md), one thread per run: sampler 15 min (42 runs), groups 26 min for
+# 10 of its 12 runs, gmm-base 8 min for 5 of its 6 (stage 1 of the conv VAE ~3 min); with two
+# threads, alone: single-latent 9 min.
 # The hierarchical model: the `tiny` preset at half its width
 # (channels 8) and half its schedule (4 of 8 epochs), K = 50 on 200 test digits.
 _DEFAULT_NVAE = args("--channels 8 --epochs 4 --eval-iw-samples 50 --eval-max-images 200 --eval-generated 1000 "
@@ -148,7 +144,7 @@ def _groups() -> Experiment:
     return Experiment(
         name="groups", title="Latent groups: base vs NCP (paper Table 5)",
         paper="CelebA-64 FID, NVAE -> NCP-VAE: 6 groups 33.18 -> 18.68; 15 groups 14.96 -> 5.96; "
-              "30 groups 13.48 -> 5.25 (more groups: NCP helps more).",
+              "30 groups 13.48 -> 5.25 (more groups: NCP helps more, relative to the base).",
         trainings=trainings, rows=rows,
         comparisons=tuple((f"{t.label}: base", f"{t.label}: NCP") for t in trainings),
         metrics=("nll_nats", "fd"),

@@ -128,7 +128,7 @@ def _code_line(records: Sequence[RunRecord]) -> str:
     line = f"Runs made by commit {made}" if made else "Runs made by commits not recorded"
     if made and unrecorded:
         line += f"; {unrecorded} made before the runner recorded commits"
-    return line + " (a run that resumed lists both of its commits)."
+    return line + " (a run made in two goes counts under both commits)."
 
 
 def markdown_section(experiment: Experiment, summary: dict, records: Sequence[RunRecord], context: dict,

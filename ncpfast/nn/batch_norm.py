@@ -24,7 +24,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     synchronized = False
 
     def forward(self, x):
-        if not (self.training and _spans_processes(self)):
+        if not (self.training and spans_processes(self)):
             return super().forward(x)
         xa = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision: sums in float32
         mean, invstd = batch_norm_statistics(self, xa.sum((2, 3)), (xa * xa).sum((2, 3)),
@@ -65,7 +65,8 @@ def set_synchronized(module: nn.Module, enabled: bool) -> int:
     return count
 
 
-def _spans_processes(bn: nn.BatchNorm2d) -> bool:
+def spans_processes(bn: nn.BatchNorm2d) -> bool:
+    """Whether bn's training statistics are summed over more than one process now."""
     return (getattr(bn, "synchronized", False) and dist.is_available() and dist.is_initialized()
             and dist.get_world_size() > 1)
 
@@ -80,7 +81,7 @@ def batch_norm_statistics(bn: nn.BatchNorm2d, sums=None, sumsqs=None, count: int
         return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
     check_count(count)
     channel_sums, channel_sumsqs = sums.sum(0), sumsqs.sum(0)
-    if _spans_processes(bn):
+    if spans_processes(bn):
         # The count travels with the sums (processes may hold different shares), and
         # stays a tensor: reading it on the host would synchronise a GPU at every BN.
         local = torch.cat([channel_sums, channel_sumsqs, channel_sums.new_full((1,), float(count))])

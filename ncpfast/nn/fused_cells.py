@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..ops import cell_fusion as cell_ops
 from ..ops.layout import accumulation_dtype, contiguous_like
-from .batch_norm import batch_norm_statistics, check_count, update_running_statistics
+from .batch_norm import batch_norm_statistics, check_count, spans_processes, update_running_statistics
 from .kernel_choice import fused_kernels_apply
 
 
@@ -32,7 +32,7 @@ def _bn_swish_batch_stats(bn: nn.BatchNorm2d, x):
     statistics' gradient into its backward (see ops.bn_swish_batch_stats); a
     synchronised bn takes its statistics from every process first."""
     acc = accumulation_dtype(x)
-    if getattr(bn, "synchronized", False):
+    if spans_processes(bn):
         return cell_ops.bn_swish_given_stats(x, *_statistics_of(bn, x), *_bn_params(bn, acc))
     count = x.shape[0] * x.shape[2] * x.shape[3]
     check_count(count)

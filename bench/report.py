@@ -109,6 +109,7 @@ DESCRIBED_ELSEWHERE = {
     "paper-scale-estimates.json": "paper-scale.md",
     "default-search-cpu-2core.json": "results.md",
     "log-z-convergence-cpu-2core.json": "results.md",
+    "tiny-fixed-split-cpu-2core.json": "results.md",
 }
 
 

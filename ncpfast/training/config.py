@@ -132,7 +132,7 @@ PRESETS = {
                     sample_every=10, eval_iw_samples=1000, eval_chunk=250, ncp_epochs=50, ncp_hidden=256,
                     ncp_log_z_samples=1_000_000),
     # A small hierarchical model that trains on the embedded MNIST on 2 CPU cores
-    # in a few minutes (NCP shows no effect on it at this size: docs/results.md).
+    # in a few minutes (NCP's effect on it is small at this size: docs/results.md).
     "tiny": dict(dataset="mnist-embedded", model="nvae", channels=16, num_preprocess_blocks=2,
                  num_preprocess_cells=1, num_postprocess_blocks=2, num_postprocess_cells=1,
                  num_latent_scales=2, num_groups_per_scale=2, latent_channels=8,

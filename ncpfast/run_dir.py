@@ -12,6 +12,7 @@
 """
 import json
 import os
+from typing import Optional
 
 from .checkpoint import write_json_atomic
 
@@ -100,8 +101,24 @@ class RunDir:
 
     def stage1_checkpoint(self) -> str:
         """The checkpoint a trained VAE is read from: the final weights. No checkpoint is
-        chosen by a test score, which would bias the test numbers reported on it."""
+        chosen by a test score, which would bias the test numbers reported on it.
+        RunDirError where stage 1 has written none."""
+        if not os.path.isfile(self.latest_checkpoint):
+            raise RunDirError(f"{self.path} has no stage-1 checkpoint ({self.latest_checkpoint} is missing); "
+                              f"train stage 1 with python -m ncpfast.train --run-dir {self.path}")
         return self.latest_checkpoint
+
+    def unfinished_stage1(self) -> Optional[str]:
+        """Why stage 1 of this run is not finished (its metrics.json's status and step), or
+        None when it is complete or says nothing."""
+        if not os.path.isfile(self.metrics_path):
+            return None
+        with open(self.metrics_path) as f:
+            metrics = json.load(f)
+        status = metrics.get("status")
+        if status in (None, "complete"):
+            return None
+        return f"stage 1 is {status} (step {metrics.get('step')} of {metrics.get('total_steps')})"
 
     def require_ncp_checkpoint(self) -> str:
         """checkpoints/ncp.pt's path; RunDirError where stage 2 has not run."""

@@ -1,5 +1,7 @@
 """GroupedNCP: per-group classifiers on a (small, untrained) VAE, and the CLIs of stage 2."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -159,3 +161,19 @@ def test_commands_on_a_run_without_stage_two(tmp_path):
     assert result.returncode == 2 and "fid_weights: no file at" in result.stderr
     result = run("ncpfast.evaluate", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "not a run directory" in result.stderr
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    os.remove(bare / "checkpoints" / "latest.pt")
+    for args in (("ncpfast.train", "--stage", "2", "--from", str(bare)), ("ncpfast.evaluate", str(bare))):
+        result = run(*args)
+        assert result.returncode == 2 and "has no stage-1 checkpoint" in result.stderr, result.stderr
+
+
+def test_stage_two_on_an_unfinished_stage_one_says_so(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run("ncpfast.train", *SMALL, "--stage", "1", "--max-steps", "2", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    result = run("ncpfast.train", "--stage", "2", "--from", str(run_dir), "--eval-generated", "20")
+    assert result.returncode == 0, result.stderr
+    assert "warning: stage 1 is partial (step 2 of 16)" in result.stderr
+    assert f"--resume {run_dir}" in result.stderr

@@ -48,7 +48,13 @@ def main(argv=None) -> int:
         if args.stage == "2":
             if not args.from_run:
                 raise ValueError("--stage 2 needs --from RUN_DIR (a stage-1 run directory)")
-            config = load_config(RunDir(args.from_run).require_config())
+            source = RunDir(args.from_run)
+            config = load_config(source.require_config())
+            source.stage1_checkpoint()  # the clear error before any set-up
+            unfinished = source.unfinished_stage1()
+            if unfinished:
+                print(f"warning: {unfinished} in {source}: stage 2 trains on those weights; finish it first with "
+                      f"python -m ncpfast.train --resume {source}", file=sys.stderr)
             _apply_overrides(config, args)
             run_stage2(config, args.from_run, init_distributed(config.device))
             return 0

@@ -193,6 +193,8 @@ def format_table(result: dict) -> str:
                     "test accuracy" if result["fd_feature_net"] else "images (no FD: the data set has no labels)")
                  + "; NCP sampling: "
                  f"{result['ncp']['sampling']} ({result['ncp']['sampling_mode']})")
+    if estimate.get("warning"):
+        lines.append(f"warning: {estimate['warning']}")
     return "\n".join(lines)
 
 

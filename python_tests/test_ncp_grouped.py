@@ -135,6 +135,7 @@ def test_both_stages_sample_and_evaluate_from_the_command_line(tmp_path):
                  "--num-real", "12", "--num-proposals", "2", "--log-z-samples", "50", "--fid-weights", str(weights))
     assert result.returncode == 0, result.stderr
     assert "FID (pytorch-fid Inception V3" in result.stdout and "8 generated vs 12 test images" in result.stdout
+    assert "warning: log Z rests on an effective sample size of" in result.stdout  # at most 50 draws
     evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
     assert evaluation["base"]["fid"] >= 0 and evaluation["ncp"]["fid"] >= 0 and evaluation["real_images"] == 12
     result = run("ncpfast.evaluate", str(run_dir), "--fid-weights", str(tmp_path / "missing.pth"))

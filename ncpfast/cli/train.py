@@ -130,6 +130,8 @@ def run_stage2(config, run_dir: str, distributed) -> None:
           f"+- {summary['log_z_stderr']:.4f} (effective sample size "
           f"{100 * summary['log_z_estimate']['ess_fraction']:.1f}%)"
           + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
+    if summary["log_z_estimate"].get("warning"):
+        print(f"warning: {summary['log_z_estimate']['warning']}", file=sys.stderr)
     result, base_images, ncp_images = evaluate_run(
         run_dir, device, iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
         iw_chunk=config.eval_chunk, num_generated=config.eval_generated, num_proposals=config.ncp_num_proposals,

@@ -29,6 +29,11 @@ import torch
 GroupLogRatio = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 PROPOSALS = ("prior", "aggregate-posterior")
+# Below this effective sample size the estimate rests on a few draws, and the
+# delta-method standard error, itself estimated from them, cannot be trusted
+# (docs/results.md, log Z convergence: at 1e6 draws and an ESS of ~5,000 the
+# repeats agreed within their errors).
+MIN_RELIABLE_ESS = 100
 
 
 @dataclass
@@ -44,8 +49,16 @@ class LogPartitionEstimate:
     def ess_fraction(self) -> float:
         return self.ess / self.num_samples
 
+    def warning(self) -> Optional[str]:
+        """Why the estimate's standard error cannot be trusted, or None (also when the
+        ESS is unknown: a checkpoint written before it was kept)."""
+        if not self.ess < MIN_RELIABLE_ESS:  # NaN: unknown
+            return None
+        return (f"log Z rests on an effective sample size of {self.ess:.0f} (of {self.num_samples} draws): its "
+                f"standard error is unreliable; raise --ncp-log-z-samples (or --log-z-samples)")
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "ess_fraction": self.ess_fraction}
+        return {**asdict(self), "ess_fraction": self.ess_fraction, "warning": self.warning()}
 
 
 def cached_estimate(cached: Optional[LogPartitionEstimate], num_samples: Optional[int],

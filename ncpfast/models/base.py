@@ -104,6 +104,12 @@ class LatentVAE(nn.Module):
         return torch.logsumexp(torch.cat(log_weights, dim=1), dim=1) - math.log(num_samples)
 
 
+def crop_border(t: torch.Tensor, border: int) -> torch.Tensor:
+    """The central part of images [B, C, H, W] without `border` pixels on each side
+    (MNIST is padded to 32x32; its likelihood covers the central 28x28)."""
+    return t[:, :, border:t.shape[2] - border, border:t.shape[3] - border] if border else t
+
+
 def iw_images_per_pass(num_samples: int, chunk: int = 0, device: Optional[torch.device] = None,
                        most: int = 250) -> int:
     """Images per pass of importance_weighted_log_likelihood so that a pass holds

@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..nn.cells import DecoderCombiner, EncoderCell, EncoderCombiner, GenerativeCell, WNConv2d
 from ..nn.distributions import DiscretizedLogisticMixture, Normal, bernoulli_log_prob, standard_normal_like
 from ..nn.fused_cells import encoder_input_layout
-from .base import GroupOutput, LatentVAE
+from .base import GroupOutput, LatentVAE, crop_border
 
 
 @dataclass
@@ -199,8 +199,7 @@ class HierarchicalVAE(LatentVAE):
     # --- likelihood ---------------------------------------------------------------
 
     def _crop(self, t: torch.Tensor) -> torch.Tensor:
-        b = self.config.crop_border if self.likelihood == "binary" else 0
-        return t[:, :, b:t.shape[2] - b, b:t.shape[3] - b] if b else t
+        return crop_border(t, self.config.crop_border if self.likelihood == "binary" else 0)
 
     def reconstruction_log_prob(self, decoder_output, x):
         if self.likelihood == "binary":

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..nn.batch_norm import BatchNorm2d
 from ..nn.distributions import DiscretizedLogisticMixture, Normal, bernoulli_log_prob
-from .base import GroupOutput, LatentVAE
+from .base import GroupOutput, LatentVAE, crop_border
 
 
 class _FlatLatentVAE(LatentVAE):
@@ -57,8 +57,7 @@ class MLPVAE(_FlatLatentVAE):
                                      nn.Linear(hidden, pixels))
 
     def _crop(self, x):
-        b = self.border
-        return x[:, :, b:x.shape[2] - b, b:x.shape[3] - b] if b else x
+        return crop_border(x, self.border)
 
     def encode(self, x):
         mu, log_sigma = self.encoder(self._crop(x).flatten(1)).chunk(2, dim=1)
@@ -108,8 +107,7 @@ class ConvVAE(_FlatLatentVAE):
         self.top_width = widths[-1]
 
     def _crop(self, t):
-        b = self.crop_border
-        return t[:, :, b:t.shape[2] - b, b:t.shape[3] - b] if b else t
+        return crop_border(t, self.crop_border)
 
     def encode(self, x):
         mu, log_sigma = self.to_latent(self.encoder(2 * x - 1)).chunk(2, dim=1)

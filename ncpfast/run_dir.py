@@ -111,10 +111,7 @@ class RunDir:
     def unfinished_stage1(self) -> Optional[str]:
         """Why stage 1 of this run is not finished (its metrics.json's status and step), or
         None when it is complete or says nothing."""
-        if not os.path.isfile(self.metrics_path):
-            return None
-        with open(self.metrics_path) as f:
-            metrics = json.load(f)
+        metrics = self.read_metrics()
         status = metrics.get("status")
         if status in (None, "complete"):
             return None
@@ -132,11 +129,15 @@ class RunDir:
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(metrics, self.metrics_path)
 
+    def read_metrics(self) -> dict:
+        """metrics.json's contents ({} when there is none yet)."""
+        if not os.path.isfile(self.metrics_path):
+            return {}
+        with open(self.metrics_path) as f:
+            return json.load(f)
+
     def merge_metrics(self, key: str, value) -> None:
         """Adds one section to metrics.json (created when missing)."""
-        metrics = {}
-        if os.path.isfile(self.metrics_path):
-            with open(self.metrics_path) as f:
-                metrics = json.load(f)
+        metrics = self.read_metrics()
         metrics[key] = value
         self.write_metrics(metrics)

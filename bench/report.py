@@ -76,6 +76,14 @@ RESULTS = (
            "64xCx16x16, forward+backward in training mode. pytest-benchmark times one variant after another, "
            "so drift of a shared machine enters its ratios; bench/cell_ab.py alternates blocks of rounds of "
            "every variant instead. " + _CELL_AB, date="2026-11-25"),
+    Result("factorized-reduce-ab-cpu-2core-epyc.json", "cells", "FactorizedReduce, sliced vs strided conv",
+           "python bench/factorized_reduce_ab.py --out FILE.json, run four times (default and "
+           "ONEDNN_MAX_CPU_ISA=AVX2, OMP_NUM_THREADS=1 and 2), merged",
+           "The encoder's stride-2 skip, forward+backward on a channels-last input (as in the fused encoder "
+           "cell): four stride-2 1x1 convolutions (before; the form that meets oneDNN issue 6035 on AVX2 "
+           "kernels) vs the stride taken by slicing and stride-1 convolutions (now). The AMD EPYC of this run "
+           "has AVX-512; `ONEDNN_MAX_CPU_ISA=AVX2` makes oneDNN run its AVX2 kernels, as on an AVX2-only CPU. "
+           "Slicing is faster on every shape and configuration.", date="2026-12-05"),
     Result("cell-ab-generative-cpu-2core-xeon.json", "cells", "Generative cell, interleaved blocks",
            "python bench/cell_ab.py --cell generative --channels 16 32 --blocks 6 --rounds 12 "
            "--out bench/results/cell-ab-generative-cpu-2core-xeon.json",
@@ -150,8 +158,11 @@ def tables(data, kinds=("time", "peak", "saved")):
         return _pytest_benchmark_tables(data, kinds)
     if "results" in data:
         return _cell_ab_table(data)
+    if "runs" in data:
+        return _factorized_reduce_table(data)
     raise ValueError("not a results file this report reads: expected pytest-benchmark's JSON "
-                     "(a 'benchmarks' list) or bench/cell_ab.py's (a 'results' mapping)")
+                     "(a 'benchmarks' list), bench/cell_ab.py's (a 'results' mapping) or "
+                     "bench/factorized_reduce_ab.py's runs (a 'runs' mapping)")
 
 
 def _pytest_benchmark_tables(data, kinds):
@@ -210,6 +221,24 @@ def _cell_ab_table(data):
         out.append("| " + " | ".join(cells) + " |")
     rounds = {s["rounds"] for stats in results.values() for s in stats.values()}
     return "\n".join(out) + f"\n\nms per call; {', '.join(map(str, sorted(rounds)))} rounds per variant."
+
+
+def _factorized_reduce_table(data):
+    """One row per shape, one column per run (oneDNN kernels, threads): the two
+    variants' medians and sliced / strided-conv."""
+    runs = data["runs"]
+    shapes = list(next(iter(runs.values()))["results"])
+    out = ["| shape | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for shape in shapes:
+        cells = [shape]
+        for run in runs.values():
+            row = run["results"][shape]
+            cells.append(f"{row['strided-conv']['median_ms']:.1f} -> {row['sliced']['median_ms']:.1f}: "
+                         f"{row['sliced_over_strided_median']:.2f}")
+        out.append("| " + " | ".join(cells) + " |")
+    rounds = sorted({run["rounds"] for run in runs.values()})
+    return ("\n".join(out) + "\n\nms per call, median: strided-conv -> sliced: sliced / strided-conv; "
+            f"{', '.join(map(str, rounds))} interleaved rounds per variant.")
 
 
 def _label(group):

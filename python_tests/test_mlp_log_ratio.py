@@ -21,7 +21,7 @@ def mlp(dim, hidden, layers, seed=0):
 
 @pytest.mark.parametrize("B, M, D, hidden, layers", [(3, 50, 5, 32, 2), (1, 1, 1, 8, 1), (2, 130, 20, 64, 3),
                                                      (4, 7, 1280, 16, 2), (2, 65, 50, 256, 2)])
-def test_matches_twin(B, M, D, hidden, layers):
+def test_matches_twin(B, M, D, hidden, layers, cpu_target):
     weights, biases = ops.mlp_parameters(mlp(D, hidden, layers))
     z = torch.randn(B, M, D)
     got, got_lse = ops.mlp_log_ratio(z, weights, biases)

@@ -59,18 +59,32 @@ class SqueezeExcitation(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Stride-2 skip: Swish, then four stride-2 1x1 convs on shifted inputs, concatenated."""
+    """Stride-2 skip: Swish, then four stride-2 1x1 convs on shifted inputs, concatenated.
+
+    Each conv reads every other row and column of its input, taken by slicing,
+    and then runs at stride 1 (the same function). A strided 1x1 convolution
+    must not reach oneDNN on the CPU: its AVX2 weight-gradient kernel for
+    channels-last inputs with fewer input channels than a vector block writes
+    past its workspace (heap corruption, or wrong gradients without a crash;
+    uxlfoundation/oneDNN issue 6035). python_tests/test_every_cpu.py's canary
+    says whether the installed torch still has that bug."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         quarter = out_channels // 4
         sizes = [quarter, quarter, quarter, out_channels - 3 * quarter]
+        # stride=2 stays the modules' declared stride (what the layer computes);
+        # forward applies it by slicing.
         self.convs = nn.ModuleList(WNConv2d(in_channels, s, 1, stride=2) for s in sizes)
 
     def forward(self, x):
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"FactorizedReduce needs an even height and width, got {x.shape[2]} x {x.shape[3]}")
         x = F.silu(x)
-        shifted = (x, x[:, :, 1:, 1:], x[:, :, :, 1:], x[:, :, 1:, :])
-        return torch.cat([conv(s) for conv, s in zip(self.convs, shifted)], dim=1)
+        # The inputs of the stride-2 convs at offsets (0, 0), (1, 1), (0, 1), (1, 0).
+        shifted = (x[:, :, ::2, ::2], x[:, :, 1::2, 1::2], x[:, :, ::2, 1::2], x[:, :, 1::2, ::2])
+        return torch.cat([F.conv2d(s, conv.normalized_weight(), conv.bias) for conv, s in zip(self.convs, shifted)],
+                         dim=1)
 
 
 class FusableCell(FusableModule):

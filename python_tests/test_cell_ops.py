@@ -396,3 +396,16 @@ def test_fused_cells_save_less_activation_memory_than_eager():
         x = (torch.rand(4, 1, 32, 32) > 0.5).float()
         saved[kernels] = saved_activation_bytes(lambda: model(x), exclude=list(model.parameters()))
     assert 0 < saved["fused"] < 0.75 * saved["torch"], saved
+
+
+@pytest.mark.parametrize("make", [lambda: EncoderCell(4, 8, stride=2), lambda: GenerativeCell(4, 4)])
+def test_fused_cells_find_the_eager_layers_by_name(make):
+    """The fused forward asks the cell for its layers by name; a reordered eager
+    cell is a clear error, not a fused forward on the wrong layers."""
+    cell = make()
+    layers = cell.layers()
+    for name, index in cell.LAYER_POSITIONS.items():
+        assert getattr(layers, name) is cell.ops[index]
+    cell.ops = torch.nn.Sequential(*reversed(list(cell.ops)))
+    with pytest.raises(TypeError, match="the cell's ops and its layer positions disagree"):
+        set_cell_kernels(cell, "fused")(torch.randn(2, 4, 4, 4))

@@ -4,6 +4,8 @@ Every cell computes out = skip(x) + 0.1 * SE(ops(x)) in one forward(); the
 fused forwards (ncpfast.nn.fused_cells) replace those forwards without changing
 parameters, so a state dict trained with one path loads into the other.
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -87,6 +89,40 @@ class FactorizedReduce(nn.Module):
                          dim=1)
 
 
+class EncoderLayers(NamedTuple):
+    """The layers of an EncoderCell's ops that the fused forward computes with."""
+    bn0: BatchNorm2d
+    conv1: WNConv2d
+    bn1: BatchNorm2d
+    conv2: WNConv2d
+
+
+class GenerativeLayers(NamedTuple):
+    """The layers of a GenerativeCell's ops that the fused forward computes with."""
+    upsample: nn.Module
+    bn0: BatchNorm2d
+    conv_in: WNConv2d
+    bn1: BatchNorm2d
+    depthwise: WNConv2d
+    bn2: BatchNorm2d
+    conv_out: WNConv2d
+    bn3: BatchNorm2d
+
+
+def _named_layers(ops: nn.Sequential, layers_type, positions: dict):
+    """layers_type's fields picked from ops at `positions` (name -> index), each
+    checked to be of its field's type, so that a reordered Sequential is an error
+    instead of a fused forward on the wrong layers."""
+    picked = []
+    for name, kind in layers_type.__annotations__.items():
+        module = ops[positions[name]]
+        if not isinstance(module, kind):
+            raise TypeError(f"{name} at ops[{positions[name]}] is a {type(module).__name__}, expected a "
+                            f"{kind.__name__}: the cell's ops and its layer positions disagree")
+        picked.append(module)
+    return layers_type(*picked)
+
+
 class FusableCell(FusableModule):
     """A residual cell, skip(x) + residual_scale * SE(ops(x)), whose forward can
     run through ncpfast's fused kernels (see FusableModule for `kernels`)."""
@@ -116,6 +152,12 @@ class EncoderCell(FusableCell):
             batch_norm(in_channels), nn.SiLU(), WNConv2d(in_channels, out_channels, 3, stride, 1),
             batch_norm(out_channels), nn.SiLU(), WNConv2d(out_channels, out_channels, 3, 1, 1))
         self.se = SqueezeExcitation(out_channels)
+
+    # Where each named layer sits in ops (the state dict's keys follow ops' indices).
+    LAYER_POSITIONS = {"bn0": 0, "conv1": 2, "bn1": 3, "conv2": 5}
+
+    def layers(self) -> EncoderLayers:
+        return _named_layers(self.ops, EncoderLayers, self.LAYER_POSITIONS)
 
     def _fused_forward(self, x):
         from .fused_cells import encoder_cell_forward
@@ -156,6 +198,13 @@ class GenerativeCell(FusableCell):
             batch_norm(hidden), nn.SiLU(), WNConv2d(hidden, out_channels, 1, bias=False),
             batch_norm(out_channels))
         self.se = SqueezeExcitation(out_channels)
+
+    # Where each named layer sits in ops (the state dict's keys follow ops' indices).
+    LAYER_POSITIONS = {"upsample": 0, "bn0": 1, "conv_in": 2, "bn1": 3, "depthwise": 5, "bn2": 6, "conv_out": 8,
+                       "bn3": 9}
+
+    def layers(self) -> GenerativeLayers:
+        return _named_layers(self.ops, GenerativeLayers, self.LAYER_POSITIONS)
 
     def _fused_forward(self, x):
         from .fused_cells import generative_cell_forward

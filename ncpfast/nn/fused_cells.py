@@ -94,18 +94,18 @@ def encoder_cell_forward(cell, x):
     x = x.contiguous(memory_format=layout)
     if not cell.training:
         return _encoder_cell_eval(cell, x, layout)
-    bn0, _, conv1, bn1, _, conv2 = cell.ops
-    a0 = _bn_swish_batch_stats(bn0, x)
-    c1 = conv1(a0).contiguous(memory_format=layout)
-    a1 = _bn_swish_batch_stats(bn1, c1)
-    c2 = conv2(a1).contiguous(memory_format=layout)
+    layers = cell.layers()
+    a0 = _bn_swish_batch_stats(layers.bn0, x)
+    c1 = layers.conv1(a0).contiguous(memory_format=layout)
+    a1 = _bn_swish_batch_stats(layers.bn1, c1)
+    c2 = layers.conv2(a1).contiguous(memory_format=layout)
     return _tail(cell, c2, cell.skip(x))
 
 
 def generative_cell_forward(cell, x):
     if not cell.training:
         return _generative_cell_eval(cell, x)
-    upsample, bn0, conv_in, bn1, _, depthwise, bn2, _, conv_out, bn3 = cell.ops
+    upsample, bn0, conv_in, bn1, depthwise, bn2, conv_out, bn3 = cell.layers()
     skip = cell.skip(x)
     h = upsample(x).contiguous()
     acc = accumulation_dtype(h)
@@ -153,14 +153,15 @@ def _swish(x):
 
 
 def _encoder_cell_eval(cell, x, layout):
-    bn0, _, conv1, bn1, _, conv2 = cell.ops
+    layers = cell.layers()
+    bn0 = layers.bn0
     a0 = cell_ops.bn_swish_given_stats(x, *batch_norm_statistics(bn0), *_bn_params(bn0, accumulation_dtype(x)))
-    a1 = _swish(_conv_then_bn(conv1, bn1, a0))
-    return _tail(cell, conv2(a1).contiguous(memory_format=layout), cell.skip(x))
+    a1 = _swish(_conv_then_bn(layers.conv1, layers.bn1, a0))
+    return _tail(cell, layers.conv2(a1).contiguous(memory_format=layout), cell.skip(x))
 
 
 def _generative_cell_eval(cell, x):
-    upsample, bn0, conv_in, bn1, _, depthwise, bn2, _, conv_out, bn3 = cell.ops
+    upsample, bn0, conv_in, bn1, depthwise, bn2, conv_out, bn3 = cell.layers()
     skip = cell.skip(x)
     scale0, shift0 = _eval_affine(bn0)
     w_in = conv_in.normalized_weight()

@@ -95,6 +95,10 @@ static bool run_case(int64_t B, int64_t M, int64_t S, int64_t D, bool systematic
   CUDA_OK(cudaMemcpy(d_w, w.data(), w.size() * sizeof(float), cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(d_p, proposals.data(), proposals.size() * sizeof(float), cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(d_seed, &seed, sizeof(int64_t), cudaMemcpyHostToDevice));
+  // The kernel writes no samples for a row of only -inf weights (the op reports
+  // that row instead); zeroed here so that copying every row back reads no
+  // uninitialised memory (compute-sanitizer's initcheck).
+  CUDA_OK(cudaMemset(d_out, 0, B * S * D * sizeof(float)));
   CUDA_OK(launch_sir_resample<float>(d_w, d_p, B, M, S, D * sizeof(float), systematic, d_seed, d_out, d_idx, d_lz,
                                      nullptr));
   CUDA_OK(cudaDeviceSynchronize());

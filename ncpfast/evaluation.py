@@ -11,6 +11,7 @@ pytorch-fid's Inception weights file, FID proper is computed as well
 import contextlib
 import math
 import time
+from typing import Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -20,25 +21,40 @@ from .fid_inception import load_fid_inception
 from .frechet import FD_NAME, extract_features, fd_summary, feature_network, frechet_distance
 from .models.base import iw_images_per_pass
 from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
-from .ncp.stage2 import estimate_log_partition, image_reader, load_ncp, load_run
+from .ncp.stage2 import estimate_log_partition, image_reader, load_ncp, load_run, stored_log_partition
 
 FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
+
+# One random stream per purpose, each from the seed alone, so that changing one
+# part (log Z's draws or proposal, the NCP type, the sampler) leaves the others'
+# draws as they were: the test set's binarisation above all, which makes NLLs
+# of different runs of one model paired on the same data.
+_STREAMS = ("sampling", "log_z", "test_binarisation", "readjust_bn")
+
+
+def random_stream(seed: int, purpose: str, device) -> torch.Generator:
+    """The generator of one purpose (_STREAMS) of an evaluation with this seed
+    (one seed per pair: the CPU generator keeps only a seed's low 32 bits)."""
+    return torch.Generator(device).manual_seed(seed * len(_STREAMS) + _STREAMS.index(purpose))
 
 
 @torch.no_grad()
 def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_images: int = 0,
                  iw_chunk: int = 0, num_generated: int = 1000, method: str = "sir", num_proposals: int = 50,
-                 steps: int = 50, step_size: float = 1e-2, temperature: float = 1.0, log_z_samples: int = 10_000,
-                 seed: int = 0, progress: bool = True, fid_weights: str = "", num_real: int = 0,
-                 mode: str = "group", log_z_proposal: str = "prior", fd_cache_dir=None, readjust_bn: bool = False,
-                 readjust_bn_batches: int = DEFAULT_BATCHES) -> dict:
+                 steps: int = 50, step_size: float = 1e-2, temperature: float = 1.0,
+                 log_z_samples: Optional[int] = None, seed: int = 0, progress: bool = True, fid_weights: str = "",
+                 num_real: int = 0, mode: str = "group", log_z_proposal: Optional[str] = None, fd_cache_dir=None,
+                 readjust_bn: bool = False,
+                 readjust_bn_batches: int = DEFAULT_BATCHES) -> Tuple[dict, torch.Tensor, torch.Tensor]:
     """Base prior and NCP prior side by side: NLL and Frechet distance (and FID given `fid_weights`).
 
     `num_real` held-out images are the reference set of the Frechet distances
     (0: max(num_generated, 1000), at most the whole test split). mode: "group"
-    or "joint" samplers (GroupedNCP.sample). log_z_proposal: "prior" or
-    "aggregate-posterior" (single-group flat models).
-    The NCP NLL's standard error includes log Z's, which shifts every image alike.
+    or "joint" samplers (GroupedNCP.sample). log Z: stage 2's stored estimate,
+    unless log_z_samples or log_z_proposal ("prior" or "aggregate-posterior",
+    single-group flat models) asks for a new one (the other from stage 2's
+    config), which is not stored. The NCP NLL's standard error includes log Z's,
+    which shifts every image alike.
 
     An NCP whose base is a GMM (stage 2 with --ncp-base gmm, a FlatNCP) adds a "gmm"
     entry: NLL and FD under the GMM prior alone, with the paired differences
@@ -49,7 +65,10 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     they were not trained on. readjust_bn: sample from a copy of the VAE whose
     decoder BatchNorm statistics were re-estimated on readjust_bn_batches batches
     of prior samples at that temperature (NVAE's re-adjustment,
-    ncpfast.models.temperature); the NLL always uses the checkpoint's statistics."""
+    ncpfast.models.temperature); the NLL always uses the checkpoint's statistics.
+
+    Returns (result, base images, NCP images): the images as the data set
+    frames them (vae.in_data_frame), what the Frechet distances compared."""
     if iw_samples < 1 or num_generated < 2 or num_real < 0 or num_real == 1:
         raise ValueError(f"need iw_samples >= 1, num_generated >= 2 and num_real 0 or >= 2, got {iw_samples}, "
                          f"{num_generated} and {num_real}")
@@ -59,16 +78,21 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     sampler = ncp
     if readjust_bn:
         adjusted = readjust_batchnorm(vae, temperature, readjust_bn_batches,
-                                      generator=torch.Generator(device).manual_seed(seed + 1))
+                                      generator=random_stream(seed, "readjust_bn", device))
         sampler = load_ncp(run_dir, adjusted)
     gmm = getattr(ncp, "base_kind", None) == "gmm"
     train, test = load_dataset(config.dataset, config.data_dir)
     n = len(test) if max_images <= 0 else min(max_images, len(test))
-    g = torch.Generator(device).manual_seed(seed)
-    log_z_estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
+    if log_z_samples is None and log_z_proposal is None:
+        log_z_estimate, log_z_source = stored_log_partition(ncp, run_dir), "stage 2"
+    else:
+        log_z_estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples or config.ncp_log_z_samples,
+                                                log_z_proposal or config.ncp_log_z_proposal,
+                                                random_stream(seed, "log_z", device))
+        log_z_source = "re-estimated"
     log_z = log_z_estimate.log_z
 
-    read = image_reader(test, vae.likelihood, device, g)
+    read = image_reader(test, vae.likelihood, device, random_stream(seed, "test_binarisation", device))
     batch = iw_images_per_pass(iw_samples, iw_chunk, device, most=100)
     base_ll, ncp_ll, gmm_ll = [], [], []
     for start in tqdm(range(0, n, batch), desc=f"NLL (K={iw_samples})", disable=not progress, leave=False):
@@ -88,14 +112,20 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     # there is no FD, only FID when its weights are given.
     labelled = getattr(train, "labels", None) is not None and getattr(test, "labels", None) is not None
     features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress) if labelled else None
-    real = test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device)
+    size = test.batch(torch.arange(1)).shape[-1]
+    real = vae.in_data_frame(test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device),
+                             size)
     real_features = extract_features(features.net.features, real) if labelled else None
 
     def fd_of(images):
+        if images.shape[1:] != real.shape[1:]:
+            raise ValueError(f"generated images {tuple(images.shape[1:])} and real ones {tuple(real.shape[1:])} "
+                             "must have one shape for the Frechet distance")
         if not labelled:
             return {"fd": None, "fd_std_error": None}
         return fd_summary(extract_features(features.net.features, images), real_features, fd_generator)
     timings = {}
+    g = random_stream(seed, "sampling", device)
 
     def generate(name, draw=None, **kw):
         start = time.perf_counter()
@@ -103,7 +133,7 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
         images = torch.cat([draw(min(250, num_generated - i), temperature=temperature, generator=g, **kw)
                             for i in range(0, num_generated, 250)])
         timings[name] = time.perf_counter() - start
-        return images
+        return vae.in_data_frame(images, size)
 
     base_images = generate("base", method="base")
     ncp_images = generate(method, method=method, num_proposals=num_proposals, steps=steps, step_size=step_size,
@@ -122,7 +152,7 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
         "iw_samples": iw_samples, "test_images": n, "temperature": temperature, "readjust_bn": readjust_bn,
         "readjust_bn_batches": readjust_bn_batches if readjust_bn else None,
         "log_z": log_z, "log_z_stderr": log_z_estimate.stderr, "log_z_samples": log_z_estimate.num_samples,
-        "log_z_estimate": log_z_estimate.as_dict(),
+        "log_z_estimate": {**log_z_estimate.as_dict(), "source": log_z_source},
         "fd_name": FD_NAME, "fd_feature_net": features.describe() if labelled else None,
         "generated_images": num_generated,
         "real_images": real.shape[0],

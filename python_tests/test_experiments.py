@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ncpfast.experiments import commands, definitions, provenance, report, runner
 from ncpfast.experiments.results import summarize
 from ncpfast.experiments.runner import Runner, RunRecord, complete_evaluation, digest
-from ncpfast.experiments.stats import combined_se, direction, mean_sd, paired_difference
+from ncpfast.experiments.stats import combined_se, critical_value, direction, mean_sd, paired_difference
 
 # --- statistics ------------------------------------------------------------------------------
 
@@ -69,6 +70,27 @@ def test_combined_se_and_direction():
     assert direction(-1.0, 0.6) == "within noise"
     assert direction(1.0, 0.1) == "higher"
     assert direction(1.0, None) == "unknown"
+
+
+def test_verdicts_over_seeds_use_students_t():
+    """With 3 seeds the standard error has 2 degrees of freedom: a difference
+    of 3 standard errors is inside the 95% interval (t = 4.30), not 'lower'."""
+    assert critical_value(None) == pytest.approx(1.95996, abs=1e-4)
+    assert critical_value(2) == pytest.approx(4.30265, abs=1e-4)
+    assert direction(-3.0, 1.0, dof=2) == "within noise"
+    assert direction(-4.5, 1.0, dof=2) == "lower"
+    assert direction(-3.0, 1.0) == "lower"  # an error over images: normal quantile
+    assert paired_difference([1.0, 2.0, 3.0], [0.0, 0.5, 2.5])["dof"] == 2
+    assert paired_difference([1.0], [0.0], within_se=[0.1])["dof"] is None
+
+
+def test_null_comparisons_over_3_seeds_are_called_at_the_nominal_rate():
+    """Under no difference, 3 paired seeds called 'lower' or 'higher' in ~5% of
+    cases (the old |t| > 2 rule called ~18%)."""
+    g = np.random.default_rng(0)
+    calls = sum(direction(d["mean"], d["se"], d["dof"]) != "within noise"
+                for d in (paired_difference([0.0] * 3, list(g.normal(size=3))) for _ in range(4000)))
+    assert 0.035 < calls / 4000 < 0.065
 
 
 # --- command lines -----------------------------------------------------------------------------
@@ -176,6 +198,55 @@ def test_summary_pairs_base_and_ncp_by_seed_and_reports_unavailable_variants():
     assert comparisons[("Gaussian prior", "GMM prior")]["status"] == "unavailable"
 
 
+def test_gmm_rows_read_the_gmm_prior_and_pair_it_with_the_gaussian():
+    """The GMM-variant run evaluates three priors: 'base' (the VAE's Gaussian),
+    'gmm' and 'ncp' (NCP on the GMM). The GMM prior row reads 'gmm'."""
+    experiment = definitions.experiment("single-latent")
+    records = []
+    for seed, (b, n, g, ng) in enumerate([(90.0, 89.0, 88.0, 86.0), (92.0, 90.0, 91.0, 88.0)]):
+        records.append(RunRecord(seed, "single", "", "", f"/runs/s{seed}", status="complete",
+                                 evaluation=_evaluation(b, n, 20.0, 18.0)))
+        gmm_run = _evaluation(b, ng, 20.0, 15.0)
+        gmm_run["gmm"] = {"nll_nats": g, "nll_std_error": 0.3, "fd": 17.0}
+        gmm_run["nll_difference_gmm_minus_base_std_error"] = 0.02
+        gmm_run["nll_difference_ncp_minus_gmm_std_error"] = 0.03
+        records.append(RunRecord(seed, "single", "gmm", "", f"/runs/s{seed}-gmm", status="complete",
+                                 evaluation=gmm_run))
+    summary = summarize(experiment, records, quick=False)
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows["GMM prior"]["metrics"]["nll_nats"]["values"] == [88.0, 91.0]
+    assert rows["GMM prior"]["metrics"]["fd"]["values"] == [17.0, 17.0]
+    assert rows["NCP (GMM base)"]["metrics"]["nll_nats"]["values"] == [86.0, 88.0]
+    comparisons = {(c["a"], c["b"]): c["metrics"]["nll_nats"] for c in summary["comparisons"]}
+    gmm_vs_gaussian = comparisons[("Gaussian prior", "GMM prior")]
+    assert gmm_vs_gaussian["differences"] == [-2.0, -1.0]
+    assert gmm_vs_gaussian["se_within"] == pytest.approx(math.sqrt(2 * 0.02 ** 2) / 2)
+    ncp_vs_gmm = comparisons[("GMM prior", "NCP (GMM base)")]
+    assert ncp_vs_gmm["differences"] == [-2.0, -3.0]
+    assert ncp_vs_gmm["se_within"] == pytest.approx(math.sqrt(2 * 0.03 ** 2) / 2)
+    # NCP on the Gaussian and NCP on the GMM come from two runs: no shared paired error.
+    ncp_pair = comparisons.get(("NCP (Gaussian base)", "NCP (GMM base)"))
+    if ncp_pair is not None:
+        assert ncp_pair["se_within"] == pytest.approx(math.sqrt(2 * (0.4 ** 2 + 0.4 ** 2)) / 2)
+
+
+def test_tables_show_log_z_ess_and_flag_unreliable_estimates():
+    experiment = definitions.experiment("single-latent")
+    records = []
+    for seed, ess in enumerate([30.0, 9000.0]):
+        evaluation = _evaluation(90.0, 89.0, 20.0, 18.0)
+        evaluation["log_z_estimate"] = {"ess": ess, "num_samples": 10_000}
+        records.append(RunRecord(seed, "single", "", "", f"/runs/s{seed}", status="complete", evaluation=evaluation))
+    summary = summarize(experiment, records, quick=False)
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows["NCP (Gaussian base)"]["log_z_ess"] == [30.0, 9000.0] and "log_z_ess" not in rows["Gaussian prior"]
+    table = "\n".join(report._rows_table(summary["rows"], experiment.metrics))
+    assert "| 30 (unreliable) |" in table
+    records[0].evaluation["log_z_estimate"]["ess"] = 8000.0
+    table = "\n".join(report._rows_table(summarize(experiment, records, quick=False)["rows"], experiment.metrics))
+    assert "| 8,000 |" in table and "unreliable" not in table
+
+
 def test_complete_evaluation_needs_both_priors_nll_and_fd():
     assert complete_evaluation(_evaluation(1.0, 1.0, 1.0, 1.0))
     partial = _evaluation(1.0, 1.0, 1.0, 1.0)
@@ -192,7 +263,7 @@ def test_a_run_with_a_checkpoint_resumes_one_without_starts_over(tmp_path):
     experiment = definitions.experiment("single-latent")
     training = experiment.training("single")
     train_args = experiment.quick.train_args + training.train_args
-    run_dir = tmp_path / f"single-{digest(train_args)}" / "seed0"
+    run_dir = tmp_path / f"single-{digest(train_args + (provenance.code_fingerprint(),))}" / "seed0"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
     said = []
@@ -202,6 +273,23 @@ def test_a_run_with_a_checkpoint_resumes_one_without_starts_over(tmp_path):
     records = Runner(str(tmp_path), dry_run=True, say=said.append).run(experiment, [0], quick=True)
     assert records[0].commands[-1].split()[3:5] == ["--resume", str(run_dir)]
     assert run_dir.is_dir()  # a dry run deletes nothing
+
+
+def test_runs_of_other_code_are_not_reused(tmp_path, monkeypatch):
+    """The run directory's name hashes the code's fingerprint: a finished run
+    made by other code is not found, so it is neither reused nor resumed."""
+    experiment = definitions.experiment("single-latent")
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: "code-a")
+    first = Runner(str(tmp_path), dry_run=True, say=lambda _: None).run(experiment, [0], quick=True)[0].run_dir
+    again = Runner(str(tmp_path), dry_run=True, say=lambda _: None).run(experiment, [0], quick=True)[0].run_dir
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: "code-b")
+    other = Runner(str(tmp_path), dry_run=True, say=lambda _: None).run(experiment, [0], quick=True)[0].run_dir
+    assert first == again and other != first
+
+
+def test_code_fingerprint_follows_the_code_not_the_docs():
+    fingerprint = provenance.code_fingerprint()
+    assert len(fingerprint) == 12 and fingerprint == provenance.code_fingerprint()
 
 
 def test_copies_of_a_run_leave_out_its_stage2_results_and_go_when_it_changes(tmp_path):

@@ -1,6 +1,7 @@
 """FlatNCP (an NCPPrior over a single-group VAE's latents, any base) and the GMM base
 in the pipeline (--ncp-base gmm): likelihood, log Z, checkpoints, the CLI end to end."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 
 from ncpfast import checkpoint
 from ncpfast.models import HierarchicalVAE, MLPVAE
-from ncpfast.ncp import GaussianMixture
+from ncpfast.ncp import GaussianMixture, GroupedNCP
 from ncpfast.ncp.flat import FlatNCP, posterior_samples
 from ncpfast.training.config import resolve_config
 from test_ncp_grouped import TINY
@@ -49,6 +50,98 @@ def test_constant_classifier_over_the_vae_prior_gives_the_base_likelihood():
     torch.manual_seed(1)
     shifted = ncp.importance_weighted_log_likelihood(x, 8, log_z=0.3)
     torch.testing.assert_close(shifted, base + 0.5, rtol=0, atol=1e-4)
+
+
+def test_a_constant_classifier_over_a_gmm_leaves_the_gmm_nll_exactly():
+    # log r(z) = c everywhere: p_NCP = p_GMM, log Z = c exactly (every weight equal: no error,
+    # ESS = all draws), and the paired NCP - GMM NLL difference is c - log Z = 0 on every image,
+    # so with zero spread; a log Z off by d moves every image by d alike.
+    torch.manual_seed(0)
+    vae = MLPVAE(latent_dim=4, hidden=16).eval()
+    gmm = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[0.5] * 4, [-1.0] * 4]), torch.full((2, 4), -0.3))
+    ncp = FlatNCP(vae, gmm, hidden=8)
+    constant_classifier(ncp, -1.3)
+    estimate = ncp.log_partition_estimate(400, generator=torch.Generator().manual_seed(0))
+    assert estimate.log_z == pytest.approx(-1.3, abs=1e-6) and estimate.stderr == pytest.approx(0, abs=1e-6)
+    assert estimate.ess == pytest.approx(400)
+    x = torch.rand(6, 1, 32, 32).bernoulli()
+    torch.manual_seed(1)
+    gmm_ll = ncp.base_log_likelihood(x, 8)
+    torch.manual_seed(1)
+    ncp_ll = ncp.importance_weighted_log_likelihood(x, 8)
+    torch.manual_seed(1)
+    base_ll = vae.importance_weighted_log_likelihood(x, 8)
+    assert (gmm_ll - base_ll).abs().max() > 0.1  # the GMM is not the VAE's prior
+    difference = -(ncp_ll - gmm_ll)  # per-image NLL difference NCP - GMM
+    torch.testing.assert_close(difference, torch.zeros(6), rtol=0, atol=1e-4)
+    assert float(difference.std()) < 1e-4
+    torch.manual_seed(1)
+    off = -(ncp.importance_weighted_log_likelihood(x, 8, log_z=-1.05) - gmm_ll)
+    torch.testing.assert_close(off, torch.full((6,), 0.25), rtol=0, atol=1e-4)
+
+
+def test_the_held_out_split_takes_whole_images():
+    # Image i's posterior has z_0 = i exactly, so each positive the classifier sees names its image.
+    torch.manual_seed(0)
+    vae = MLPVAE(latent_dim=2, hidden=16).eval()
+    n, draws, epochs = 40, 5, 2
+    mu = torch.stack([torch.arange(n, dtype=torch.float32), torch.zeros(n)], 1)
+    sigma = torch.stack([torch.zeros(n), torch.ones(n)], 1)
+    samples = posterior_samples(mu, sigma, draws, torch.Generator().manual_seed(0))
+    ncp = FlatNCP(vae, standard_normal_gmm(2), hidden=8)
+    seen = {"train": [], "val": []}
+    bce, evaluate = ncp.prior._bce, ncp.prior._evaluate
+
+    def spy_bce(pos, neg):
+        if ncp.prior.classifier.training:
+            seen["train"].append(pos[:, 0].round().long())
+        return bce(pos, neg)
+
+    def spy_evaluate(pos, neg):
+        seen["val"].append(pos[:, 0].round().long())
+        return evaluate(pos, neg)
+
+    ncp.prior._bce, ncp.prior._evaluate = spy_bce, spy_evaluate
+    history = ncp.fit(samples, epochs=epochs, batch_size=16, generator=torch.Generator().manual_seed(1),
+                      progress=False, draws=draws)
+    train, val = torch.cat(seen["train"]), seen["val"][0]
+    assert set(train.tolist()).isdisjoint(val.tolist())  # no image on both sides of early stopping
+    # a tenth of the images held out, each with all its draws; the rest trained on, all draws each epoch
+    assert torch.equal(torch.bincount(val, minlength=n)[val.unique()], torch.full((n // 10,), draws))
+    counts = torch.bincount(train, minlength=n)
+    assert (counts > 0).sum() == n - n // 10
+    assert set(counts[counts > 0].tolist()) == {draws * history["epochs_run"]}
+    with pytest.raises(ValueError, match="not 3 draws per image"):
+        ncp.fit(samples, epochs=1, draws=3, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["flat", "grouped"])
+def test_a_cached_log_z_answers_only_a_request_for_its_own_proposal(kind):
+    torch.manual_seed(0)
+    vae = MLPVAE(latent_dim=4, hidden=16).eval()
+    ncp = FlatNCP(vae, standard_normal_gmm(4), hidden=8) if kind == "flat" else GroupedNCP(vae, hidden=8)
+    posterior = (torch.randn(20, 4), torch.rand(20, 4) + 0.5)
+    prior_estimate = ncp.log_partition_estimate(300, generator=torch.Generator().manual_seed(0))
+    assert prior_estimate.proposal == "prior" and prior_estimate.posterior_fingerprint is None
+    assert ncp.log_partition_estimate() is prior_estimate  # naming nothing: whatever is cached
+    assert ncp.log_partition_estimate(proposal="prior") is prior_estimate
+    # another proposal without a sample count is estimated anew, not served the prior's estimate
+    aggregate = ncp.log_partition_estimate(proposal="aggregate-posterior", posterior=posterior,
+                                           generator=torch.Generator().manual_seed(1))
+    assert aggregate is not prior_estimate and aggregate.proposal == "aggregate-posterior"
+    assert aggregate.num_samples == 10_000 and aggregate.log_z != prior_estimate.log_z
+    assert ncp.log_partition_estimate(proposal="aggregate-posterior", posterior=posterior) is aggregate
+    assert ncp.log_partition_estimate(proposal="aggregate-posterior") is aggregate
+    assert ncp.log_partition() == (aggregate.log_z, aggregate.stderr)
+    # other posterior components make another proposal
+    moved = ncp.log_partition_estimate(proposal="aggregate-posterior", posterior=(posterior[0] + 1, posterior[1]))
+    assert moved is not aggregate and moved.posterior_fingerprint != aggregate.posterior_fingerprint
+    # the key survives a checkpoint
+    again = type(ncp).from_checkpoint(vae, ncp.to_checkpoint())
+    assert again.log_partition_estimate(proposal="aggregate-posterior",
+                                        posterior=(posterior[0] + 1, posterior[1])) == moved
+    back = again.log_partition_estimate(proposal="prior", generator=torch.Generator().manual_seed(2))
+    assert back.proposal == "prior" and back.num_samples == 10_000
 
 
 def test_a_gmm_base_changes_the_likelihood_and_log_z_sees_the_classifier():
@@ -138,8 +231,7 @@ def test_gmm_base_end_to_end_from_the_command_line(tmp_path):
     assert evaluation["gmm"]["components"] == 3 and evaluation["ncp"]["base"] == "gmm"
     for prior in ("base", "gmm", "ncp"):
         for key in ("nll_nats", "nll_std_error", "fd", "fd_std_error"):
-            assert evaluation[prior][key] == pytest.approx(evaluation[prior][key]) and \
-                abs(evaluation[prior][key]) < float("inf"), (prior, key)
+            assert math.isfinite(evaluation[prior][key]), (prior, key)
     for key in ("nll_difference_ncp_minus_gmm", "nll_difference_gmm_minus_base"):
         assert abs(evaluation[key]) < float("inf") and evaluation[key + "_std_error"] >= 0
     # the NCP-GMM difference's error includes log Z's

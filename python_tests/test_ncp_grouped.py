@@ -1,5 +1,6 @@
 """GroupedNCP: per-group classifiers on a (small, untrained) VAE, and the CLIs of stage 2."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import torch
 
 from ncpfast.models import HierarchicalVAE, MLPVAE, NVAEConfig
 from ncpfast.ncp import GroupedNCP
+from ncpfast.ncp.fitting import CHANCE_ACCURACY, split_images
 
 TINY = NVAEConfig(channels=8, num_preprocess_blocks=2, num_preprocess_cells=1, num_postprocess_blocks=2,
                   num_postprocess_cells=1, num_latent_scales=2, num_groups_per_scale=2, latent_channels=4,
@@ -39,6 +41,53 @@ def test_constant_ratios_leave_the_prior_unchanged(make_vae):
     torch.manual_seed(1)
     reweighted = ncp.importance_weighted_log_likelihood(x, 8)
     torch.testing.assert_close(base, reweighted, rtol=0, atol=1e-4)
+
+
+class Tilt(torch.nn.Module):
+    """log r_k(z_k) = c * sum(z_k) + b: for z_k ~ N(0, I) in d dimensions, log Z_k = c^2 d / 2 + b."""
+    spatial = False
+
+    def __init__(self, c, b=0.0):
+        super().__init__()
+        self.c, self.b = c, b
+
+    def forward(self, z, context):
+        return self.c * z.flatten(1).sum(1) + self.b
+
+
+def test_log_z_of_per_group_reweightings_is_the_sum_of_theirs():
+    torch.manual_seed(0)
+    vae = HierarchicalVAE(TINY).eval()
+    ncp = GroupedNCP(vae, hidden=8, cells=1).eval()
+    assert ncp.num_groups == 3
+    # a constant per group, log r_k = c_k: log Z = sum_k c_k exactly, every weight equal
+    with torch.no_grad():
+        for classifier, value in zip(ncp.classifiers, (0.3, -0.4, 0.9)):
+            classifier.head.weight.zero_()
+            classifier.head.bias.fill_(value)
+    log_z, stderr = ncp.log_partition(16, batch_size=16, generator=torch.Generator().manual_seed(0))
+    assert log_z == pytest.approx(0.8, abs=1e-5) and stderr == pytest.approx(0, abs=1e-6)
+    # the top group (prior N(0, I), no context) tilted linearly, the others constant: independent
+    # factors, so log Z = c^2 d / 2 - 0.4 + 0.9, within the estimate's own error
+    d = math.prod(ncp.classifiers[0].latent_shape)
+    ncp.classifiers = torch.nn.ModuleList([Tilt(0.1), Tilt(0.0, -0.4), Tilt(0.0, 0.9)])
+    estimate = ncp.log_partition_estimate(1000, batch_size=1000, generator=torch.Generator().manual_seed(1),
+                                          refresh=True)
+    exact = 0.01 * d / 2 + 0.5
+    assert 0 < estimate.stderr < 0.05
+    assert abs(estimate.log_z - exact) < 4 * estimate.stderr, (estimate, exact)
+
+
+def test_held_out_images_are_whole_and_the_last_or_random_ones():
+    fit, val = split_images(100, 0.1, minimum=16)
+    assert torch.equal(fit, torch.arange(84)) and torch.equal(val, torch.arange(84, 100))
+    fit, val = split_images(1000, 0.1, minimum=16)
+    assert torch.equal(val, torch.arange(900, 1000)) and len(fit) == 900
+    fit, val = split_images(50, 0.2, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(val) == 10 and torch.equal(torch.cat([fit, val]).sort().values, torch.arange(50))
+    assert not torch.equal(val, torch.arange(40, 50))
+    fit, val = split_images(10, 0.1, minimum=64)
+    assert len(fit) == 0 and len(val) == 10
 
 
 def test_sir_prefers_high_ratio_proposals():
@@ -77,7 +126,14 @@ def test_fit_reports_groups_and_round_trips(tmp_path):
     read = lambda idx: images[idx].bernoulli()  # noqa: E731
     history = ncp.fit(read, 48, lambda idx: read(idx + 48), 16, epochs=2, batch_size=16, progress=False)
     assert len(history["val_accuracy"]) == 2 and len(history["val_accuracy"][0]) == 3
-    assert set(history["groups_at_chance"]) <= {0, 1, 2}
+    # each group keeps its own best held-out epoch, and is at chance by that epoch's accuracy
+    val_loss, val_accuracy = history["val_loss"], history["val_accuracy"]
+    for k in range(3):
+        best = min(range(2), key=lambda epoch: val_loss[epoch][k])
+        assert history["best_epoch"][k] == best and history["best_val_loss"][k] == val_loss[best][k]
+        assert history["best_val_accuracy"][k] == val_accuracy[best][k]
+    assert history["groups_at_chance"] == [k for k in range(3)
+                                           if val_accuracy[history["best_epoch"][k]][k] < CHANCE_ACCURACY]
     state = ncp.to_checkpoint()
     again = GroupedNCP.from_checkpoint(vae, state)
     z = torch.randn(2, 4, 4, 4)

@@ -66,7 +66,16 @@ def test_fit_log_z_and_log_prob(fitted):
     kind, prior, history = fitted
     assert prior.dim == DIM and history["epochs_run"] >= 1 and math.isfinite(history["best_val_loss"])
     log_z, stderr = prior.log_partition(2000, generator=gen(3))
-    assert math.isfinite(log_z) and 0 < stderr < 1
+    # the standard error by its definition, std(w) / (sqrt(N) mean(w)) over the same draws ...
+    with torch.no_grad():
+        w = prior.log_ratio(prior.base.sample(2000, generator=gen(3))).double().exp()
+    assert log_z == pytest.approx(math.log(float(w.mean())), abs=1e-6)
+    assert stderr == pytest.approx(float(w.std() / (math.sqrt(2000) * w.mean())), rel=1e-4)
+    # ... and as the spread of independent estimates (16 repeats: within a factor of 2)
+    repeats = torch.tensor([prior.log_partition(2000, generator=gen(1000 + seed), refresh=True)[0]
+                            for seed in range(16)])
+    assert 0.5 < float(repeats.std()) / stderr < 2, (float(repeats.std()), stderr)
+    log_z, stderr = prior.log_partition(2000, generator=gen(3), refresh=True)
     z = prior.sample(7, method="base", generator=gen(4))
     assert z.shape == (7, DIM)
     with torch.no_grad():
@@ -249,6 +258,22 @@ def test_gmm_state_round_trip(tmp_path):
     z = torch.randn(10, DIM, generator=gen(19))
     assert torch.equal(again.log_prob(z), gmm.log_prob(z))
     assert torch.equal(again.sample(4, generator=gen(20)), gmm.sample(4, generator=gen(20)))
+
+
+@pytest.mark.parametrize("spread,min_std", [(1e-2, 1e-3), (1e-3, 1e-5)])
+def test_gmm_fit_keeps_the_variance_of_a_component_narrow_next_to_its_mean(spread, min_std):
+    # x = 1000 + spread * eps: in float32, E[x^2] - mu^2 loses a variance of 1e-4 (x^2 ~ 1e6 is
+    # stored to ~0.06), so the variance must come from the squared deviations.
+    g = gen(21)
+    one = 1000 + spread * torch.randn(2000, DIM, generator=g)
+    gmm = GaussianMixture.fit(one, components=1, min_std=min_std, generator=g)
+    torch.testing.assert_close(gmm.log_stds.exp()[0].double(), one.double().std(0), rtol=0.03, atol=0)
+    two = torch.cat([1000 + spread * torch.randn(1500, DIM, generator=g),
+                     1000.5 + spread * torch.randn(500, DIM, generator=g)])
+    gmm = GaussianMixture.fit(two, components=2, min_std=min_std, generator=g)
+    order = gmm.means[:, 0].argsort()
+    torch.testing.assert_close(gmm.log_weights.exp()[order], torch.tensor([0.75, 0.25]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(gmm.log_stds.exp()[order], torch.full((2, DIM), spread), rtol=0.1, atol=0)
 
 
 def test_gmm_bad_arguments():

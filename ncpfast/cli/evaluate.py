@@ -36,11 +36,12 @@ def build_parser():
     nll.add_argument("--max-images", type=int, default=0, metavar="N", help="test images of the NLL (0: all)")
     nll.add_argument("--iw-chunk", type=int, default=0, metavar="N",
                      help="importance samples per pass (0: all; bounds memory)")
-    nll.add_argument("--log-z-samples", type=int, default=10000, metavar="N",
-                     help="samples of the log Z estimate (default 10000)")
-    nll.add_argument("--log-z-proposal", choices=["prior", "aggregate-posterior"], default="prior",
-                     help="proposal of the log Z estimate (default prior; aggregate-posterior: a defensive mixture "
-                          "with training images' posteriors, single-group flat models)")
+    nll.add_argument("--log-z-samples", type=int, default=None, metavar="N",
+                     help="estimate log Z anew from N draws (default: the run's own estimate from stage 2, "
+                          "made with its --ncp-log-z-samples)")
+    nll.add_argument("--log-z-proposal", choices=["prior", "aggregate-posterior"], default=None,
+                     help="proposal of a new log Z estimate (default: stage 2's; aggregate-posterior: a defensive "
+                          "mixture with training images' posteriors, single-group flat models)")
     sampling = p.add_argument_group("sampling the NCP prior")
     sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
                           help="how the NCP prior is sampled (default sir)")
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
 
     try:
         for name in ("num_proposals", "steps", "log_z_samples", "readjust_bn_batches"):
-            if getattr(args, name) < 1:
+            if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         result, _, _ = evaluate_run(
             args.run_dir, pick_device(args.device), iw_samples=args.iw_samples, max_images=args.max_images,

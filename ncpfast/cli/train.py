@@ -135,8 +135,7 @@ def run_stage2(config, run_dir: str, distributed) -> None:
     result, base_images, ncp_images = evaluate_run(
         run_dir, device, iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
         iw_chunk=config.eval_chunk, num_generated=config.eval_generated, num_proposals=config.ncp_num_proposals,
-        log_z_samples=config.ncp_log_z_samples, seed=config.seed, progress=config.progress,
-        fid_weights=config.fid_weights, mode=config.ncp_sampling_mode, log_z_proposal=config.ncp_log_z_proposal)
+        seed=config.seed, progress=config.progress, fid_weights=config.fid_weights, mode=config.ncp_sampling_mode)
     run.merge_metrics("evaluation", result)
     n = config.num_sample_images
     save_side_by_side([base_images[:n], ncp_images[:n]], run.sample_grid)

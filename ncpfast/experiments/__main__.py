@@ -19,7 +19,7 @@ from typing import List
 
 from . import definitions, plots, report
 from .results import summarize
-from .runner import Runner, write_json
+from .runner import Runner, RunRecord, read_json, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", metavar="FILE", help="markdown file whose section for the experiment is replaced "
                                                   "(default docs/results.md; with --quick OUT/results.md)")
     p.add_argument("--dry-run", action="store_true", help="print what would run or be reused, run nothing")
+    p.add_argument("--from-json", action="store_true",
+                   help="run nothing: summarise the runs recorded in OUT/NAME.json again with this code's tables and "
+                        "statistics, and rewrite its JSON summary, bar plot and section (which then says so)")
     return p
 
 
@@ -82,6 +85,35 @@ def run_experiment(experiment: definitions.Experiment, args, argv: List[str], ru
     return not any(r.status == "failed" for r in records)
 
 
+def rerender_experiment(experiment: definitions.Experiment, args, argv: List[str]) -> bool:
+    """The experiment's section, summary and bar plot again from its recorded runs."""
+    name = experiment.name
+    json_path = os.path.join(args.out, f"{name}.json")
+    recorded = read_json(json_path)
+    if recorded is None:
+        print(f"error: --from-json needs {json_path} (written by a run of this experiment)", file=sys.stderr)
+        return False
+    records = [RunRecord(**r) for r in recorded["runs"]]
+    summary = summarize(experiment, records, recorded["quick"])
+    figures = [f for f in recorded.get("figures", []) if f.endswith("-samples.png")]
+    if any(r["status"] == "complete" for r in summary["rows"]):
+        if name == "sampler":
+            figures.insert(0, plots.sampler_plot(experiment.title, summary["rows"],
+                                                 os.path.join(args.out, f"{name}-fd.png")))
+        else:
+            figures.insert(0, plots.bar_plot(experiment.title, summary["rows"], experiment.metrics,
+                                             os.path.join(args.out, f"{name}-bars.png")))
+    ctx = {k: recorded[k] for k in ("command", "seeds", "quick", "date", "machine", "git")}
+    ctx["json_name"] = os.path.relpath(json_path, os.path.dirname(os.path.abspath(args.docs)))
+    now = report.context(argv, recorded["seeds"], recorded["quick"], ctx["json_name"])
+    ctx["rerendered"] = {"command": now["command"], "date": now["date"], "git": now["git"]}
+    write_json({**recorded, "summary": summary, "figures": figures, "rerendered": ctx["rerendered"]}, json_path)
+    report.update_markdown(args.docs, name, report.markdown_section(experiment, summary, records, ctx, figures,
+                                                                    args.docs))
+    print(f"{name}: re-rendered from {json_path}; section '{name}' of {args.docs}")
+    return True
+
+
 def _run_grids(experiment, records, seed):
     """Each training's (and variant's) base | NCP grid of the first seed."""
     panels = []
@@ -107,7 +139,10 @@ def main(argv=None) -> int:
     ok = True
     try:
         for name in names:
-            ok = run_experiment(definitions.experiment(name), args, argv, runner) and ok
+            if args.from_json:
+                ok = rerender_experiment(definitions.experiment(name), args, argv) and ok
+            else:
+                ok = run_experiment(definitions.experiment(name), args, argv, runner) and ok
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130

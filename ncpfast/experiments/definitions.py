@@ -187,7 +187,7 @@ _CONV = Training("conv", "conv VAE", args("--preset mnist-conv"), variants=_GMM_
 
 
 def _prior_rows(training: str) -> Tuple[Row, ...]:
-    return (Row("Gaussian prior", training, "base"), Row("GMM prior", training, "base", variant="gmm"),
+    return (Row("Gaussian prior", training, "base"), Row("GMM prior", training, "gmm", variant="gmm"),
             Row("NCP (Gaussian base)", training, "ncp"), Row("NCP (GMM base)", training, "ncp", variant="gmm"))
 
 

@@ -1,5 +1,6 @@
 """Where and with what code an experiment ran: the machine, and the git commit of
 the ncpfast that ran (recorded per run by the runner, per section by the report)."""
+import hashlib
 import os
 import platform
 import subprocess
@@ -43,6 +44,34 @@ def git_commit() -> dict:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     return {"commit": commit or "unknown", "dirty": bool(status)}
+
+
+def code_fingerprint() -> str:
+    """A hash of the code that runs (CODE_PATHS, uncommitted changes included):
+    equal for two checkouts exactly when they would compute the same numbers,
+    whatever else (docs, experiments' outputs) differs. Outside a git checkout:
+    a hash of the installed package's files."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
+
+    def git(*words) -> Optional[str]:
+        try:
+            result = subprocess.run(["git", "-C", root, *words], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    tree = git("ls-tree", "-r", "HEAD", "--", *CODE_PATHS)
+    changes = git("diff", "HEAD", "--", *CODE_PATHS)
+    digest = hashlib.sha1()
+    if tree is not None and changes is not None:
+        digest.update(tree.encode() + b"\0" + changes.encode())
+    else:
+        package = os.path.dirname(os.path.abspath(ncpfast.__file__))
+        for folder, _, files in sorted(os.walk(package)):
+            for name in sorted(f for f in files if f.endswith((".py", ".so"))):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()[:12]
 
 
 def code_version() -> str:

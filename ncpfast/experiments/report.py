@@ -5,6 +5,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..ncp.estimators import MIN_RELIABLE_ESS
 from .definitions import Experiment
 from .provenance import git_commit, machine
 from .results import METRIC_NAMES
@@ -76,15 +77,31 @@ def _status(entry: dict) -> str:
     return f"{entry['status']}: {entry['reason']}" if entry["reason"] else entry["status"]
 
 
+def _log_z_ess(row: dict) -> str:
+    """The smallest effective sample size of log Z over the row's seeds, flagged
+    below MIN_RELIABLE_ESS (its standard error, and the NCP NLL, then not to be trusted)."""
+    values = row.get("log_z_ess")
+    if not values:
+        return "-"
+    if any(v is None for v in values):
+        return "not recorded"
+    smallest = min(values)
+    return f"{smallest:,.0f}" + (" (unreliable)" if smallest < MIN_RELIABLE_ESS else "")
+
+
 def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> List[str]:
-    lines = ["| prior | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics) + " | seeds |",
-             "|---" * (len(metrics) + 2) + "|"]
+    """Each row's metrics, and log Z's effective sample size where an NLL (which needs log Z) is reported."""
+    ess = "nll_nats" in metrics
+    lines = ["| prior | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics)
+             + (" | log Z ESS (min)" if ess else "") + " | seeds |", "|---" * (len(metrics) + 2 + ess) + "|"]
     for r in rows:
         if r["status"] != "complete":
-            lines.append(f"| {r['label']} | " + " | ".join("-" for _ in metrics) + f" | {_status(r)} |")
+            lines.append(f"| {r['label']} | " + " | ".join("-" for _ in metrics) + (" | -" if ess else "")
+                         + f" | {_status(r)} |")
             continue
         cells = [_mean_sd(r["metrics"][m]) if m in r["metrics"] else "-" for m in metrics]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {len(r['seeds'])} |")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + (f" | {_log_z_ess(r)}" if ess else "")
+                     + f" | {len(r['seeds'])} |")
     return lines
 
 
@@ -131,6 +148,18 @@ def _code_line(records: Sequence[RunRecord]) -> str:
     return line + " (a run made in two goes counts under both commits)."
 
 
+def _rerendered_lines(context: dict) -> List[str]:
+    """Where the tables were summarised again from recorded runs (--from-json): say so, and by what code."""
+    again = context.get("rerendered")
+    if not again:
+        return []
+    commit = again["git"]
+    return [f"**Re-rendered** by `{again['command']}` on {again['date']}, commit `{commit['commit'][:12]}`"
+            f"{' with uncommitted changes' if commit['dirty'] else ''}: these tables are this code's summary of "
+            "the runs above, which were not made again; what the runs' own code computed (the evaluation) is as it "
+            "was.", ""]
+
+
 def markdown_section(experiment: Experiment, summary: dict, records: Sequence[RunRecord], context: dict,
                      figures: Sequence[str], docs_path: str) -> str:
     where = context["machine"]
@@ -144,10 +173,16 @@ def markdown_section(experiment: Experiment, summary: dict, records: Sequence[Ru
              f"seeds {', '.join(str(s) for s in context['seeds'])}; all numbers in "
              f"`{context['json_name']}`.", "",
              _code_line(records), "",
+             *_rerendered_lines(context),
              f"The paper: {experiment.paper}", "", experiment.note, "",
              "Temperature 1 everywhere. Rows: mean +- sd over seeds (with one seed, the run's own standard error). "
              "Differences: paired by seed; the standard error is sd/sqrt(n) over seeds (with one seed, the "
-             "evaluation's own); `lower`/`higher` means more than 2 standard errors from 0, `within noise` not.", ""]
+             "evaluation's own); `lower`/`higher`: the two-sided 95% interval excludes 0 (Student's t with n - 1 "
+             "degrees of freedom over n seeds: 4.30 standard errors for 3 seeds; the normal's 1.96 for one seed's "
+             "error over images), `within noise`: it does not. log Z ESS: the smallest effective sample size "
+             f"of an NCP row's log Z over its seeds; below {MIN_RELIABLE_ESS:,} it is marked unreliable: its "
+             "standard error is not valid and log Z tends to be too low, which flatters the NCP NLL "
+             "(docs/results.md, log Z convergence).", ""]
     lines += _rows_table(summary["rows"], experiment.metrics)
     if summary["comparisons"]:
         lines += [""] + _comparisons_table(summary["comparisons"], experiment.metrics)

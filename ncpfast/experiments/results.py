@@ -15,6 +15,11 @@ METRIC_NAMES = {
 }
 # Each metric's own standard error in the evaluation section, where it has one.
 _STD_ERROR_KEYS = {"nll_nats": "nll_std_error", "fd": "fd_std_error"}
+# The evaluation's paired standard error of one prior's NLL minus another's,
+# both scored on the same posterior draws of one run, by the pair of priors.
+_PAIRED_NLL_SE_KEYS = {frozenset(("base", "ncp")): "nll_difference_std_error",
+                       frozenset(("gmm", "ncp")): "nll_difference_ncp_minus_gmm_std_error",
+                       frozenset(("base", "gmm")): "nll_difference_gmm_minus_base_std_error"}
 
 
 def metric(record: RunRecord, prior: str, name: str):
@@ -57,6 +62,9 @@ def summarize_row(experiment: Experiment, row: Row, records: Sequence[RunRecord]
     sampler = sampler_by_key(experiment, row.sampler) if row.sampler else None
     if sampler is not None:
         out.update(method=sampler.method, mode=sampler.mode, amount=sampler.amount)
+    if row.prior == "ncp":
+        # log Z's reliability: its effective sample size in each seed's run
+        out["log_z_ess"] = [((r.evaluation or {}).get("log_z_estimate") or {}).get("ess") for r in done]
     for name in experiment.metrics:
         pairs = [metric(r, row.prior, name) for r in done]
         values = [v for v, _ in pairs]
@@ -64,6 +72,21 @@ def summarize_row(experiment: Experiment, row: Row, records: Sequence[RunRecord]
             continue
         out["metrics"][name] = {**mean_sd(values), "values": values, "run_se": [se for _, se in pairs]}
     return out
+
+
+def _run_scoring_both(a_row: Row, b_row: Row) -> Optional[Row]:
+    """The row whose run scored both rows' priors on the same posterior draws,
+    or None: the shared run, or, for the Gaussian base against another prior of
+    the same training and sampler, the other's run (every stage-2 variant of a
+    training evaluates the same stage-1 model's Gaussian prior)."""
+    if (a_row.training, a_row.variant, a_row.sampler) == (b_row.training, b_row.variant, b_row.sampler):
+        return a_row
+    if (a_row.training, a_row.sampler) == (b_row.training, b_row.sampler):
+        if a_row.prior == "base":
+            return b_row
+        if b_row.prior == "base":
+            return a_row
+    return None
 
 
 def compare(a: dict, b: dict, a_row: Row, b_row: Row, records: Sequence[RunRecord], metrics: Sequence[str]) -> dict:
@@ -75,7 +98,8 @@ def compare(a: dict, b: dict, a_row: Row, b_row: Row, records: Sequence[RunRecor
         return out
     out["status"], out["reason"] = "complete", ""
     seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
-    same_run = (a_row.training, a_row.variant, a_row.sampler) == (b_row.training, b_row.variant, b_row.sampler)
+    paired_key = _PAIRED_NLL_SE_KEYS.get(frozenset((a_row.prior, b_row.prior)))
+    paired_row = _run_scoring_both(a_row, b_row)
     for name in metrics:
         if name not in a["metrics"] or name not in b["metrics"]:
             continue
@@ -85,15 +109,15 @@ def compare(a: dict, b: dict, a_row: Row, b_row: Row, records: Sequence[RunRecor
         sb = dict(zip(b["seeds"], b["metrics"][name]["run_se"]))
         within: List[Optional[float]] = []
         for seed in seeds:
-            run = next((r for r in _records_of(a_row, records) if r.seed == seed), None)
-            paired = (run.evaluation or {}).get("nll_difference_std_error") if run else None
-            # base and NCP scored on the same posterior draws: the run's own paired error.
-            if same_run and name == "nll_nats" and {a_row.prior, b_row.prior} == {"base", "ncp"} and paired is not None:
+            run = next((r for r in _records_of(paired_row, records) if r.seed == seed), None) if paired_row else None
+            paired = (run.evaluation or {}).get(paired_key) if run and paired_key else None
+            # Both priors scored on the same posterior draws of one model: that run's own paired error.
+            if name == "nll_nats" and paired is not None:
                 within.append(paired)
             else:
                 within.append(combined_se(sa[seed], sb[seed]))
         diff = paired_difference([va[s] for s in seeds], [vb[s] for s in seeds], within)
-        out["metrics"][name] = {**diff, "seeds": seeds, "direction": direction(diff["mean"], diff["se"])}
+        out["metrics"][name] = {**diff, "seeds": seeds, "direction": direction(diff["mean"], diff["se"], diff["dof"])}
     return out
 
 

@@ -4,6 +4,7 @@ what is finished and resuming what was interrupted.
 Layout under the runs directory, for a training T with its arguments hashed to H:
 
     T-H/seed0/                  python -m ncpfast.train ... --seed 0 --run-dir T-H/seed0
+                                (H: the arguments and the code's fingerprint, hashed)
     T-H/seed0.experiment.json   the commands that made it and their seconds
     T-H/seed0-V-H2/             stage-1 copy + stage 2 with variant V's arguments
     T-H/seed0.evaluate/         copy of the finished run for ncpfast.evaluate/sample
@@ -11,8 +12,9 @@ Layout under the runs directory, for a training T with its arguments hashed to H
         samples/S.png           one sampler setting's grid (ncpfast.sample)
     logs/...                    every child's stdout and stderr
 
-The arguments are part of the directory names, so a changed definition never
-reuses a stale run. A training run is finished when its metrics.json holds the
+The arguments and the code that runs (provenance.code_fingerprint) are part of
+the directory names, so a changed definition or a code change never reuses a
+stale run. A training run is finished when its metrics.json holds the
 whole evaluation (both priors' NLL and FD); an interrupted one with a checkpoint
 resumes with --resume; one that died before its first checkpoint starts over.
 ncpfast.evaluate rewrites the "evaluation" of the run it is given, so it only
@@ -33,7 +35,7 @@ from tqdm import tqdm
 
 from . import commands
 from .definitions import Experiment, Sampler
-from .provenance import code_version
+from .provenance import code_fingerprint, code_version
 
 METRICS = "metrics.json"
 # What a copy of a run leaves behind: the outputs that the copy's own programs rewrite.
@@ -175,11 +177,13 @@ class Runner:
         records: List[RunRecord] = []
         self.grids = []
         jobs = sum(len(seeds) * (1 + len(t.variants) + len(sizes.samplers)) for t in experiment.trainings)
+        code = code_fingerprint()
         with tqdm(total=jobs, desc=experiment.name, unit="run", disable=self.dry_run) as bar:
             for seed in seeds:
                 for training in experiment.trainings:
                     train_args = sizes.train_args + training.train_args
-                    run_dir = os.path.join(self.runs_dir, f"{training.key}-{digest(train_args)}", f"seed{seed}")
+                    run_dir = os.path.join(self.runs_dir, f"{training.key}-{digest(train_args + (code,))}",
+                                           f"seed{seed}")
                     primary = self._training(RunRecord(seed, training.key, "", "", run_dir), train_args)
                     records.append(primary)
                     bar.update()

@@ -10,6 +10,12 @@ reported, and `se` is the first where it exists.
 import math
 from typing import Optional, Sequence
 
+from scipy import stats as _scipy_stats
+
+# Two-sided level of the verdicts: a difference is `lower`/`higher` when its
+# (1 - CONFIDENCE) confidence interval excludes 0.
+CONFIDENCE = 0.95
+
 
 def _finite(values: Sequence[Optional[float]]) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
@@ -34,8 +40,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float],
     difference from its own evaluation (None where unknown).
 
     Returns mean, sd and n of the differences, se_seeds = sd / sqrt(n) (n >= 2),
-    se_within = sqrt(sum within_se^2) / n (when every seed has one), and
-    se = se_seeds, or se_within with one seed."""
+    se_within = sqrt(sum within_se^2) / n (when every seed has one),
+    se = se_seeds, or se_within with one seed, and dof, the degrees of freedom
+    of se: n - 1 over seeds, None (normal) for a run's own error over images."""
     if len(a) != len(b):
         raise ValueError(f"paired_difference needs as many values in a as in b, got {len(a)} and {len(b)}")
     diffs = [float(y) - float(x) for x, y in zip(a, b)]
@@ -50,7 +57,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float],
             se_within = math.sqrt(sum(float(s) ** 2 for s in within_se)) / n
     return {"mean": summary["mean"], "sd": summary["sd"], "n": n, "differences": diffs,
             "se_seeds": se_seeds, "se_within": se_within,
-            "se": se_seeds if se_seeds is not None else se_within}
+            "se": se_seeds if se_seeds is not None else se_within,
+            "dof": n - 1 if se_seeds is not None else None}
 
 
 def combined_se(se_a: Optional[float], se_b: Optional[float]) -> Optional[float]:
@@ -60,13 +68,26 @@ def combined_se(se_a: Optional[float], se_b: Optional[float]) -> Optional[float]
     return math.sqrt(float(se_a) ** 2 + float(se_b) ** 2)
 
 
-def direction(mean: float, se: Optional[float], z: float = 2.0) -> str:
-    """'lower' or 'higher' when the difference is more than z standard errors from 0,
-    'within noise' when it is not, 'unknown' without a standard error."""
+def critical_value(dof: Optional[int], confidence: float = CONFIDENCE) -> float:
+    """The two-sided quantile a difference must pass, in standard errors:
+    Student's t with `dof` degrees of freedom (4.30 for 3 seeds at 95%), the
+    normal's (1.96) for dof None (an error over thousands of images)."""
+    tail = 0.5 + confidence / 2
+    if dof is None:
+        return float(_scipy_stats.norm.ppf(tail))
+    if dof < 1:
+        raise ValueError(f"critical_value needs at least 1 degree of freedom, got {dof}")
+    return float(_scipy_stats.t.ppf(tail, dof))
+
+
+def direction(mean: float, se: Optional[float], dof: Optional[int] = None) -> str:
+    """'lower' or 'higher' when the two-sided 95% interval mean +- critical_value(dof) * se
+    excludes 0, 'within noise' when it does not, 'unknown' without a standard error."""
     if se is None or not math.isfinite(se):
         return "unknown"
-    if mean < -z * se:
+    threshold = critical_value(dof) * se
+    if mean < -threshold:
         return "lower"
-    if mean > z * se:
+    if mean > threshold:
         return "higher"
     return "within noise"

@@ -5,6 +5,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..nn.distributions import Normal
 
@@ -71,6 +72,20 @@ class LatentVAE(nn.Module):
     def num_data_dims(self) -> int:
         """Dimensions the likelihood covers (784 for MNIST's central 28x28): the bits/dim divisor."""
         raise NotImplementedError
+
+    def in_data_frame(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        """Images [B, C, H, W] (generated, or read from the data set) as the data set
+        stores them, size x size: the square the likelihood scores (num_data_dims:
+        the central 28x28 of padded MNIST) with a zero border around it. A model
+        that decodes 28x28 and one that decodes 32x32 with an unscored border then
+        compare with real images in one frame, whose border is zero."""
+        side = math.isqrt(self.num_data_dims() // images.shape[1])
+        height, width = images.shape[2:]
+        if height != width or height < side or (height - side) % 2 or size < side or (size - side) % 2:
+            raise ValueError(f"images of {height} x {width} do not hold the scored {side} x {side} square "
+                             f"centred, or it does not centre in {size} x {size}")
+        pad = (size - side) // 2
+        return F.pad(crop_border(images, (height - side) // 2), (pad, pad, pad, pad))
 
     @torch.no_grad()
     def sample(self, num_samples: int, temperature: float = 1.0, intercept: Optional[GroupIntercept] = None,

@@ -59,7 +59,11 @@ class GaussianMixture(nn.Module):
             mass = resp.sum(0) + 1e-8
             weights = mass / n
             means = (resp.T @ data) / mass[:, None]
-            var = (resp.T @ (data * data)) / mass[:, None] - means * means
+            # The weighted mean of (x - mu)^2, not E[x^2] - mu^2: in float32 that difference
+            # cancels away the variance of a component narrow next to its mean (the
+            # [N, K, dim] tensor is as large as _component_log_probs's).
+            diff = data[:, None, :] - means
+            var = torch.einsum("nk,nkd->kd", resp, diff * diff) / mass[:, None]
             stds = var.clamp_min(min_std ** 2).sqrt()
         return cls(weights, means, stds.log())
 

@@ -19,8 +19,9 @@ sample size ESS = (sum w)^2 / sum w^2, the number of equally weighted draws the
 weights are worth: an ESS of a few per cent of the draws says the standard
 error itself is not to be trusted.
 """
+import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
 
 import torch
@@ -29,21 +30,26 @@ import torch
 GroupLogRatio = Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 PROPOSALS = ("prior", "aggregate-posterior")
-# Below this effective sample size the estimate rests on a few draws, and the
-# delta-method standard error, itself estimated from them, cannot be trusted
-# (docs/results.md, log Z convergence: at 1e6 draws and an ESS of ~5,000 the
-# repeats agreed within their errors).
-MIN_RELIABLE_ESS = 100
+# Below this effective sample size the delta-method standard error, itself
+# estimated from the few draws that carry the weight, cannot be trusted, and
+# log Z of heavy-tailed weights tends to come out low. From docs/results.md's
+# log Z convergence study: at ESS 996-1,998 (1e5 prior draws) the three repeats
+# were 1.1-3.1 of their reported errors below the 1e6 estimates; from ESS 2,888
+# up (1e6 draws, both proposals) the repeats agreed within their errors.
+MIN_RELIABLE_ESS = 2500
 
 
 @dataclass
 class LogPartitionEstimate:
-    """log Z, its standard error, and how far the importance weights can be trusted."""
+    """log Z, its standard error, and how far the importance weights can be trusted.
+    posterior_fingerprint: which components the aggregate-posterior proposal had
+    (posterior_fingerprint()), None for the prior proposal or where unknown."""
     log_z: float
     stderr: float
     ess: float
     num_samples: int
     proposal: str
+    posterior_fingerprint: Optional[str] = None
 
     @property
     def ess_fraction(self) -> float:
@@ -60,15 +66,43 @@ class LogPartitionEstimate:
     def as_dict(self) -> dict:
         return {**asdict(self), "ess_fraction": self.ess_fraction, "warning": self.warning()}
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> "LogPartitionEstimate":
+        """The estimate as_dict wrote (a checkpoint's; its derived entries are dropped)."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
-def cached_estimate(cached: Optional[LogPartitionEstimate], num_samples: Optional[int],
-                    proposal: str) -> Optional[LogPartitionEstimate]:
-    """The cached log Z when it answers the request: any request without a sample
-    count, or the same count from the same proposal."""
-    if cached is not None and (num_samples is None or (num_samples, proposal) == (cached.num_samples,
-                                                                                 cached.proposal)):
-        return cached
-    return None
+
+def posterior_fingerprint(posterior) -> Optional[str]:
+    """A content hash of posterior=(mu, sigma), the aggregate-posterior proposal's
+    components (their values in float32 and shapes), or None without them."""
+    if posterior is None:
+        return None
+    digest = hashlib.sha256()
+    for tensor in posterior:
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(repr(tuple(values.shape)).encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_estimate(cached: Optional[LogPartitionEstimate], num_samples: Optional[int], proposal: Optional[str],
+                    posterior=None) -> Optional[LogPartitionEstimate]:
+    """The cached log Z when it answers the request: its key is what determines an
+    estimate, the sample count, the proposal and (aggregate-posterior proposal) the
+    posterior components; a request matches on each of them it names (None: any).
+    So log_partition() takes whatever is cached, while a request for another
+    proposal, another count or other components (or components where the cached
+    ones are unknown) is estimated anew."""
+    if cached is None:
+        return None
+    if num_samples is not None and num_samples != cached.num_samples:
+        return None
+    if proposal is not None and proposal != cached.proposal:
+        return None
+    if (proposal == "aggregate-posterior" and posterior is not None
+            and posterior_fingerprint(posterior) != cached.posterior_fingerprint):
+        return None
+    return cached
 
 
 def check_proposal_arguments(posterior, proposal: str):
@@ -95,9 +129,12 @@ def effective_sample_size(log_weights: torch.Tensor) -> float:
     return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)))
 
 
-def summarize_log_weights(log_weights: torch.Tensor, proposal: str) -> LogPartitionEstimate:
+def summarize_log_weights(log_weights: torch.Tensor, proposal: str, posterior=None) -> LogPartitionEstimate:
+    """The estimate from log-weights drawn from `proposal` (with components posterior=(mu, sigma)
+    for the aggregate posterior)."""
     log_z, stderr = log_mean_exp_with_stderr(log_weights)
-    return LogPartitionEstimate(log_z, stderr, effective_sample_size(log_weights), log_weights.numel(), proposal)
+    return LogPartitionEstimate(log_z, stderr, effective_sample_size(log_weights), log_weights.numel(), proposal,
+                                posterior_fingerprint(posterior))
 
 
 def _diagonal_normal_log_prob(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -228,7 +265,7 @@ def grouped_aggregate_posterior_log_partition(vae, log_ratio: GroupLogRatio, pos
     base = DiagonalNormal(prior.mu[0].to(posterior_mu), prior.sigma[0].to(posterior_mu), posterior_mu.shape[1])
     log_w = aggregate_posterior_log_weights(lambda z: log_ratio(0, z, None), base, posterior_mu, posterior_sigma,
                                             num_samples, generator=generator, batch_size=batch_size)
-    return summarize_log_weights(log_w, "aggregate-posterior")
+    return summarize_log_weights(log_w, "aggregate-posterior", (posterior_mu, posterior_sigma))
 
 
 def _flat_prior(vae):

@@ -3,7 +3,7 @@ batch, the (data-parallel) training loop that keeps each group's best held-out
 weights, and the held-out evaluation."""
 import copy
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,21 @@ CHANCE_ACCURACY = 0.55  # a group whose held-out accuracy stays below this is re
 
 # group_losses(x) -> (BCE per group [G], accuracy per group [G]) on one image batch
 GroupLosses = Callable[[torch.Tensor], tuple]
+
+
+def split_images(num_images: int, validation_fraction: float = 0.1, minimum: int = 1, shuffle: bool = False,
+                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(fit images, held-out images): CPU index tensors that split range(num_images) into
+    whole images, max(minimum, int(validation_fraction * num_images)) of them (at most all)
+    held out for early stopping, so that no image's posterior samples land on both sides.
+    shuffle False: the last images are held out (stage 2's split of the training split);
+    True: a random choice, drawn from generator (on its device; None: the global RNG)."""
+    n_val = min(num_images, max(minimum, int(validation_fraction * num_images)))
+    if not shuffle:
+        return torch.arange(num_images - n_val), torch.arange(num_images - n_val, num_images)
+    order = torch.randperm(num_images, generator=generator,
+                           device=generator.device if generator is not None else "cpu").cpu()
+    return order[n_val:], order[:n_val]
 
 
 def group_losses(vae, log_ratio, x: torch.Tensor):

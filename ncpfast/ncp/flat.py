@@ -76,37 +76,47 @@ class FlatNCP(nn.Module):
     # --- training -------------------------------------------------------------------------
 
     def fit(self, posterior_samples: torch.Tensor, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3,
-            generator: Optional[torch.Generator] = None, progress: bool = True) -> dict:
-        """Trains the classifier on posterior samples [N, dim] (posterior_samples())
-        against fresh base samples: NCPPrior.fit, early stopping on a held-out tenth of
-        the samples. A fit changes Z."""
+            generator: Optional[torch.Generator] = None, progress: bool = True, draws: int = 1) -> dict:
+        """Trains the classifier on posterior samples [draws * N, dim] of N images
+        (posterior_samples(mu, sigma, draws)) against fresh base samples: NCPPrior.fit,
+        early stopping on a held-out tenth of the images, all draws of each. A fit changes Z."""
         history = self.prior.fit(posterior_samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=generator,
-                                 progress=progress)
+                                 progress=progress, draws=draws)
         self._log_partition = None
         return history
 
     # --- the partition function and the likelihood -------------------------------------------
 
     def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 1000,
-                      generator: Optional[torch.Generator] = None, refresh: bool = False, proposal: str = "prior",
+                      generator: Optional[torch.Generator] = None, refresh: bool = False,
+                      proposal: Optional[str] = None,
                       posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[float, float]:
         """(log Z, standard error); see log_partition_estimate."""
         estimate = self.log_partition_estimate(num_samples, batch_size, generator, refresh, proposal, posterior)
         return estimate.log_z, estimate.stderr
 
+    @property
+    def stored_log_partition(self) -> Optional[LogPartitionEstimate]:
+        """The last log Z estimate (a checkpoint's, after from_checkpoint), or None."""
+        return self._log_partition
+
     @torch.no_grad()
     def log_partition_estimate(self, num_samples: Optional[int] = None, batch_size: int = 1000,
                                generator: Optional[torch.Generator] = None, refresh: bool = False,
-                               proposal: str = "prior",
+                               proposal: Optional[str] = None,
                                posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
         """Z = E_base[r(z)] with its standard error and effective sample size.
         proposal "prior": draws from the base itself (the GMM for NCP-GMM; log w = log r);
         "aggregate-posterior": the defensive mixture of the base and posterior=(mu, sigma)
         [N, D] of N training images (estimators.aggregate_posterior_log_weights),
-        which puts draws where r is large. Cached until the next fit (or refresh=True)."""
-        cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal)
+        which puts draws where r is large. Cached until the next fit (or refresh=True);
+        the cache answers a request whose sample count, proposal and posterior are
+        each the estimate's or not given (estimators.cached_estimate). proposal None:
+        the cached estimate whatever its proposal, else the prior."""
+        cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal, posterior)
         if cached is not None:
             return cached
+        proposal = proposal or "prior"
         check_proposal_arguments(posterior, proposal)
         num_samples = num_samples or 10_000
         if proposal == "prior":
@@ -116,7 +126,7 @@ class FlatNCP(nn.Module):
         else:
             log_w = aggregate_posterior_log_weights(self.log_ratio, self.base, *posterior, num_samples,
                                                     generator=generator, batch_size=batch_size)
-        self._log_partition = summarize_log_weights(log_w, proposal)
+        self._log_partition = summarize_log_weights(log_w, proposal, posterior if proposal != "prior" else None)
         return self._log_partition
 
     @torch.no_grad()
@@ -213,6 +223,5 @@ class FlatNCP(nn.Module):
         ncp = cls(vae, prior.base, hidden=state["hidden"])
         ncp.prior = prior
         saved = state.get("log_partition")
-        ncp._log_partition = None if saved is None else LogPartitionEstimate(
-            saved["log_z"], saved["stderr"], saved["ess"], saved["num_samples"], saved["proposal"])
+        ncp._log_partition = None if saved is None else LogPartitionEstimate.from_dict(saved)
         return ncp.eval()

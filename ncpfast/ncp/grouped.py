@@ -86,25 +86,34 @@ class GroupedNCP(nn.Module):
     # --- the partition function and the likelihood (estimators.py) ------------------------------
 
     def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 500,
-                      generator: Optional[torch.Generator] = None, refresh: bool = False, proposal: str = "prior",
+                      generator: Optional[torch.Generator] = None, refresh: bool = False,
+                      proposal: Optional[str] = None,
                       posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[float, float]:
         """(log Z, standard error); see log_partition_estimate."""
         estimate = self.log_partition_estimate(num_samples, batch_size, generator, refresh, proposal, posterior)
         return estimate.log_z, estimate.stderr
 
+    @property
+    def stored_log_partition(self) -> Optional[LogPartitionEstimate]:
+        """The last log Z estimate (a checkpoint's, after from_checkpoint), or None."""
+        return self._log_partition
+
     def log_partition_estimate(self, num_samples: Optional[int] = None, batch_size: int = 500,
                                generator: Optional[torch.Generator] = None, refresh: bool = False,
-                               proposal: str = "prior",
+                               proposal: Optional[str] = None,
                                posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
         """Z = E_p[prod_k r_k(z_k | z_<k)] with its standard error and effective sample
         size. proposal "prior": z drawn from the VAE's prior group by group;
         "aggregate-posterior" (single-group flat models): the defensive mixture of
         the prior and posterior=(mu, sigma) [N, D] of N training images
         (estimators.flat_posterior_parameters). Cached until the next fit (or
-        refresh=True); without num_samples the cached estimate is returned."""
-        cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal)
+        refresh=True); the cache answers a request whose sample count, proposal and
+        posterior are each the estimate's or not given (estimators.cached_estimate).
+        proposal None: the cached estimate whatever its proposal, else the prior."""
+        cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal, posterior)
         if cached is not None:
             return cached
+        proposal = proposal or "prior"
         check_proposal_arguments(posterior, proposal)
         num_samples = num_samples or 10_000
         if proposal == "prior":
@@ -192,7 +201,6 @@ def _estimate_from_state(saved) -> Optional[LogPartitionEstimate]:
     if saved is None:
         return None
     if isinstance(saved, dict):
-        return LogPartitionEstimate(saved["log_z"], saved["stderr"], saved["ess"], saved["num_samples"],
-                                    saved["proposal"])
+        return LogPartitionEstimate.from_dict(saved)
     log_z, stderr, num_samples = saved
     return LogPartitionEstimate(log_z, stderr, float("nan"), num_samples, "prior")

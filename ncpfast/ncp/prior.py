@@ -20,6 +20,7 @@ from .base_priors import GaussianMixture, StandardNormal
 from .base_state import base_from_state, base_to_state
 from .classifiers import default_classifier
 from .estimators import log_mean_exp_with_stderr
+from .fitting import split_images
 from .sampling import check_sampling_arguments, langevin
 
 
@@ -90,17 +91,30 @@ class NCPPrior(nn.Module):
 
     def fit(self, posterior_samples: torch.Tensor, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
             weight_decay: float = 1e-5, validation_fraction: float = 0.1, patience: int = 5,
-            generator: Optional[torch.Generator] = None, progress: bool = True) -> dict:
+            generator: Optional[torch.Generator] = None, progress: bool = True, draws: int = 1) -> dict:
         """Trains the classifier: posterior samples (1) against fresh base samples (0),
-        BCE on logits, early stopping on a held-out split. Returns the history."""
+        BCE on logits, early stopping on a held-out split. Returns the history.
+
+        draws: posterior samples per image, laid out as flat.posterior_samples does
+        ([draws * N, dim], row d * N + i the d-th draw of image i). The held-out split
+        takes whole images (fitting.split_images: a random validation_fraction of the N
+        images with all their draws), so no image is seen on both sides of early stopping."""
         data = posterior_samples.detach().reshape(-1, self.dim)
         if data.shape[0] < 10:
             raise ValueError(f"NCPPrior.fit needs at least 10 posterior samples, got {data.shape[0]}")
-        order = torch.randperm(data.shape[0], generator=generator,
-                               device=generator.device if generator is not None else "cpu").to(data.device)
-        n_val = max(1, int(validation_fraction * data.shape[0]))
-        val_pos, train_pos = data[order[:n_val]], data[order[n_val:]]
-        val_neg = self.base.sample(n_val, generator=generator).to(data)
+        if draws < 1 or data.shape[0] % draws:
+            raise ValueError(f"NCPPrior.fit: {data.shape[0]} posterior samples are not {draws} draws per image")
+        num_images = data.shape[0] // draws
+        train_images, val_images = split_images(num_images, validation_fraction, shuffle=True, generator=generator)
+        if train_images.numel() == 0:
+            raise ValueError(f"NCPPrior.fit: {num_images} images leave none to train on after holding out "
+                             f"{val_images.numel()}")
+
+        def rows(images):  # every draw of these images
+            return (torch.arange(draws)[:, None] * num_images + images).flatten().to(data.device)
+
+        val_pos, train_pos = data[rows(val_images)], data[rows(train_images)]
+        val_neg = self.base.sample(val_pos.shape[0], generator=generator).to(data)
         optimizer = torch.optim.Adam(self.classifier.parameters(), lr=lr, weight_decay=weight_decay)
         history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         best, best_state, waited = math.inf, copy.deepcopy(self.classifier.state_dict()), 0

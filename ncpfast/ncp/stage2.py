@@ -8,12 +8,12 @@ import torch
 from .. import checkpoint
 from ..data import load_dataset, read_batch
 from ..models import build_model
-from ..run_dir import RunDir
+from ..run_dir import RunDir, RunDirError
 from ..training.config import load_config
 from ..training.distributed import DistributedContext, replicas_identical
 from .base_priors import GaussianMixture
 from .estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
-from .fitting import CHANCE_ACCURACY
+from .fitting import CHANCE_ACCURACY, split_images
 from .flat import CHECKPOINT_KIND as FLAT_KIND
 from .flat import FlatNCP, posterior_samples
 from .grouped import GroupedNCP
@@ -41,6 +41,15 @@ def load_ncp(run_dir: str, vae):
     if state.get("kind") == FLAT_KIND:
         return FlatNCP.from_checkpoint(vae, state)
     return GroupedNCP.from_checkpoint(vae, state)
+
+
+def stored_log_partition(ncp, run_dir: str) -> LogPartitionEstimate:
+    """The log Z estimate stage 2 stored with the run's NCP."""
+    estimate = ncp.stored_log_partition
+    if estimate is None:
+        raise RunDirError(f"{run_dir}: its NCP checkpoint holds no log Z estimate; pass a log Z sample count "
+                          "to estimate one")
+    return estimate
 
 
 def image_reader(split, likelihood: str, device: torch.device, generator: Optional[torch.Generator]):
@@ -97,16 +106,17 @@ def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: in
     ncp = GroupedNCP(vae, hidden=hidden, cells=cells).to(device)
     if distributed.rank:
         torch.manual_seed(seed + 1000 * distributed.rank)
-    n_val = max(batch_size, len(train) // 10)  # the last 10% of the training split is held out
-    n_fit = len(train) - n_val
+    # the last 10% of the training split (at least a batch) is held out
+    fit_images, val_images = split_images(len(train), 0.1, minimum=batch_size)
+    n_fit, n_val = len(fit_images), len(val_images)
     if n_fit < batch_size * distributed.world_size:
         raise ValueError(f"stage 2: {n_fit} training images cannot fill one step of {batch_size} images x "
                          f"{distributed.world_size} processes; lower --ncp-batch-size")
     read = image_reader(train, vae.likelihood, device, g)
     start = time.perf_counter()
-    history = ncp.fit(read, n_fit, lambda idx: read(idx + n_fit), n_val, epochs=epochs, batch_size=batch_size,
-                      lr=lr, generator=torch.Generator().manual_seed(seed), progress=progress, writer=writer,
-                      distributed=distributed)
+    history = ncp.fit(lambda idx: read(fit_images[idx]), n_fit, lambda idx: read(val_images[idx]), n_val,
+                      epochs=epochs, batch_size=batch_size, lr=lr, generator=torch.Generator().manual_seed(seed),
+                      progress=progress, writer=writer, distributed=distributed)
     fit_seconds = time.perf_counter() - start
     identical = replicas_identical(ncp.classifiers, distributed)  # collective: before rank 0 goes on alone
     if not distributed.is_main:
@@ -137,7 +147,7 @@ def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, compon
         raise ValueError(f"gmm_data must be samples or means, got {gmm_data!r}")
     g = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)  # the classifier's initial weights
-    n_fit = len(train) - max(batch_size, len(train) // 10)
+    n_fit = len(split_images(len(train), 0.1, minimum=batch_size)[0])  # as train_stage2 holds out
     if n_fit < max(components, 10):
         raise ValueError(f"stage 2: {n_fit} training images are too few for a GMM of {components} components")
     read = image_reader(train, vae.likelihood, device, g)
@@ -146,7 +156,8 @@ def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, compon
     samples = posterior_samples(mu, sigma, FLAT_POSTERIOR_DRAWS, g)
     gmm = GaussianMixture.fit(samples if gmm_data == "samples" else mu, components, generator=g)
     ncp = FlatNCP(vae, gmm, hidden=hidden).to(device)
-    history = ncp.fit(samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=g, progress=progress)
+    history = ncp.fit(samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=g, progress=progress,
+                      draws=FLAT_POSTERIOR_DRAWS)
     fit_seconds = time.perf_counter() - start
     estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
     checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)

@@ -184,7 +184,7 @@ def sampler(s, device, write):
     for M in s["proposals"]:
         drawn = {}
 
-        def call(path, M=M):
+        def call(path, M=M, drawn=drawn):
             ncp.kernels = paths[path]
             with torch.no_grad():
                 drawn[path] = ncp.sample(n, method="sir", num_proposals=M,

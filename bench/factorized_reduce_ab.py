@@ -44,8 +44,8 @@ def main():
         reduce = FactorizedReduce(c, o)
         x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last).requires_grad_(True)
         torch.testing.assert_close(reduce(x), strided_conv(reduce, x), rtol=1e-4, atol=1e-5)
-        variants = {"strided-conv": lambda: strided_conv(reduce, x).square().sum().backward(),
-                    "sliced": lambda: reduce(x).square().sum().backward()}
+        variants = {"strided-conv": lambda reduce=reduce, x=x: strided_conv(reduce, x).square().sum().backward(),
+                    "sliced": lambda reduce=reduce, x=x: reduce(x).square().sum().backward()}
         seconds = interleaved_seconds(variants, "cpu", args.rounds)
         row = {name: summarize(s) for name, s in seconds.items()}
         row["sliced_over_strided_median"] = row["sliced"]["median_ms"] / row["strided-conv"]["median_ms"]

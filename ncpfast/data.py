@@ -23,7 +23,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class Split:
 class LazyImageSplit:
     """Images read from disk on demand (CelebA-size sets), same interface as Split."""
 
-    def __init__(self, paths: List[str], size: int, crop: Optional[Tuple[int, int, int, int]]):
+    def __init__(self, paths: list[str], size: int, crop: Optional[tuple[int, int, int, int]]):
         self.paths, self.size, self.crop, self.labels = paths, size, crop, None
 
     def __len__(self):
@@ -63,7 +63,7 @@ class LazyImageSplit:
         return torch.stack([_load_image(self.paths[int(i)], self.size, self.crop) for i in indices])
 
 
-def image_shape(dataset: str) -> Tuple[int, int, int]:
+def image_shape(dataset: str) -> tuple[int, int, int]:
     """(channels, height, width) of the images a data set yields."""
     return {"mnist-embedded": (1, 32, 32), "mnist": (1, 32, 32), "cifar10": (3, 32, 32),
             "celeba64": (3, 64, 64), "celebahq256": (3, 256, 256)}[dataset]

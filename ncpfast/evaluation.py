@@ -11,7 +11,7 @@ pytorch-fid's Inception weights file, FID proper is computed as well
 import contextlib
 import math
 import time
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -45,7 +45,7 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
                  log_z_samples: Optional[int] = None, seed: int = 0, progress: bool = True, fid_weights: str = "",
                  num_real: int = 0, mode: str = "group", log_z_proposal: Optional[str] = None, fd_cache_dir=None,
                  readjust_bn: bool = False,
-                 readjust_bn_batches: int = DEFAULT_BATCHES) -> Tuple[dict, torch.Tensor, torch.Tensor]:
+                 readjust_bn_batches: int = DEFAULT_BATCHES) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Base prior and NCP prior side by side: NLL and Frechet distance (and FID given `fid_weights`).
 
     `num_real` held-out images are the reference set of the Frechet distances

@@ -14,7 +14,7 @@ images resized to 299x299 (bilinear), scaled to [-1, 1], and quantised to 8
 bits first as they would be when read back from PNG files.
 """
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

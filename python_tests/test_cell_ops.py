@@ -394,7 +394,7 @@ def test_fused_cells_save_less_activation_memory_than_eager():
         torch.manual_seed(0)
         model = build_model(TrainConfig(**{**PRESETS["tiny"], "kernels": kernels})).train()
         x = (torch.rand(4, 1, 32, 32) > 0.5).float()
-        saved[kernels] = saved_activation_bytes(lambda: model(x), exclude=list(model.parameters()))
+        saved[kernels] = saved_activation_bytes(lambda model=model, x=x: model(x), exclude=list(model.parameters()))
     assert 0 < saved["fused"] < 0.75 * saved["torch"], saved
 
 

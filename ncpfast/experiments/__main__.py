@@ -15,7 +15,6 @@ the experiment's section of the --docs markdown file.
 import argparse
 import os
 import sys
-from typing import List
 
 from . import definitions, plots, report
 from .results import summarize
@@ -55,7 +54,7 @@ def resolve_paths(args) -> None:
         args.docs = args.docs or os.path.join("docs", "results.md")
 
 
-def run_experiment(experiment: definitions.Experiment, args, argv: List[str], runner: Runner) -> bool:
+def run_experiment(experiment: definitions.Experiment, args, argv: list[str], runner: Runner) -> bool:
     seeds = list(range(args.seeds))
     records = runner.run(experiment, seeds, args.quick)
     if args.dry_run:
@@ -85,7 +84,7 @@ def run_experiment(experiment: definitions.Experiment, args, argv: List[str], ru
     return not any(r.status == "failed" for r in records)
 
 
-def rerender_experiment(experiment: definitions.Experiment, args, argv: List[str]) -> bool:
+def rerender_experiment(experiment: definitions.Experiment, args, argv: list[str]) -> bool:
     """The experiment's section, summary and bar plot again from its recorded runs."""
     name = experiment.name
     json_path = os.path.join(args.out, f"{name}.json")

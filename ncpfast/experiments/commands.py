@@ -11,7 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Dict, Iterable, List, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 import ncpfast
 
@@ -20,13 +20,13 @@ from .definitions import SAMPLING_MODE_FLAG, Sampler
 PROGRAMS = ("train", "evaluate", "sample")
 
 
-def python_command(program: str) -> List[str]:
+def python_command(program: str) -> list[str]:
     if program not in PROGRAMS:
         raise ValueError(f"program must be one of {PROGRAMS}, got {program!r}")
     return [sys.executable, "-m", f"ncpfast.{program}"]
 
 
-def child_environment() -> Dict[str, str]:
+def child_environment() -> dict[str, str]:
     """The children import the same ncpfast as this process, whatever their working directory."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
     env = dict(os.environ)
@@ -35,7 +35,7 @@ def child_environment() -> Dict[str, str]:
     return env
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def help_text(program: str) -> str:
     result = subprocess.run(python_command(program) + ["--help"], capture_output=True, text=True,
                             env=child_environment(), timeout=300)
@@ -49,11 +49,11 @@ def accepted_options(program: str) -> frozenset:
     return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", help_text(program)))
 
 
-def option_names(arguments: Iterable[str]) -> List[str]:
+def option_names(arguments: Iterable[str]) -> list[str]:
     return [a.split("=", 1)[0] for a in arguments if a.startswith("--")]
 
 
-def missing_options(program: str, arguments: Sequence[str]) -> List[str]:
+def missing_options(program: str, arguments: Sequence[str]) -> list[str]:
     accepted = accepted_options(program)
     return sorted({name for name in option_names(arguments) if name not in accepted})
 
@@ -64,7 +64,7 @@ def unavailable_reason(program: str, arguments: Sequence[str]) -> str:
     return f"not available in this build: {', '.join(missing)} missing" if missing else ""
 
 
-def boolean_flag(program: str, name: str, value: bool) -> List[str]:
+def boolean_flag(program: str, name: str, value: bool) -> list[str]:
     """A boolean option in the syntax the program accepts: `--name/--no-name`
     (argparse.BooleanOptionalAction) where its --help shows --no-name, else `--name true|false`."""
     if f"--no-{name}" in accepted_options(program):
@@ -72,12 +72,12 @@ def boolean_flag(program: str, name: str, value: bool) -> List[str]:
     return [f"--{name}", "true" if value else "false"]
 
 
-def quiet(program: str) -> List[str]:
+def quiet(program: str) -> list[str]:
     """The children's own progress bars off where they have a switch (the experiment shows one over its runs)."""
     return boolean_flag(program, "progress", False) if "--progress" in accepted_options(program) else []
 
 
-def sampler_arguments(program: str, sampler: Sampler) -> Tuple[str, ...]:
+def sampler_arguments(program: str, sampler: Sampler) -> tuple[str, ...]:
     """A sampler setting's options for ncpfast.evaluate or ncpfast.sample. A build without the
     sampling-mode option samples group-wise only: its group-wise settings run without the option."""
     with_mode = sampler.mode != "group" or SAMPLING_MODE_FLAG in accepted_options(program)

@@ -8,7 +8,7 @@ Later arguments win (argparse), so a training's own arguments come after its
 experiment's size arguments.
 """
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 # The option that picks group-wise or joint sampling (SIR and Langevin) in
 # ncpfast.evaluate and ncpfast.sample.
@@ -17,7 +17,7 @@ SAMPLING_MODE_FLAG = "--mode"
 NCP_BASE_FLAG = "--ncp-base"
 
 
-def args(text: str) -> Tuple[str, ...]:
+def args(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
@@ -27,9 +27,9 @@ class Training:
     stage-2 variants trained on copies of its stage-1 run."""
     key: str                 # names its run directories
     label: str               # names it in tables and plots
-    train_args: Tuple[str, ...]
+    train_args: tuple[str, ...]
     # variant key -> (label, extra stage-2 arguments); each gets a copy of the stage-1 run
-    variants: Dict[str, Tuple[str, Tuple[str, ...]]] = field(default_factory=dict)
+    variants: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Sampler:
         what = f"M={self.amount}" if self.method == "sir" else f"T={self.amount}"
         return f"{'SIR' if self.method == 'sir' else 'Langevin'} {self.mode} {what}"
 
-    def cli_args(self, with_mode: bool = True) -> Tuple[str, ...]:
+    def cli_args(self, with_mode: bool = True) -> tuple[str, ...]:
         """with_mode=False leaves the mode to the program's default (group-wise before the mode option existed)."""
         amount = ("--num-proposals" if self.method == "sir" else "--steps", str(self.amount))
         return ("--method", self.method, *amount) + ((SAMPLING_MODE_FLAG, self.mode) if with_mode else ())
@@ -69,9 +69,9 @@ class Row:
 
 @dataclass(frozen=True)
 class Sizes:
-    train_args: Tuple[str, ...]          # before each training's own arguments
-    evaluate_args: Tuple[str, ...] = ()  # for the sampler experiment's ncpfast.evaluate calls
-    samplers: Tuple[Sampler, ...] = ()
+    train_args: tuple[str, ...]          # before each training's own arguments
+    evaluate_args: tuple[str, ...] = ()  # for the sampler experiment's ncpfast.evaluate calls
+    samplers: tuple[Sampler, ...] = ()
     sample_images: int = 64              # images of each sampler's grid (ncpfast.sample -n)
 
 
@@ -80,10 +80,10 @@ class Experiment:
     name: str
     title: str
     paper: str               # what the paper reports, for the generated section
-    trainings: Tuple[Training, ...]
-    rows: Tuple[Row, ...]
-    comparisons: Tuple[Tuple[str, str], ...]   # (row a, row b): paired difference b - a, same seed
-    metrics: Tuple[str, ...]                   # what the tables and bar plots show
+    trainings: tuple[Training, ...]
+    rows: tuple[Row, ...]
+    comparisons: tuple[tuple[str, str], ...]   # (row a, row b): paired difference b - a, same seed
+    metrics: tuple[str, ...]                   # what the tables and bar plots show
     default: Sizes
     quick: Sizes
     note: str = ""
@@ -186,7 +186,7 @@ _SINGLE = Training("single", "MLP VAE", args("--preset mnist-single"), variants=
 _CONV = Training("conv", "conv VAE", args("--preset mnist-conv"), variants=_GMM_VARIANT)
 
 
-def _prior_rows(training: str) -> Tuple[Row, ...]:
+def _prior_rows(training: str) -> tuple[Row, ...]:
     return (Row("Gaussian prior", training, "base"), Row("GMM prior", training, "gmm", variant="gmm"),
             Row("NCP (Gaussian base)", training, "ncp"), Row("NCP (GMM base)", training, "ncp", variant="gmm"))
 
@@ -219,7 +219,7 @@ def _single_latent() -> Experiment:
              "(4,000 training and 1,000 test digits).")
 
 
-EXPERIMENTS: Dict[str, Experiment] = {e.name: e for e in (_groups(), _sampler(), _gmm_base(), _single_latent())}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (_groups(), _sampler(), _gmm_base(), _single_latent())}
 ALL = tuple(EXPERIMENTS)
 
 

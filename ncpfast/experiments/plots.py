@@ -1,6 +1,6 @@
 """PNG figures of an experiment's summary (matplotlib, Agg backend: no display needed)."""
 import os
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -97,7 +97,7 @@ def sampler_plot(title: str, rows: Sequence[dict], path: str) -> str:
     return _save(fig, path)
 
 
-def sample_grids(panels: List[Tuple[str, str]], path: str, columns: int = 4) -> str:
+def sample_grids(panels: list[tuple[str, str]], path: str, columns: int = 4) -> str:
     """The given PNG files (label, path) side by side with their labels."""
     columns = min(columns, len(panels))
     rows = (len(panels) + columns - 1) // columns

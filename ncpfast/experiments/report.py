@@ -3,7 +3,8 @@ section of docs/results.md (between markers, so a rerun replaces it)."""
 import datetime
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Optional
 
 from ..ncp.estimators import MIN_RELIABLE_ESS
 from .definitions import Experiment
@@ -53,7 +54,7 @@ def _number(value: Optional[float]) -> str:
     return f"{value:.{digits}f}"
 
 
-def _with_error(value: float, error: Optional[float]) -> Tuple[str, str]:
+def _with_error(value: float, error: Optional[float]) -> tuple[str, str]:
     """value and error to the same decimal place: two significant digits of the error."""
     if error is None or not math.isfinite(error) or error <= 0:
         return _number(value), _number(error)
@@ -89,7 +90,7 @@ def _log_z_ess(row: dict) -> str:
     return f"{smallest:,.0f}" + (" (unreliable)" if smallest < MIN_RELIABLE_ESS else "")
 
 
-def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> List[str]:
+def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> list[str]:
     """Each row's metrics, and log Z's effective sample size where an NLL (which needs log Z) is reported."""
     ess = "nll_nats" in metrics
     lines = ["| prior | " + " | ".join(METRIC_NAMES.get(m, m) for m in metrics)
@@ -105,7 +106,7 @@ def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> List[str]:
     return lines
 
 
-def _comparisons_table(comparisons: Sequence[dict], metrics: Sequence[str]) -> List[str]:
+def _comparisons_table(comparisons: Sequence[dict], metrics: Sequence[str]) -> list[str]:
     lines = ["| difference (same seed) | " + " | ".join(f"{METRIC_NAMES.get(m, m)}: mean +- s.e." for m in metrics)
              + " | seeds |", "|---" * (len(metrics) + 2) + "|"]
     for c in comparisons:
@@ -132,7 +133,7 @@ def _comparisons_table(comparisons: Sequence[dict], metrics: Sequence[str]) -> L
 
 def _code_line(records: Sequence[RunRecord]) -> str:
     """Which commits made the runs (a reused run keeps the commit that made it)."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     unrecorded = 0
     for r in records:
         if r.status != "complete":
@@ -148,7 +149,7 @@ def _code_line(records: Sequence[RunRecord]) -> str:
     return line + " (a run made in two goes counts under both commits)."
 
 
-def _rerendered_lines(context: dict) -> List[str]:
+def _rerendered_lines(context: dict) -> list[str]:
     """Where the tables were summarised again from recorded runs (--from-json): say so, and by what code."""
     again = context.get("rerendered")
     if not again:

@@ -1,6 +1,7 @@
 """An experiment's runs as its table: each row's metrics over seeds, and the
 paired differences between rows."""
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .definitions import Experiment, Row, sampler_by_key
 from .runner import RunRecord
@@ -36,12 +37,12 @@ def metric(record: RunRecord, prior: str, name: str):
     return scores.get(name), se
 
 
-def rows_in_use(experiment: Experiment, quick: bool) -> List[Row]:
+def rows_in_use(experiment: Experiment, quick: bool) -> list[Row]:
     keys = {s.key for s in experiment.sizes(quick).samplers}
     return [r for r in experiment.rows if not r.sampler or r.sampler in keys]
 
 
-def _records_of(row: Row, records: Sequence[RunRecord]) -> List[RunRecord]:
+def _records_of(row: Row, records: Sequence[RunRecord]) -> list[RunRecord]:
     return [r for r in records if (r.training, r.variant, r.sampler) == (row.training, row.variant, row.sampler)]
 
 
@@ -107,7 +108,7 @@ def compare(a: dict, b: dict, a_row: Row, b_row: Row, records: Sequence[RunRecor
         vb = dict(zip(b["seeds"], b["metrics"][name]["values"]))
         sa = dict(zip(a["seeds"], a["metrics"][name]["run_se"]))
         sb = dict(zip(b["seeds"], b["metrics"][name]["run_se"]))
-        within: List[Optional[float]] = []
+        within: list[Optional[float]] = []
         for seed in seeds:
             run = next((r for r in _records_of(paired_row, records) if r.seed == seed), None) if paired_row else None
             paired = (run.evaluation or {}).get(paired_key) if run and paired_key else None
@@ -123,7 +124,7 @@ def compare(a: dict, b: dict, a_row: Row, b_row: Row, records: Sequence[RunRecor
 
 def summarize(experiment: Experiment, records: Sequence[RunRecord], quick: bool) -> dict:
     rows = rows_in_use(experiment, quick)
-    by_label: Dict[str, dict] = {}
+    by_label: dict[str, dict] = {}
     summaries = []
     for row in rows:
         summary = summarize_row(experiment, row, records)

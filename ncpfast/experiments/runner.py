@@ -28,8 +28,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Optional
 
 from tqdm import tqdm
 
@@ -54,14 +55,14 @@ class RunRecord:
     status: str = "pending"      # complete | unavailable | failed | planned
     reason: str = ""
     reused: bool = False
-    commands: List[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     seconds: float = 0.0         # wall seconds of this job's commands, over all invocations
     seconds_now: float = 0.0     # of them, in this invocation
     evaluation: Optional[dict] = None
     peak_rss_mib: Optional[float] = None
     train_seconds: Optional[float] = None
     samples_png: Optional[str] = None
-    code: List[str] = field(default_factory=list)  # provenance.code_version of each command that made it
+    code: list[str] = field(default_factory=list)  # provenance.code_version of each command that made it
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -124,7 +125,7 @@ class Execution:
     peak_rss_mib: float
 
 
-def execute(command: List[str], log_path: str, stdout_path: Optional[str] = None) -> Execution:
+def execute(command: list[str], log_path: str, stdout_path: Optional[str] = None) -> Execution:
     """Runs one child to its end, its output appended to log_path (stdout to stdout_path
     when given), and measures its wall seconds and peak resident memory (its own, from wait4)."""
     for path in (log_path, stdout_path):
@@ -168,13 +169,13 @@ class Runner:
 
     def __init__(self, runs_dir: str, dry_run: bool = False, say: Callable[[str], None] = tqdm.write):
         self.runs_dir, self.dry_run, self.say = runs_dir, dry_run, say
-        self.grids: List[tuple] = []  # (label, PNG) of the sampler experiment's grids, filled by run()
+        self.grids: list[tuple] = []  # (label, PNG) of the sampler experiment's grids, filled by run()
 
     # --- the plan ------------------------------------------------------------------------
 
-    def run(self, experiment: Experiment, seeds: Sequence[int], quick: bool) -> List[RunRecord]:
+    def run(self, experiment: Experiment, seeds: Sequence[int], quick: bool) -> list[RunRecord]:
         sizes = experiment.sizes(quick)
-        records: List[RunRecord] = []
+        records: list[RunRecord] = []
         self.grids = []
         jobs = sum(len(seeds) * (1 + len(t.variants) + len(sizes.samplers)) for t in experiment.trainings)
         code = code_fingerprint()
@@ -282,12 +283,12 @@ class Runner:
         os.remove(stdout_path)
         return record
 
-    def _sample_grids(self, primary: RunRecord, samplers, images: int, records: List[RunRecord]) -> None:
+    def _sample_grids(self, primary: RunRecord, samplers, images: int, records: list[RunRecord]) -> None:
         """Grids of the base prior and of each method and mode at its largest setting (first seed only),
         added to self.grids as (label, PNG path)."""
         if primary.status not in ("complete", "planned"):
             return
-        largest: Dict[tuple, Sampler] = {}
+        largest: dict[tuple, Sampler] = {}
         for s in samplers:
             if s.amount > largest.get((s.method, s.mode), Sampler("", "", -1)).amount:
                 largest[(s.method, s.mode)] = s

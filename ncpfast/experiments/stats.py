@@ -8,7 +8,8 @@ error over test images or generated images) is the only one there is; both are
 reported, and `se` is the first where it exists.
 """
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from scipy import stats as _scipy_stats
 

@@ -4,7 +4,6 @@ group counts), a residual posterior, and Bernoulli (binary MNIST, central
 28x28) or logistic-mixture (colour) outputs.
 """
 from dataclasses import dataclass, fields
-from typing import List
 
 import torch
 import torch.nn as nn
@@ -39,7 +38,7 @@ class NVAEConfig:
     def from_train_config(cls, config) -> "NVAEConfig":
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
-    def groups_per_scale(self) -> List[int]:
+    def groups_per_scale(self) -> list[int]:
         """Groups at each latent scale, finest first (adaptive: halve per coarser scale)."""
         counts, n = [], self.num_groups_per_scale
         for _ in range(self.num_latent_scales):
@@ -124,7 +123,7 @@ class HierarchicalVAE(LatentVAE):
 
     # --- towers -----------------------------------------------------------------
 
-    def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features per group, in decoder order (coarsest scale first)."""
         h = self.preprocess(self.stem(self._encoder_input(2.0 * x - 1.0)))
         features, k = [], 0

@@ -217,7 +217,7 @@ def grouped_log_partition(vae, log_ratio: GroupLogRatio, num_samples: int, batch
         n = min(batch_size, num_samples - start)
         total = torch.zeros(n, device=device)
 
-        def accumulate(k, z, context, prior):
+        def accumulate(k, z, context, prior, total=total):
             total.add_(log_ratio(k, z, context).float())
             return z
 

@@ -3,14 +3,20 @@ batch, the (data-parallel) training loop that keeps each group's best held-out
 weights, and the held-out evaluation."""
 import copy
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..training.distributed import DistributedContext, all_reduce_sum, average_gradients, broadcast_module
+from ..training.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_module,
+)
 
 CHANCE_ACCURACY = 0.55  # a group whose held-out accuracy stays below this is reported as at chance
 
@@ -19,7 +25,7 @@ GroupLosses = Callable[[torch.Tensor], tuple]
 
 
 def split_images(num_images: int, validation_fraction: float = 0.1, minimum: int = 1, shuffle: bool = False,
-                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                 generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit images, held-out images): CPU index tensors that split range(num_images) into
     whole images, max(minimum, int(validation_fraction * num_images)) of them (at most all)
     held out for early stopping, so that no image's posterior samples land on both sides.
@@ -54,7 +60,7 @@ def fit_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read_tra
                     num_val: int, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
                     weight_decay: float = 0.0, generator: Optional[torch.Generator] = None,
                     progress: bool = True, writer=None,
-                    distributed: DistributedContext = DistributedContext()) -> dict:
+                    distributed: DistributedContext = SINGLE_PROCESS) -> dict:
     """Trains every classifier in parallel (Adam on the sum of the groups' BCEs).
     read_train(indices) / read_val(indices) return image batches. Each group
     keeps the weights of its own best held-out loss (groups overfit at
@@ -120,7 +126,7 @@ def fit_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read_tra
 
 @torch.no_grad()
 def evaluate_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read, num_images: int,
-                         batch_size: int = 64, distributed: DistributedContext = DistributedContext()):
+                         batch_size: int = 64, distributed: DistributedContext = SINGLE_PROCESS):
     """Per-group held-out BCE and accuracy, image-weighted means (batches
     shared out among the ranks under torchrun)."""
     classifiers.eval()

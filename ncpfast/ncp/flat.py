@@ -9,7 +9,7 @@ stays frozen. It offers what the evaluation and the CLIs use on GroupedNCP (the
 IW likelihood, log Z, sample, checkpoints), plus the base prior alone
 (base_log_likelihood, base_sample: the "GMM" row of the evaluation).
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -90,7 +90,7 @@ class FlatNCP(nn.Module):
     def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 1000,
                       generator: Optional[torch.Generator] = None, refresh: bool = False,
                       proposal: Optional[str] = None,
-                      posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[float, float]:
+                      posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[float, float]:
         """(log Z, standard error); see log_partition_estimate."""
         estimate = self.log_partition_estimate(num_samples, batch_size, generator, refresh, proposal, posterior)
         return estimate.log_z, estimate.stderr
@@ -104,7 +104,7 @@ class FlatNCP(nn.Module):
     def log_partition_estimate(self, num_samples: Optional[int] = None, batch_size: int = 1000,
                                generator: Optional[torch.Generator] = None, refresh: bool = False,
                                proposal: Optional[str] = None,
-                               posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
+                               posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
         """Z = E_base[r(z)] with its standard error and effective sample size.
         proposal "prior": draws from the base itself (the GMM for NCP-GMM; log w = log r);
         "aggregate-posterior": the defensive mixture of the base and posterior=(mu, sigma)

@@ -12,13 +12,13 @@ GroupedNCP ties the pieces together: the classifiers (classifiers.py), their
 training (fitting.py), log Z and the likelihood (estimators.py) and the
 group-wise samplers (sampling.py).
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from ..models.base import LatentVAE
-from ..training.distributed import DistributedContext
+from ..training.distributed import SINGLE_PROCESS, DistributedContext
 from .classifiers import GroupClassifier, probe_groups
 from .estimators import (
     LogPartitionEstimate,
@@ -70,7 +70,7 @@ class GroupedNCP(nn.Module):
     def fit(self, read_train, num_train: int, read_val, num_val: int, epochs: int = 10, batch_size: int = 64,
             lr: float = 1e-3, weight_decay: float = 0.0, generator: Optional[torch.Generator] = None,
             progress: bool = True, writer=None,
-            distributed: DistributedContext = DistributedContext()) -> dict:
+            distributed: DistributedContext = SINGLE_PROCESS) -> dict:
         """Trains every classifier in parallel; see fitting.fit_classifiers. A fit changes Z."""
         history = fit_classifiers(self.classifiers, self._group_losses, read_train, num_train, read_val, num_val,
                                   epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -79,7 +79,7 @@ class GroupedNCP(nn.Module):
         return history
 
     def evaluate(self, read, num_images: int, batch_size: int = 64,
-                 distributed: DistributedContext = DistributedContext()):
+                 distributed: DistributedContext = SINGLE_PROCESS):
         """Per-group held-out BCE and accuracy; see fitting.evaluate_classifiers."""
         return evaluate_classifiers(self.classifiers, self._group_losses, read, num_images, batch_size, distributed)
 
@@ -88,7 +88,7 @@ class GroupedNCP(nn.Module):
     def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 500,
                       generator: Optional[torch.Generator] = None, refresh: bool = False,
                       proposal: Optional[str] = None,
-                      posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[float, float]:
+                      posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[float, float]:
         """(log Z, standard error); see log_partition_estimate."""
         estimate = self.log_partition_estimate(num_samples, batch_size, generator, refresh, proposal, posterior)
         return estimate.log_z, estimate.stderr
@@ -101,7 +101,7 @@ class GroupedNCP(nn.Module):
     def log_partition_estimate(self, num_samples: Optional[int] = None, batch_size: int = 500,
                                generator: Optional[torch.Generator] = None, refresh: bool = False,
                                proposal: Optional[str] = None,
-                               posterior: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
+                               posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
         """Z = E_p[prod_k r_k(z_k | z_<k)] with its standard error and effective sample
         size. proposal "prior": z drawn from the VAE's prior group by group;
         "aggregate-posterior" (single-group flat models): the defensive mixture of

@@ -23,7 +23,7 @@ Both take a log_ratio(k, z_k, context) -> [B] callable, so they serve any
 classifier set over any LatentVAE.
 """
 import math
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -53,7 +53,7 @@ def _device(vae: LatentVAE) -> torch.device:
 @torch.no_grad()
 def joint_sir_latents(vae: LatentVAE, log_ratio: LogRatio, num_samples: int, num_proposals: int,
                       temperature: float = 1.0, generator: Optional[torch.Generator] = None,
-                      max_proposals_per_pass: int = 4096) -> List[torch.Tensor]:
+                      max_proposals_per_pass: int = 4096) -> list[torch.Tensor]:
     """Joint SIR: per image, num_proposals ancestral samples of all groups from the
     base prior, weighted by sum_k log r_k(z_k | z_<k); one drawn per image in
     proportion to the weights. Returns the chosen latents, one tensor per group.
@@ -66,13 +66,13 @@ def joint_sir_latents(vae: LatentVAE, log_ratio: LogRatio, num_samples: int, num
                          f"{num_samples}, {num_proposals} and {max_proposals_per_pass}")
     M = num_proposals
     rows = max(1, max_proposals_per_pass // M)
-    chosen: List[List[torch.Tensor]] = []
+    chosen: list[list[torch.Tensor]] = []
     for start in range(0, num_samples, rows):
         b = min(rows, num_samples - start)
-        latents: List[torch.Tensor] = []
+        latents: list[torch.Tensor] = []
         total = torch.zeros(b * M, device=_device(vae))
 
-        def record(k, z, context, prior):
+        def record(k, z, context, prior, total=total, latents=latents):
             total.add_(log_ratio(k, z, context).float())
             latents.append(z)
             return z
@@ -87,7 +87,7 @@ def joint_sir_latents(vae: LatentVAE, log_ratio: LogRatio, num_samples: int, num
 
 def joint_langevin_latents(vae: LatentVAE, log_ratio: LogRatio, num_samples: int, steps: int, step_size: float,
                            temperature: float = 1.0, generator: Optional[torch.Generator] = None
-                           ) -> List[torch.Tensor]:
+                           ) -> list[torch.Tensor]:
     """Joint Langevin in the reparameterised noise: eps starts as a base-prior draw
     and takes `steps` unadjusted Langevin steps on E(eps) = 1/2 |eps|^2 -
     sum_k log r_k(z_k(eps), context_k(eps)). Returns the latents z(eps), one
@@ -97,7 +97,7 @@ def joint_langevin_latents(vae: LatentVAE, log_ratio: LogRatio, num_samples: int
         raise ValueError(f"joint Langevin needs num_samples >= 1, steps >= 0 and step_size > 0, got "
                          f"{num_samples}, {steps} and {step_size}")
     device = _device(vae)
-    eps: List[torch.Tensor] = []
+    eps: list[torch.Tensor] = []
 
     def record_noise(k, z, context, prior):
         eps.append(((z - prior.mu) / prior.sigma).detach())
@@ -108,8 +108,8 @@ def joint_langevin_latents(vae: LatentVAE, log_ratio: LogRatio, num_samples: int
                                   decode=False)
 
     def latents_and_log_ratio(noise):
-        latents: List[torch.Tensor] = []
-        log_ratios: List[torch.Tensor] = []
+        latents: list[torch.Tensor] = []
+        log_ratios: list[torch.Tensor] = []
 
         def reparameterise(k, z, context, prior):
             z = prior.mu + prior.sigma * noise[k]
@@ -136,7 +136,7 @@ def joint_langevin_latents(vae: LatentVAE, log_ratio: LogRatio, num_samples: int
 
 
 @torch.no_grad()
-def decode_latents(vae: LatentVAE, latents: List[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+def decode_latents(vae: LatentVAE, latents: list[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
     """Images in [0, 1] for given latents of every group (the decoder's mean).
     Feeding the groups in order reproduces each group's context, since the
     decoder is deterministic given z_<k."""

@@ -10,7 +10,7 @@ from ..data import load_dataset, read_batch
 from ..models import build_model
 from ..run_dir import RunDir, RunDirError
 from ..training.config import load_config
-from ..training.distributed import DistributedContext, replicas_identical
+from ..training.distributed import SINGLE_PROCESS, DistributedContext, replicas_identical
 from .base_priors import GaussianMixture
 from .estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
 from .fitting import CHANCE_ACCURACY, split_images
@@ -85,7 +85,7 @@ def estimate_log_partition(ncp, vae, train, device, num_samples: int, proposal: 
 
 def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
                  cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None,
-                 distributed: DistributedContext = DistributedContext(),
+                 distributed: DistributedContext = SINGLE_PROCESS,
                  log_z_proposal: str = "prior", base: str = "gaussian", gmm_components: int = 10) -> Optional[dict]:
     """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
     estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None).

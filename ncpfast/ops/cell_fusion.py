@@ -8,7 +8,6 @@ plane_moments) and evaluation (running statistics, constants). Kernels return
 per-(image, channel) reductions [N, C]; the autograd formulas here turn them
 into parameter gradients, so one formula (_affine_grads) serves every op.
 """
-from typing import Tuple
 
 import torch
 
@@ -20,7 +19,7 @@ __all__ = ["plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_
 Tensor = torch.Tensor
 
 
-def plane_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
+def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Sum and sum of squares of every (image, channel) plane of x [N, C, H, W]:
     two [N, C] tensors, float32 (float64 for float64 x), accumulated in float64
     on the CPU and float32 on CUDA."""
@@ -33,7 +32,7 @@ def bn_swish_given_stats(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor
     return torch.ops.ncpfast.bn_swish_given_stats(x, mean, invstd, weight, bias)
 
 
-def bn_swish_batch_stats(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+def bn_swish_batch_stats(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Training-mode batch norm (statistics of this batch) followed by Swish:
     (y, mean, var), mean and biased var per channel, as plane_moments + bn_swish_given_stats
     would give. mean and var are statistics (for the running averages) and are
@@ -43,7 +42,7 @@ def bn_swish_batch_stats(x: Tensor, weight: Tensor, bias: Tensor, eps: float) ->
 
 
 def bn_swish_dwconv(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor,
-                    conv_weight: Tensor, conv_bias: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+                    conv_weight: Tensor, conv_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """out = depthwise_conv(swish(BN(x)), conv_weight [C, 1, K, K], 'same' padding) + conv_bias,
     with BN(x) computed as x is read (never stored), plus out's plane_moments
     (what the next batch norm needs) from the same pass."""

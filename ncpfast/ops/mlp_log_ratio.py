@@ -5,7 +5,8 @@ Forward only: the samplers and estimators that use it (SIR weights, log Z,
 NLL) need no gradient. Langevin differentiates log r(z) and therefore runs the
 classifier module itself (the twin path), which autograd differentiates.
 """
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ __all__ = ["mlp_log_ratio", "mlp_parameters"]
 
 
 def mlp_log_ratio(z: torch.Tensor, weights: Sequence[torch.Tensor],
-                  biases: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+                  biases: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """log r for every proposal and each row's logsumexp, in one op.
 
     Args:
@@ -31,7 +32,7 @@ def mlp_log_ratio(z: torch.Tensor, weights: Sequence[torch.Tensor],
     return torch.ops.ncpfast.mlp_log_ratio(z.contiguous(), list(weights), list(biases))
 
 
-def mlp_parameters(classifier: nn.Module) -> Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]]:
+def mlp_parameters(classifier: nn.Module) -> Optional[tuple[list[torch.Tensor], list[torch.Tensor]]]:
     """(weights, biases) when classifier is the MLP shape mlp_log_ratio computes
     (Linear, SiLU, Linear, SiLU, ..., Linear -> 1, every Linear with a bias);
     None otherwise (the caller then runs the module)."""

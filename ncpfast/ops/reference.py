@@ -5,7 +5,7 @@ they run anywhere torch runs. Their random streams are torch's own, so for a
 given generator they draw different (equally distributed) indices than the
 fused ops.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -49,7 +49,7 @@ def sir_resample(
     method: str = "multinomial",
     generator: Optional[torch.Generator] = None,
     return_log_normalizer: bool = False,
-) -> Tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, ...]:
     """Twin of ncpfast.ops.sir_resample: softmax -> torch.multinomial -> gather."""
     check_method_and_count(method, num_samples)
     check_generator(generator, log_weights.device)

@@ -1,5 +1,5 @@
 """SIR (sampling-importance-resampling) resample, fused: ncpfast::sir_resample."""
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -17,7 +17,7 @@ def sir_resample(
     method: str = "multinomial",
     generator: Optional[torch.Generator] = None,
     return_log_normalizer: bool = False,
-) -> Tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, ...]:
     """Resample proposals in proportion to softmax(log_weights), per row.
 
     Args:

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistributedContext:
     rank: int = 0
     world_size: int = 1
@@ -23,10 +23,14 @@ class DistributedContext:
         return self.rank == 0
 
 
+# The context of a run without torchrun (immutable, so a safe default argument).
+SINGLE_PROCESS = DistributedContext()
+
+
 def init_distributed(device_request: str) -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistributedContext()
+        return SINGLE_PROCESS
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_request.startswith("cuda") or (device_request == "auto" and torch.cuda.is_available())
     if use_cuda:

@@ -13,7 +13,7 @@ import torch
 
 from ncpfast.data import load_dataset
 from ncpfast.frechet import extract_features, fd_summary, feature_network
-from ncpfast.ncp.stage2 import load_ncp, load_run
+from ncpfast.pipeline import load_ncp, load_run
 
 
 def main():

@@ -21,7 +21,7 @@ from .fid_inception import load_fid_inception
 from .frechet import FD_NAME, extract_features, fd_summary, feature_network, frechet_distance
 from .models.base import iw_images_per_pass
 from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
-from .ncp.stage2 import estimate_log_partition, image_reader, load_ncp, load_run, stored_log_partition
+from .pipeline import estimate_log_partition, image_reader, load_ncp, load_run, stored_log_partition
 
 FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
 

@@ -184,3 +184,40 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
     assert graph["pkg"] == {"pkg.b": 1}
     assert cycles(graph) == [["pkg.b", "pkg.sub.c"]]
     assert a_cycle_through(["pkg.b", "pkg.sub.c"], graph) == ["pkg.b", "pkg.sub.c", "pkg.b"]
+
+
+# Layers: a package may not import from the packages or modules named for it.
+# ncp/ is NCP's mathematics: no run directories, training loop, command lines,
+# experiments or pipeline (which orchestrates it).
+FORBIDDEN_IMPORTS = {
+    "ncpfast.ncp": ("ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline",
+                    "ncpfast.evaluation", "ncpfast.run_dir"),
+    "ncpfast.ops": ("ncpfast.ncp", "ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline"),
+    "ncpfast.nn": ("ncpfast.ncp", "ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline"),
+}
+
+
+def layer_violations(graph: dict, rules: dict = FORBIDDEN_IMPORTS) -> list:
+    """(importer, imported, line) for every import a rule forbids."""
+    found = []
+    for importer, edges in graph.items():
+        for layer, forbidden in rules.items():
+            if importer != layer and not importer.startswith(layer + "."):
+                continue
+            for target, line in edges.items():
+                if any(target == f or target.startswith(f + ".") for f in forbidden):
+                    found.append((importer, target, line))
+    return sorted(found)
+
+
+def test_layers_import_downwards_only():
+    graph, _ = import_graph()
+    found = layer_violations(graph)
+    assert not found, "imports against the layering:\n" + "\n".join(
+        f"{importer} imports {target} (line {line})" for importer, target, line in found)
+
+
+def test_layer_check_finds_a_forbidden_import():
+    graph = {"ncpfast.ncp.flat": {"ncpfast.training.config": 3, "ncpfast.runtime": 4}, "ncpfast.cli.train": {
+        "ncpfast.ncp.flat": 1}}
+    assert layer_violations(graph) == [("ncpfast.ncp.flat", "ncpfast.training.config", 3)]

@@ -22,7 +22,7 @@ import time
 import torch
 
 from ncpfast.data import load_dataset
-from ncpfast.ncp.stage2 import estimate_log_partition, load_ncp, load_run
+from ncpfast.pipeline import estimate_log_partition, load_ncp, load_run
 
 
 def parse_args(argv=None):

@@ -615,7 +615,7 @@ def render_markdown(report: dict) -> str:
         "Why the commands look like this:",
         "- `--stage 1` ends with the test NLL on rank 0 alone and `--stage 2` ends with the full evaluation "
         "on rank 0 alone, while the other ranks wait in the closing barrier of "
-        "`ncpfast/training/distributed.py` (a gloo barrier with a 24-hour timeout, under NCCL too). The "
+        "`ncpfast/runtime.py` (a gloo barrier with a 24-hour timeout, under NCCL too). The "
         "paper-scale evaluation takes hours (table), during which the other GPUs would sit idle, so the "
         "commands shrink those in-job evaluations to a token (`--eval-iw-samples 1 --eval-max-images 1 "
         "--eval-generated 2`) and run `python -m ncpfast.evaluate` as its own single-GPU process afterwards.",

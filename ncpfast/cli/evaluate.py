@@ -19,7 +19,7 @@ import json
 import sys
 
 from ..run_dir import RunDir
-from ..training.trainer import pick_device
+from ..runtime import pick_device
 from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments
 
 

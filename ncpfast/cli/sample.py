@@ -19,7 +19,7 @@ import torch
 
 from ..models.temperature import readjust_batchnorm
 from ..run_dir import RunDir
-from ..training.trainer import pick_device
+from ..runtime import pick_device
 from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments
 
 
@@ -46,7 +46,7 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ..images import save_grid
-    from ..ncp.stage2 import load_ncp, load_run
+    from ..pipeline import load_ncp, load_run
 
     try:
         if args.num_samples < 1:

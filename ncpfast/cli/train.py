@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     if args.list_presets:
         print(json.dumps(PRESETS, indent=2))
         return 0
+    from ..runtime import init_distributed, shutdown_distributed
     from ..training import Trainer
-    from ..training.distributed import init_distributed, shutdown_distributed
 
     try:
         if args.stage == "2":
@@ -107,8 +107,8 @@ def run_stage2(config, run_dir: str, distributed) -> None:
 
     from ..evaluation import evaluate_run, format_table
     from ..images import save_side_by_side
-    from ..ncp.stage2 import train_stage2
-    from ..training.trainer import pick_device
+    from ..pipeline import train_stage2
+    from ..runtime import pick_device
 
     run = RunDir(run_dir)
     device = pick_device(config.device, distributed.local_rank)

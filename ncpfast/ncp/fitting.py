@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..training.distributed import (
+from ..runtime import (
     SINGLE_PROCESS,
     DistributedContext,
     all_reduce_sum,

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..models.base import LatentVAE
-from ..training.distributed import SINGLE_PROCESS, DistributedContext
+from ..runtime import SINGLE_PROCESS, DistributedContext
 from .classifiers import GroupClassifier, probe_groups
 from .estimators import (
     LogPartitionEstimate,

@@ -27,8 +27,15 @@ from ..models import build_model
 from ..models.base import iw_images_per_pass
 from ..nn.batch_norm import set_synchronized
 from ..run_dir import RunDir
+from ..runtime import (
+    all_reduce_sum,
+    broadcast_buffers,
+    init_distributed,
+    parameters_identical,
+    pick_device,
+    replicas_identical,
+)
 from .config import TrainConfig, save_config
-from .distributed import all_reduce_sum, broadcast_buffers, init_distributed, parameters_identical, replicas_identical
 from .regularizers import SpectralRegularizer, batchnorm_max_gamma
 from .schedules import kl_coefficient, learning_rate, regularizer_weight
 
@@ -65,17 +72,6 @@ def balanced_kl(kl_all: torch.Tensor, alpha: Optional[torch.Tensor],
     coeff = per_group / alpha.to(per_group) * per_group.sum()
     coeff = coeff / coeff.mean()
     return (kl_all * coeff[:, None]).sum(0)
-
-
-def pick_device(request: str, local_rank: int = 0) -> torch.device:
-    if request == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(request)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {request}: no CUDA device is available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 class Trainer:

@@ -1,22 +1,24 @@
-"""Stage 2 on a run directory: load the frozen VAE, train the NCP classifiers,
-estimate log Z, save checkpoints/ncp.pt."""
+"""The pipeline on run directories: open a finished stage-1 run (load_run), stage 2
+on it (train_stage2: train the NCP classifiers on the frozen VAE, estimate log Z,
+save checkpoints/ncp.pt), and open its NCP (load_ncp) for the evaluation and
+sampling. ncpfast.ncp holds the mathematics; this module the runs."""
 import time
 from typing import Optional
 
 import torch
 
-from .. import checkpoint
-from ..data import load_dataset, read_batch
-from ..models import build_model
-from ..run_dir import RunDir, RunDirError
-from ..training.config import load_config
-from ..training.distributed import SINGLE_PROCESS, DistributedContext, replicas_identical
-from .base_priors import GaussianMixture
-from .estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
-from .fitting import CHANCE_ACCURACY, split_images
-from .flat import CHECKPOINT_KIND as FLAT_KIND
-from .flat import FlatNCP, posterior_samples
-from .grouped import GroupedNCP
+from . import checkpoint
+from .data import load_dataset, read_batch
+from .models import build_model
+from .ncp.base_priors import GaussianMixture
+from .ncp.estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
+from .ncp.fitting import CHANCE_ACCURACY, split_images
+from .ncp.flat import CHECKPOINT_KIND as FLAT_KIND
+from .ncp.flat import FlatNCP, posterior_samples
+from .ncp.grouped import GroupedNCP
+from .run_dir import RunDir, RunDirError
+from .runtime import SINGLE_PROCESS, DistributedContext, replicas_identical
+from .training.config import load_config
 
 NCP_BASES = ("gaussian", "gmm")
 # Posterior samples per training image that the flat classifier sees (each epoch).

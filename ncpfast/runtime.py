@@ -1,5 +1,7 @@
-"""torch.distributed set-up for data-parallel training under torchrun
-(NCCL on GPU, gloo on CPU). Without torchrun's environment it is a no-op."""
+"""Where a run computes: the device it asks for (pick_device), and torch.distributed
+set-up and collectives for data-parallel runs under torchrun (NCCL on GPU, gloo
+on CPU; without torchrun's environment a no-op). Shared by both stages, the
+pipeline and the command lines."""
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -133,3 +135,14 @@ def replicas_identical(module: torch.nn.Module, context: DistributedContext, inc
     gathered = [torch.empty_like(flat) for _ in range(context.world_size)]
     dist.all_gather(gathered, flat)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+def pick_device(request: str, local_rank: int = 0) -> torch.device:
+    if request == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(request)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {request}: no CUDA device is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device

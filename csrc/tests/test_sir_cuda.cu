@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "check.h"
-#include "sir_resample_cuda.cuh"
+#include "../ops/sir_resample/cuda/sir_resample_kernel.cuh"
 
 using namespace ncpfast::core;
 

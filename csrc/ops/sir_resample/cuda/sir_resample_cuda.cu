@@ -1,5 +1,5 @@
-// CUDA backend of ncpfast::sir_resample: the kernel lives in the torch-free
-// core (csrc/core/sir_resample_cuda.cuh); this file checks, allocates,
+// CUDA backend of ncpfast::sir_resample: the kernel is torch-free
+// (sir_resample_kernel.cuh, beside this file); this file checks, allocates,
 // launches on the current stream and reports invalid rows (outside CUDA graph
 // capture).
 #include <ATen/ATen.h>
@@ -11,7 +11,7 @@
 
 #include <limits>
 
-#include "../../../core/sir_resample_cuda.cuh"
+#include "sir_resample_kernel.cuh"
 #include "../sir_resample.h"
 
 namespace ncpfast {

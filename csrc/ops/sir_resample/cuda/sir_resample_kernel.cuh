@@ -14,10 +14,10 @@
 
 #include <cstdint>
 
-#include "common.h"
-#include "cuda_compat.h"
-#include "philox.h"
-#include "sir_resample.h"
+#include "../../../core/common.h"
+#include "../../../core/cuda_compat.h"
+#include "../../../core/philox.h"
+#include "../../../core/sir_resample.h"
 
 namespace ncpfast {
 namespace core {

@@ -12,8 +12,8 @@
 #include <random>
 #include <vector>
 
-#include "check.h"
 #include "../ops/sir_resample/cuda/sir_resample_kernel.cuh"
+#include "check.h"
 
 using namespace ncpfast::core;
 

@@ -11,8 +11,8 @@
 
 #include <limits>
 
-#include "sir_resample_kernel.cuh"
 #include "../sir_resample.h"
+#include "sir_resample_kernel.cuh"
 
 namespace ncpfast {
 namespace ops {

@@ -94,7 +94,7 @@ RESULTS = (
            "small-plane depthwise sizes were not yet benchmarked.", tables=("time",)),
     Result("mlp-cpu-2core-xeon.json", "mlp", "mlp_log_ratio, hidden 256, two hidden layers",
            "bash scripts/dev.sh bench -k mlp --benchmark-json=bench/results/mlp-cpu-2core-xeon.json",
-           _FUSED_VS_TWIN + " CPU sizes above 30 GFLOP per call are skipped (bench/test_bench_mlp.py: "
+           _FUSED_VS_TWIN + " CPU sizes above 30 GFLOP per call are skipped (bench/test_bench_mlp_log_ratio.py: "
            "CPU_MAX_FLOPS)."),
     Result("mlp-cpu-2core-epyc.json", "mlp", "mlp_log_ratio, hidden 256, two hidden layers",
            "bash scripts/dev.sh bench -k mlp --benchmark-json=bench/results/mlp-cpu-2core-epyc.json",

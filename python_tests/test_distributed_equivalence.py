@@ -141,6 +141,7 @@ def mlp_runs(tmp_path_factory):
     return one_and_two_processes(tmp_path_factory.mktemp("mlp"), MLP)
 
 
+@pytest.mark.slow
 def test_two_processes_of_16_train_like_one_of_32(mlp_runs):
     one, two = mlp_runs
     # Summing the gradient over 2 ranks instead of 32 images in one pass reorders
@@ -157,6 +158,7 @@ def test_two_processes_of_16_train_like_one_of_32(mlp_runs):
     assert b["test"]["nll_nats"] == pytest.approx(a["test"]["nll_nats"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_log_the_loss_curve_of_one(mlp_runs):
     one, two = mlp_runs
     a, b = logged_curve(one), logged_curve(two)
@@ -177,6 +179,7 @@ def test_hierarchical_model_without_sync_batch_norm_trains_differently(tmp_path)
         assert_same_weights(one, two, weights_tolerance=3e-5, optimizer_tolerance=1e-3)
 
 
+@pytest.mark.slow
 def test_two_process_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     steps = 10
     args = [*COMMON, *NVAE[:-2], "--batch-size", "16"]

@@ -90,3 +90,16 @@ def test_every_results_file_is_documented():
     undocumented = [p.name for p in sorted((ROOT / "bench" / "results").glob("*.json"))
                     if f"bench/results/{p.name}" not in pages]
     assert undocumented == []
+
+
+def test_every_op_folder_has_its_where_row_and_named_files():
+    """docs/ops.md's 'where' table has a row per csrc/ops/ folder, and each folder's
+    wrapper, test and benchmark follow the naming rule (ncpfast/ops/F.py,
+    python_tests/test_F.py, bench/test_bench_F.py)."""
+    text = (ROOT / "docs" / "ops.md").read_text(encoding="utf-8")
+    where = text[text.index("## Where each op lives"):]
+    for folder in sorted(p.name for p in (ROOT / "csrc" / "ops").iterdir() if p.is_dir()):
+        assert f"| `{folder}` |" in where, folder
+        for path in (f"ncpfast/ops/{folder}.py", f"python_tests/test_{folder}.py", f"bench/test_bench_{folder}.py",
+                     f"csrc/ops/{folder}/{folder}.cpp"):
+            assert (ROOT / path).is_file(), path

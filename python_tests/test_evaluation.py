@@ -41,6 +41,7 @@ def test_each_purpose_has_its_own_reproducible_stream():
         random_stream(0, "other", "cpu")
 
 
+@pytest.mark.slow
 def test_test_set_and_samples_do_not_depend_on_log_z_draws(flat_run):
     """The same weights and seed give the same binarised test set, so the base
     NLL and base samples do not move when log Z's draws change."""
@@ -52,6 +53,7 @@ def test_test_set_and_samples_do_not_depend_on_log_z_draws(flat_run):
     assert torch.equal(base_a, base_b)
 
 
+@pytest.mark.slow
 def test_generated_and_real_images_share_the_data_frame(flat_run):
     """MLPVAE decodes 28 x 28 and the data set stores MNIST padded to 32 x 32:
     the FD compares both as 32 x 32 with a zero border."""
@@ -83,6 +85,7 @@ def test_in_data_frame_keeps_the_scored_square_and_zeroes_the_border(make, side)
         vae.in_data_frame(torch.rand(2, 1, 27, 27), 32)
 
 
+@pytest.mark.slow
 def test_standalone_evaluation_reuses_stage_2s_log_z(flat_run):
     stored = json.loads((flat_run / "metrics.json").read_text())["ncp"]
     result = run("ncpfast.evaluate", str(flat_run), "--iw-samples", "2", "--max-images", "6", "--num-generated", "8",

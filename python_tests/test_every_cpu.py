@@ -92,7 +92,7 @@ def test_tiny_model_trains_on_avx2_kernels(tmp_path, channels, threads):
 @pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_cells_equal_torch_on_avx2_kernels(threads):
-    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "python_tests/test_cell_ops.py",
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "python_tests/test_cell_fusion.py",
                    "-k", "cells_fused_equal_torch or cells_take_channels_last"], threads)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 

@@ -259,6 +259,7 @@ def test_complete_evaluation_needs_both_priors_nll_and_fd():
 # --- the resume decision (dry run: nothing is trained) --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_with_a_checkpoint_resumes_one_without_starts_over(tmp_path):
     experiment = definitions.experiment("single-latent")
     training = experiment.training("single")
@@ -275,6 +276,7 @@ def test_a_run_with_a_checkpoint_resumes_one_without_starts_over(tmp_path):
     assert run_dir.is_dir()  # a dry run deletes nothing
 
 
+@pytest.mark.slow
 def test_runs_of_other_code_are_not_reused(tmp_path, monkeypatch):
     """The run directory's name hashes the code's fingerprint: a finished run
     made by other code is not found, so it is neither reused nor resumed."""

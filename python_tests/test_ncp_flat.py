@@ -220,6 +220,7 @@ MLP_GMM = ["--preset", "mnist-single", "--latent-dim", "4", "--hidden-units", "1
            "--ncp-epochs", "1", "--ncp-hidden", "8", "--ncp-log-z-samples", "300", "--ncp-num-proposals", "5"]
 
 
+@pytest.mark.slow
 def test_gmm_base_end_to_end_from_the_command_line(tmp_path):
     run_dir = tmp_path / "run"
     result = run("ncpfast.train", *MLP_GMM, "--run-dir", str(run_dir))

@@ -158,6 +158,7 @@ def run(module, *args):
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_both_stages_sample_and_evaluate_from_the_command_line(tmp_path):
     run_dir = tmp_path / "run"
     result = run("ncpfast.train", *SMALL, "--run-dir", str(run_dir))
@@ -202,6 +203,7 @@ def test_both_stages_sample_and_evaluate_from_the_command_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == "error: num_proposals must be >= 1, got -1"
 
 
+@pytest.mark.slow
 def test_commands_on_a_run_without_stage_two(tmp_path):
     run_dir = tmp_path / "run"
     result = run("ncpfast.train", *SMALL, "--stage", "1", "--run-dir", str(run_dir))
@@ -226,6 +228,7 @@ def test_commands_on_a_run_without_stage_two(tmp_path):
         assert result.returncode == 2 and "has no stage-1 checkpoint" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_stage_two_on_an_unfinished_stage_one_says_so(tmp_path):
     run_dir = tmp_path / "run"
     result = run("ncpfast.train", *SMALL, "--stage", "1", "--max-steps", "2", "--run-dir", str(run_dir))

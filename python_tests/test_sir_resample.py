@@ -381,6 +381,7 @@ def test_build_info_names_backends():
         assert "cuda" in info["backends"] and info["cuda_arch_list"]
 
 
+@pytest.mark.slow
 def test_import_without_extension_explains_how_to_build():
     # The twins import and run without the compiled extension; every fused op,
     # build_info and the NCP prior fail with the command that builds it.

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -17,6 +18,7 @@ def statistics(model):
             for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
 
+@pytest.mark.slow
 def test_readjustment_changes_the_copy_only_and_is_reproducible():
     torch.manual_seed(0)
     vae = HierarchicalVAE(TINY)
@@ -79,6 +81,7 @@ def run(module, *args):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_readjust_bn_on_the_tiny_hierarchical_model_from_the_command_line(tmp_path):
     run_dir = tmp_path / "run"
     result = run("ncpfast.train", *SMALL, "--run-dir", str(run_dir))

@@ -27,6 +27,7 @@ def train(*args, check=True, **kw):
     return result
 
 
+@pytest.mark.slow
 def test_complete_run_writes_the_run_directory(tmp_path):
     run = tmp_path / "run"
     # 4000 training digits / 250 per batch = 16 steps: one full epoch, then the test NLL.
@@ -47,6 +48,7 @@ def _weights(path):
     return state["step"], state["model"], state["optimizer"]["state"]
 
 
+@pytest.mark.slow
 def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path):
     steps = "40"
     straight = tmp_path / "straight"
@@ -86,6 +88,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -111,6 +114,7 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     assert (run / "checkpoints" / "ncp.pt").is_file() and (run / "samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_cli_help_and_errors(tmp_path):
     help_text = train("--help").stdout
     for word in ("--preset", "--resume", "--kl-anneal-portion", "--ema-decay"):

@@ -5,6 +5,8 @@
 #   bash scripts/dev.sh test [ARGS]  set up, then check the style (scripts/format.sh --check) and run
 #                                    every test (pytest + native ctest under ASan/UBSan); without
 #                                    ARGS also the op and model tests on oneDNN's AVX2 kernels
+#   bash scripts/dev.sh fast [ARGS]  set up, then the Python tests not marked slow (a quick check while
+#                                    working; `test` is what CI runs)
 #   bash scripts/dev.sh bench [ARGS] set up, then run the benchmarks (pytest-benchmark)
 #   bash scripts/dev.sh setup        only set up: .venv, its packages, the extension
 #
@@ -70,16 +72,17 @@ case "$cmd" in
     NCPFAST_VENV="$VENV" bash scripts/format.sh --check
     native_tests
     echo "== python tests"
-    "$PY" -m pytest python_tests -q -ra "$@"
+    "$PY" -m pytest python_tests -q -ra --durations=15 "$@"
     if [ $# -eq 0 ]; then
       # What an AVX2-only CPU under torchrun runs, also checked on an AVX-512
       # machine: oneDNN's AVX2 kernels, one thread (python_tests/test_every_cpu.py
       # adds short model runs on the same kernels with one and two threads).
       echo "== op, cell and model tests again on oneDNN's AVX2 kernels, one thread"
-      ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 "$PY" -m pytest -q -ra python_tests/test_cell_ops.py \
+      ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 "$PY" -m pytest -q -ra python_tests/test_cell_fusion.py \
         python_tests/test_mlp_log_ratio.py python_tests/test_sir_resample.py python_tests/test_models.py
     fi
     ;;
+  fast) setup; exec "$PY" -m pytest python_tests -q -ra -m "not slow" "$@" ;;
   bench) setup; exec "$PY" -m pytest bench "$@" ;;
-  *) echo "usage: bash scripts/dev.sh run|test|bench|setup [ARGS]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/dev.sh run|test|fast|bench|setup [ARGS]" >&2; exit 2 ;;
 esac

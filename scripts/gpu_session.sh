@@ -132,10 +132,10 @@ else
     local json=$q_out/bench-$1-$gpu_tag.json
     add "bench-$1" "$2" "$PY -m pytest bench/$3 $bench_flags $4 --benchmark-json=$json; rc=\$?; [ ! -f $json ] || $PY bench/report.py $json; exit \$rc"
   }
-  bench_stage sir 35 test_bench_sir.py "--bench-compile=none"
-  bench_stage mlp 35 test_bench_mlp.py "--bench-compile=none"
-  bench_stage cells 50 test_bench_cells.py "--bench-compile=none"
-  bench_stage compile 45 test_bench_cells.py "--bench-compile=one -k 'test_cell and generative-cell-C32-e6 and train'"
+  bench_stage sir 35 test_bench_sir_resample.py "--bench-compile=none"
+  bench_stage mlp 35 test_bench_mlp_log_ratio.py "--bench-compile=none"
+  bench_stage cells 50 test_bench_cell_fusion.py "--bench-compile=none"
+  bench_stage compile 45 test_bench_cell_fusion.py "--bench-compile=one -k 'test_cell and generative-cell-C32-e6 and train'"
 fi
 
 selected() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }

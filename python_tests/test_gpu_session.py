@@ -75,7 +75,7 @@ def test_dry_run_prints_every_stage_within_the_call_budget(call):
 
 
 def test_bad_arguments_are_named():
-    for args, message in [(["run"], "must be check or bench"), (["check", "--stages", "nope"], "no stage 'nope'"),
+    for args, message in [(["run"], "must be all, check or bench"), (["check", "--stages", "nope"], "no stage 'nope'"),
                           (["bench", "--budget", "soon"], "--budget must be whole seconds"),
                           (["check", "--fast"], "unknown option '--fast'")]:
         result = session(*args, "--dry-run", out="gpu-out")
@@ -156,3 +156,23 @@ def test_end_to_end_figures_on_the_cpu(tmp_path):
     setting = report["sampler"]["settings"]["M=4"]
     assert setting["fused"]["images_per_second"]["median"] > 0 and setting["reference"]["call_ms"]["rounds"] == 1
     assert 0 <= setting["same_images_fraction"] <= 1
+
+
+def test_the_one_call_fits_a_lease():
+    """`all` in one device call: its budget, plus a machine start of up to 3
+    minutes and the transfers, stays well under the lease's 900 s and the 600 s
+    a command may run; at most 8 result files come back (the tool's limit)."""
+    text, stages = dry_run("all", "gpu-out")
+    budget = int(re.search(r"call budget (\d+) s", text).group(1))
+    assert sum(t for t, _ in stages.values()) <= budget <= 540 and budget + 180 <= 760
+    assert list(stages)[:3] == ["env", "build", "pytest"]  # what a lease must not miss comes first
+    written = {p for _, cmd in stages.values() for p in re.findall(r"--(?:out|benchmark-json)[ =](\S+?\.json)", cmd)}
+    assert len(written) + 2 <= 8  # + summary.md and all.log
+
+
+def test_a_python_without_torch_is_named(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    result = session("all", out=str(tmp_path / "out"), env={**ENV, "PYTHON": str(fake)})
+    assert result.returncode == 1 and "cannot import torch" in result.stderr

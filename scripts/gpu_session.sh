@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The CUDA path on a lent GPU machine, in two calls that each fit well inside
-# one command of the `device` tool (10 minutes at most; a lease is 15 minutes
-# in all, machine starts included):
+# The CUDA path on a lent GPU machine. A lease is 15 minutes of device time in
+# all, machine start (1-3 min) included, at most 10 minutes a command, and a
+# machine stays warm only ~30 s between calls: use the one call `all`.
 #
+#   bash scripts/gpu_session.sh all [OPTIONS]     everything below in one call (520 s at most), the
+#                                                 most valuable stages first, so a smaller --budget
+#                                                 (e.g. 360) runs the most valuable part
 #   bash scripts/gpu_session.sh check [OPTIONS]   build for this GPU's arch, native CUDA test (ctest),
 #                                                 pytest -k cuda, compute-sanitizer      (375 s at most)
 #   bash scripts/gpu_session.sh bench [OPTIONS]   build (a no-op when the check call's build is still
@@ -23,22 +26,22 @@
 # every stage and on exit, also when a stage fails, times out or the script is
 # interrupted. $OUT (default gpu-out/, relative paths taken from the current
 # directory) is resolved to an absolute path once, at the start. Exit status:
-# the number of stages that did not pass. Run the bench call right after the
-# check call, while the machine is still warm, so that its build is reused.
+# the number of stages that did not pass. With check and bench, run bench right
+# after check, while the machine is still warm, so that its build is reused.
 set -uo pipefail
 caller_dir=$PWD
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 call=${1:-}
 case $call in
-  check|bench) shift ;;
+  all|check|bench) shift ;;
   -h|--help) usage; exit 0 ;;
-  *) echo "gpu_session.sh: the first argument must be check or bench, got '${call}'" >&2; usage >&2; exit 2 ;;
+  *) echo "gpu_session.sh: the first argument must be all, check or bench, got '${call}'" >&2; usage >&2; exit 2 ;;
 esac
-dry_run=0 only="" budget=375 arch="" allow_no_gpu=0
+dry_run=0 only="" budget="" arch="" allow_no_gpu=0
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) dry_run=1 ;;
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+[ -n "$budget" ] || { [ "$call" = all ] && budget=520 || budget=375; }
 [[ $budget =~ ^[0-9]+$ ]] || { echo "gpu_session.sh: --budget must be whole seconds, got '$budget'" >&2; exit 2; }
 [ -z "$arch" ] || [[ $arch =~ ^[0-9]+\.[0-9]+$ ]] || { echo "gpu_session.sh: --arch must be X.Y, got '$arch'" >&2; exit 2; }
 
@@ -74,6 +78,10 @@ if torch.cuda.is_available():
     print('%d.%d' % torch.cuda.get_device_capability(), torch.cuda.get_device_name())
 else:
     print('none')" 2>/dev/null || printf 'no torch\nnone\n')
+if [ "$torch_version" = "no torch" ] && [ "$dry_run" = 0 ]; then
+  echo "gpu_session.sh: $PY cannot import torch here (set PYTHON to the interpreter that has it)" >&2
+  exit 1
+fi
 if [ "${detected_arch:-none}" = none ]; then
   if [ "$dry_run" = 0 ] && [ "$allow_no_gpu" = 0 ]; then
     echo "gpu_session.sh: torch sees no CUDA device here; run this on a GPU machine (or --dry-run)" >&2
@@ -110,7 +118,27 @@ build="NCPFAST_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=$jobs $PY setup.py -q 
 # The calls' stages: name, budget (seconds), command. Budgets sum to at most 360 (of the 375 s call).
 stages=()
 add() { stages+=("$1" "$2" "$3"); }
-if [ "$call" = check ]; then
+# One pytest-benchmark JSON per stage (a stage cut short loses only its own).
+bench_stage() {  # bench_stage NAME BUDGET FILE PYTEST-ARGS
+  local json=$q_out/bench-$1-$gpu_tag.json
+  add "bench-$1" "$2" "$PY -m pytest bench/$3 $bench_flags $4 --benchmark-json=$json; rc=\$?; [ ! -f $json ] || $PY bench/report.py $json; exit \$rc"
+}
+e2e_json=$q_out/end-to-end-$gpu_tag.json
+if [ "$call" = all ]; then
+  # Ordered by what a lease must not miss: does it build and pass, is it memory-safe,
+  # how fast is it; the slow sanitizers and torch.compile last. 6 result files.
+  add env 10 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; $PY -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)'; nvcc --version | tail -n 2; (git rev-parse HEAD && git status --short | head -n 20) 2>/dev/null || echo 'no git metadata'"
+  add build 120 "$build"
+  add pytest 100 "$PY -m pytest python_tests -k 'cuda and not compile' -q -rs -p no:cacheprovider --durations=10 $pytest_timeout"
+  add memcheck-ops 35 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $sanitizer --tool memcheck $kernel_filter $smoke"
+  add end-to-end 70 "$PY bench/end_to_end.py --device cuda --out $e2e_json"
+  bench_stage sir 30 test_bench_sir_resample.py "--bench-compile=none"
+  bench_stage mlp 30 test_bench_mlp_log_ratio.py "--bench-compile=none"
+  bench_stage cells 40 test_bench_cell_fusion.py "--bench-compile=none"
+  add native 40 "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNCPFAST_SANITIZE=OFF -DCMAKE_CUDA_ARCHITECTURES=$sm >/dev/null && cmake --build build-gpu --target test_sir_cuda -j $jobs && ctest --test-dir build-gpu -R '^sir_cuda\$' --output-on-failure --no-tests=error --timeout 30 && $sanitizer --tool memcheck $native_test && $sanitizer --tool initcheck $native_test"
+  add racecheck-ops 20 "$sanitizer --tool racecheck $kernel_filter $smoke"
+  add pytest-compile 20 "$PY -m pytest python_tests -k 'cuda and compile' -q -rs -p no:cacheprovider $pytest_timeout"
+elif [ "$call" = check ]; then
   add env 10 "nvidia-smi; $PY -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)'; nvcc --version | tail -n 2; cmake --version | head -n 1; compute-sanitizer --version | tail -n 1; (git rev-parse HEAD && git status --short | head -n 20) 2>/dev/null || echo 'no git metadata'"
   add native 45 "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNCPFAST_SANITIZE=OFF -DCMAKE_CUDA_ARCHITECTURES=$sm >/dev/null && cmake --build build-gpu --target test_sir_cuda -j $jobs && ctest --test-dir build-gpu -R '^sir_cuda\$' --output-on-failure --no-tests=error --timeout 30"
   add build 105 "$build"
@@ -122,16 +150,10 @@ if [ "$call" = check ]; then
   add initcheck-native 10 "$sanitizer --tool initcheck $native_test"
   add synccheck-native 10 "$sanitizer --tool synccheck $native_test"
 else
-  e2e_json=$q_out/end-to-end-$gpu_tag.json
   add env 10 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)'"
   add build 90 "$build"
   add end-to-end 95 "$PY bench/end_to_end.py --device cuda --out $e2e_json"
-  # One pytest-benchmark JSON per stage (a stage cut short loses only its own); the
-  # torch.compile comparison (one cell, in training; a compile takes tens of seconds) last.
-  bench_stage() {  # bench_stage NAME BUDGET FILE PYTEST-ARGS
-    local json=$q_out/bench-$1-$gpu_tag.json
-    add "bench-$1" "$2" "$PY -m pytest bench/$3 $bench_flags $4 --benchmark-json=$json; rc=\$?; [ ! -f $json ] || $PY bench/report.py $json; exit \$rc"
-  }
+  # The torch.compile comparison (one cell, in training; a compile takes tens of seconds) last.
   bench_stage sir 35 test_bench_sir_resample.py "--bench-compile=none"
   bench_stage mlp 35 test_bench_mlp_log_ratio.py "--bench-compile=none"
   bench_stage cells 50 test_bench_cell_fusion.py "--bench-compile=none"

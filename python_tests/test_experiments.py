@@ -96,42 +96,27 @@ def test_null_comparisons_over_3_seeds_are_called_at_the_nominal_rate():
 # --- command lines -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_help(monkeypatch):
-    texts = {}
-    monkeypatch.setattr(commands, "help_text", lambda program: texts[program])
-    return texts
+def test_options_are_checked_against_the_programs_own_parsers():
+    commands.check_arguments("train", ["--preset", "tiny", "--ncp-epochs=2", "--no-progress"])
+    with pytest.raises(ValueError, match="python -m ncpfast.train has no option --ncp-base-k, --nope"):
+        commands.check_arguments("train", ["--stage", "2", "--ncp-base-k", "5", "--nope"])
+    with pytest.raises(ValueError, match="has no option --method, --mode, --num-proposals"):
+        commands.check_arguments("train", definitions.Sampler("sir", "joint", 5).cli_args())
 
 
-def test_boolean_flag_follows_the_syntax_the_help_shows(fake_help):
-    fake_help["train"] = "usage: ...\n  --progress PROGRESS   tqdm progress bars (default: True)\n"
-    assert commands.boolean_flag("train", "progress", False) == ["--progress", "false"]
-    assert commands.boolean_flag("train", "progress", True) == ["--progress", "true"]
-    fake_help["train"] = "usage: ...\n  --progress, --no-progress\n      tqdm progress bars\n"
-    assert commands.boolean_flag("train", "progress", False) == ["--no-progress"]
-    assert commands.boolean_flag("train", "progress", True) == ["--progress"]
+@pytest.mark.parametrize("name", definitions.ALL)
+def test_every_experiment_passes_only_options_its_programs_accept(name):
+    experiment = definitions.experiment(name)
+    for quick in (False, True):
+        sizes = experiment.sizes(quick)
+        for training in experiment.trainings:
+            commands.check_arguments("train", sizes.train_args + training.train_args)
+            for _, variant_args in training.variants.values():
+                commands.check_arguments("train", variant_args)
+        for sampler in sizes.samplers:
+            commands.check_arguments("evaluate", sampler.cli_args() + tuple(sizes.evaluate_args))
+            commands.check_arguments("sample", sampler.cli_args())
 
-
-def test_an_option_the_help_lacks_makes_the_run_unavailable(fake_help):
-    fake_help["train"] = "  --preset PRESET\n  --ncp-epochs EPOCHS\n  --stage {1,2,both}\n"
-    assert commands.unavailable_reason("train", ["--preset", "tiny", "--ncp-epochs", "2"]) == ""
-    reason = commands.unavailable_reason("train", ["--stage", "2", "--ncp-base", "gmm", "--ncp-gmm-k=5"])
-    assert reason == "not available in this build: --ncp-base, --ncp-gmm-k missing"
-    # a longer option that contains a known one is not mistaken for it
-    fake_help["train"] = "  --ncp-base-components N\n"
-    assert "--ncp-base missing" in commands.unavailable_reason("train", ["--ncp-base", "gmm"])
-
-
-def test_group_wise_sampling_runs_without_the_mode_option_joint_needs_it(fake_help):
-    sir = definitions.Sampler("sir", "group", 50)
-    joint = definitions.Sampler("sir", "joint", 50)
-    fake_help["evaluate"] = "  --method {sir,langevin}\n  --num-proposals N\n"
-    assert commands.sampler_arguments("evaluate", sir) == ("--method", "sir", "--num-proposals", "50")
-    flag = definitions.SAMPLING_MODE_FLAG
-    assert f"{flag} missing" in commands.unavailable_reason("evaluate", commands.sampler_arguments("evaluate", joint))
-    fake_help["evaluate"] += f"  {flag} {{group,joint}}\n"
-    assert commands.sampler_arguments("evaluate", sir)[-2:] == (flag, "group")
-    assert commands.unavailable_reason("evaluate", commands.sampler_arguments("evaluate", joint)) == ""
 
 
 # --- the generated markdown ----------------------------------------------------------------------
@@ -321,7 +306,7 @@ def test_the_json_of_evaluate_is_found_after_other_output(tmp_path):
     assert runner._json_from_output(str(out)) is None
 
 
-def test_a_sampler_setting_is_evaluated_once_then_reused(tmp_path, monkeypatch, fake_help):
+def test_a_sampler_setting_is_evaluated_once_then_reused(tmp_path, monkeypatch):
     """The sampler job with a stand-in for ncpfast.evaluate that prints its arguments in the JSON."""
     fake = tmp_path / "fake_evaluate.py"
     fake.write_text("import json, sys\nprint('loading...')\n"
@@ -329,7 +314,6 @@ def test_a_sampler_setting_is_evaluated_once_then_reused(tmp_path, monkeypatch, 
                     "  'base': {'nll_nats': 90.0, 'fd': 30.0, 'sampling_seconds': 1.0},\n"
                     "  'ncp': {'nll_nats': 89.0, 'fd': 25.0, 'sampling_seconds': 4.0}}))\n")
     monkeypatch.setattr(commands, "python_command", lambda program: [sys.executable, str(fake)])
-    fake_help["evaluate"] = "  --method M\n  --num-proposals N\n  --steps N\n  --num-generated N\n"
     run = tmp_path / "runs" / "seed3"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "ncp.pt").write_text("")
@@ -339,15 +323,15 @@ def test_a_sampler_setting_is_evaluated_once_then_reused(tmp_path, monkeypatch, 
         primary, definitions.Sampler("sir", "group", 50), ("--num-generated", "100"))
     assert first.status == "complete" and not first.reused and first.peak_rss_mib > 0
     assert first.evaluation["argv"] == [f"{run}.evaluate", "--json", "--seed", "3", "--method", "sir",
-                                        "--num-proposals", "50", "--num-generated", "100"]
+                                        "--num-proposals", "50", "--mode", "group", "--num-generated", "100"]
     assert (run.parent / "seed3.evaluate" / "checkpoints" / "ncp.pt").is_file()  # evaluate sees a copy
     again = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
         primary, definitions.Sampler("sir", "group", 50), ("--num-generated", "100"))
     assert again.reused and again.evaluation == first.evaluation and again.seconds_now == 0
     assert first.code and again.code == first.code  # the commit that made it, kept when reused
-    joint = Runner(str(tmp_path / "runs"), say=said.append)._sampler(
-        primary, definitions.Sampler("sir", "joint", 50), ("--num-generated", "100"))
-    assert joint.status == "unavailable" and definitions.SAMPLING_MODE_FLAG in joint.reason
+    with pytest.raises(ValueError, match="has no option --no-such-option"):
+        Runner(str(tmp_path / "runs"), say=said.append)._sampler(
+            primary, definitions.Sampler("sir", "joint", 50), ("--no-such-option", "1"))
 
 
 # --- end to end --------------------------------------------------------------------------------------------
@@ -384,10 +368,7 @@ def test_quick_single_latent_end_to_end_then_reused(tmp_path):
     # the difference of the float32 means vs the mean of the differences
     assert diff["metrics"]["nll_nats"]["mean"] == pytest.approx(metrics["nll_difference_ncp_minus_base"], abs=1e-3)
     assert diff["metrics"]["nll_nats"]["se"] == pytest.approx(metrics["nll_difference_std_error"])
-    gmm = runs[("single", "gmm")]
-    assert gmm["status"] in ("complete", "unavailable")
-    if gmm["status"] == "unavailable":
-        assert gmm["reason"] == "not available in this build: --ncp-base missing"
+    assert runs[("single", "gmm")]["status"] == "complete"
 
     for figure in ("single-latent-bars.png", "single-latent-samples.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure

@@ -49,10 +49,10 @@ class Sampler:
         what = f"M={self.amount}" if self.method == "sir" else f"T={self.amount}"
         return f"{'SIR' if self.method == 'sir' else 'Langevin'} {self.mode} {what}"
 
-    def cli_args(self, with_mode: bool = True) -> tuple[str, ...]:
-        """with_mode=False leaves the mode to the program's default (group-wise before the mode option existed)."""
+    def cli_args(self) -> tuple[str, ...]:
+        """The setting's options for ncpfast.evaluate and ncpfast.sample."""
         amount = ("--num-proposals" if self.method == "sir" else "--steps", str(self.amount))
-        return ("--method", self.method, *amount) + ((SAMPLING_MODE_FLAG, self.mode) if with_mode else ())
+        return ("--method", self.method, *amount, SAMPLING_MODE_FLAG, self.mode)
 
 
 @dataclass(frozen=True)

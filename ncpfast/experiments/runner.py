@@ -206,18 +206,16 @@ class Runner:
         history_path = record.run_dir + ".experiment.json"
         history = read_json(history_path) or {"commands": [], "seconds": 0.0}
         train = commands.python_command("train")
-        record.reason = commands.unavailable_reason("train", train_args)
-        if record.reason:
-            return self._unavailable(record)
+        commands.check_arguments("train", train_args)
         metrics = finished_run(record.run_dir)
         if metrics is not None:
             return self._reuse(record, metrics, history)
         if os.path.isfile(os.path.join(record.run_dir, "checkpoints", "latest.pt")):
-            command = train + ["--resume", record.run_dir] + commands.quiet("train")
+            command = train + ["--resume", record.run_dir, *commands.QUIET["train"]]
             what = "resuming"
         else:
             command = (train + list(train_args) + ["--seed", str(record.seed), "--run-dir", record.run_dir]
-                       + commands.quiet("train"))
+                       + list(commands.QUIET["train"]))
             what = "training"
             history = {"commands": [], "seconds": 0.0}
             if os.path.exists(record.run_dir) and not self.dry_run:
@@ -229,29 +227,25 @@ class Runner:
     def _variant(self, record: RunRecord, primary: RunRecord, variant_args) -> RunRecord:
         history_path = record.run_dir + ".experiment.json"
         history = read_json(history_path) or {"commands": [], "seconds": 0.0}
-        record.reason = primary.reason or commands.unavailable_reason("train", variant_args)
-        if record.reason:
-            return self._unavailable(record)
+        commands.check_arguments("train", variant_args)
         metrics = finished_run(record.run_dir)
         if metrics is not None:
             return self._reuse(record, metrics, history)
         if primary.status not in ("complete", "planned"):
             return self._failed(record, f"its stage-1 run failed ({primary.run_dir})")
         command = (commands.python_command("train") + ["--stage", "2", "--from", record.run_dir]
-                   + list(variant_args) + commands.quiet("train"))
+                   + list(variant_args) + list(commands.QUIET["train"]))
         if not self.dry_run:
             copy_run(primary.run_dir, record.run_dir, keep_stage2=False)
         history = {"commands": [f"(copy of {primary.run_dir}'s stage 1)"], "seconds": 0.0, "code": primary.code}
         return self._run_train_command(record, command, "stage 2 of", history, history_path)
 
     def _sampler(self, primary: RunRecord, sampler: Sampler, evaluate_args) -> RunRecord:
-        arguments = commands.sampler_arguments("evaluate", sampler) + tuple(evaluate_args)
+        arguments = sampler.cli_args() + tuple(evaluate_args)
         copy = primary.run_dir + ".evaluate"
         record = RunRecord(primary.seed, primary.training, "", sampler.key, copy)
         result_path = os.path.join(copy, "results", f"{sampler.key}-{digest(arguments)}.json")
-        record.reason = primary.reason or commands.unavailable_reason("evaluate", arguments)
-        if record.reason:
-            return self._unavailable(record)
+        commands.check_arguments("evaluate", arguments)
         result = read_json(result_path)
         if result is not None and complete_evaluation(result.get("evaluation")):
             record.reused, record.status = True, "complete"
@@ -294,11 +288,12 @@ class Runner:
                 largest[(s.method, s.mode)] = s
         copy = primary.run_dir + ".evaluate"
         settings = [("base", "base prior", ("--method", "base"))] + [
-            (s.key, s.label, commands.sampler_arguments("sample", s)) for s in largest.values()]
+            (s.key, s.label, s.cli_args()) for s in largest.values()]
         for key, label, arguments in settings:
             out = os.path.join(copy, "samples", f"{key}-n{images}.png")
             evaluated = next((r for r in records if r.sampler == key and r.seed == primary.seed), None)
-            if commands.unavailable_reason("sample", arguments) or (evaluated and evaluated.status != "complete"):
+            commands.check_arguments("sample", arguments)
+            if evaluated and evaluated.status != "complete":
                 continue
             if not os.path.isfile(out):
                 command = (commands.python_command("sample") + [copy, "-n", str(images), "--seed",
@@ -346,12 +341,6 @@ class Runner:
         record.train_seconds = metrics.get("train_seconds")
         samples = os.path.join(record.run_dir, "samples.png")
         record.samples_png = samples if os.path.isfile(samples) else None
-        return record
-
-    def _unavailable(self, record: RunRecord) -> RunRecord:
-        record.status = "unavailable"
-        self.say(f"{record.training}{'/' + record.variant if record.variant else ''}"
-                 f"{' ' + record.sampler if record.sampler else ''}: {record.reason}")
         return record
 
     def _failed(self, record: RunRecord, reason: str) -> RunRecord:

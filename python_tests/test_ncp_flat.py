@@ -29,6 +29,15 @@ def standard_normal_gmm(dim):
     return GaussianMixture(torch.ones(1), torch.zeros(1, dim), torch.zeros(1, dim))
 
 
+def on_the_same_draws(*likelihoods, args):
+    """Each likelihood(*args), every one after the same global seed: the same posterior draws."""
+    results = []
+    for likelihood in likelihoods:
+        torch.manual_seed(1)
+        results.append(likelihood(*args))
+    return results
+
+
 def test_constant_classifier_over_the_vae_prior_gives_the_base_likelihood():
     torch.manual_seed(0)
     vae = MLPVAE(latent_dim=6, hidden=16).eval()
@@ -37,12 +46,9 @@ def test_constant_classifier_over_the_vae_prior_gives_the_base_likelihood():
     estimate = ncp.log_partition_estimate(500, generator=torch.Generator().manual_seed(0))
     assert estimate.log_z == pytest.approx(0.8, abs=1e-6) and estimate.stderr == pytest.approx(0, abs=1e-6)
     x = torch.rand(5, 1, 32, 32).bernoulli()
-    torch.manual_seed(1)
-    base = vae.importance_weighted_log_likelihood(x, 8)
-    torch.manual_seed(1)
-    reweighted = ncp.importance_weighted_log_likelihood(x, 8)
-    torch.manual_seed(1)
-    gmm_only = ncp.base_log_likelihood(x, 8)
+    base, reweighted, gmm_only = on_the_same_draws(vae.importance_weighted_log_likelihood,
+                                                   ncp.importance_weighted_log_likelihood, ncp.base_log_likelihood,
+                                                   args=(x, 8))
     torch.testing.assert_close(reweighted, base, rtol=0, atol=1e-4)
     torch.testing.assert_close(gmm_only, base, rtol=0, atol=1e-4)
     # A different constant moves log Z with it and leaves the likelihood where it was; a wrong
@@ -65,12 +71,8 @@ def test_a_constant_classifier_over_a_gmm_leaves_the_gmm_nll_exactly():
     assert estimate.log_z == pytest.approx(-1.3, abs=1e-6) and estimate.stderr == pytest.approx(0, abs=1e-6)
     assert estimate.ess == pytest.approx(400)
     x = torch.rand(6, 1, 32, 32).bernoulli()
-    torch.manual_seed(1)
-    gmm_ll = ncp.base_log_likelihood(x, 8)
-    torch.manual_seed(1)
-    ncp_ll = ncp.importance_weighted_log_likelihood(x, 8)
-    torch.manual_seed(1)
-    base_ll = vae.importance_weighted_log_likelihood(x, 8)
+    gmm_ll, ncp_ll, base_ll = on_the_same_draws(ncp.base_log_likelihood, ncp.importance_weighted_log_likelihood,
+                                                vae.importance_weighted_log_likelihood, args=(x, 8))
     assert (gmm_ll - base_ll).abs().max() > 0.1  # the GMM is not the VAE's prior
     difference = -(ncp_ll - gmm_ll)  # per-image NLL difference NCP - GMM
     torch.testing.assert_close(difference, torch.zeros(6), rtol=0, atol=1e-4)

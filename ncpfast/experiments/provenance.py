@@ -29,20 +29,21 @@ def machine() -> dict:
 CODE_PATHS = ("ncpfast", "csrc", "setup.py", "CMakeLists.txt", "pyproject.toml")
 
 
+def _git(*words) -> Optional[str]:
+    """git's output in the checkout ncpfast runs from (None outside one, or when git fails)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
+    try:
+        result = subprocess.run(["git", "-C", root, *words], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
 def git_commit() -> dict:
     """The commit of the ncpfast that ran, and whether the code that runs had
     uncommitted changes (the experiments' own outputs in docs/ do not count)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
-
-    def git(*words) -> Optional[str]:
-        try:
-            result = subprocess.run(["git", "-C", root, *words], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    commit = (_git("rev-parse", "HEAD") or "").strip()
+    status = (_git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) or "").strip()
     return {"commit": commit or "unknown", "dirty": bool(status)}
 
 
@@ -51,17 +52,8 @@ def code_fingerprint() -> str:
     equal for two checkouts exactly when they would compute the same numbers,
     whatever else (docs, experiments' outputs) differs. Outside a git checkout:
     a hash of the installed package's files."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(ncpfast.__file__)))
-
-    def git(*words) -> Optional[str]:
-        try:
-            result = subprocess.run(["git", "-C", root, *words], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return result.stdout if result.returncode == 0 else None
-
-    tree = git("ls-tree", "-r", "HEAD", "--", *CODE_PATHS)
-    changes = git("diff", "HEAD", "--", *CODE_PATHS)
+    tree = _git("ls-tree", "-r", "HEAD", "--", *CODE_PATHS)
+    changes = _git("diff", "HEAD", "--", *CODE_PATHS)
     digest = hashlib.sha1()
     if tree is not None and changes is not None:
         digest.update(tree.encode() + b"\0" + changes.encode())

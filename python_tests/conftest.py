@@ -19,10 +19,13 @@ def _cpu_target_params():
 @pytest.fixture(params=_cpu_target_params())
 def cpu_target(request):
     """Runs the test with ncpfast's CPU loops pinned to each compiled target
-    (x86-64-v4, x86-64-v3, baseline) that this CPU runs, then unpins them."""
+    (x86-64-v4, x86-64-v3, baseline) that this CPU runs, then restores the
+    target that ran before (NCPFAST_CPU_TARGET's, where the suite runs pinned)."""
+    from ncpfast._extension import cpu_target as active_target
     from ncpfast._extension import set_cpu_target
+    before = active_target()
     set_cpu_target(request.param)
     try:
         yield request.param
     finally:
-        set_cpu_target(None)
+        set_cpu_target(before)

@@ -112,9 +112,9 @@ def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_
     # there is no FD, only FID when its weights are given.
     labelled = getattr(train, "labels", None) is not None and getattr(test, "labels", None) is not None
     features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress) if labelled else None
-    size = test.batch(torch.arange(1)).shape[-1]
-    real = vae.in_data_frame(test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device),
-                             size)
+    real = test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device)
+    size = real.shape[-1]  # the data set's image size: generated images are framed to it
+    real = vae.in_data_frame(real, size)
     real_features = extract_features(features.net.features, real) if labelled else None
 
     def fd_of(images):

@@ -102,21 +102,26 @@ def feature_network(train, test, device, cache_dir: Optional[str] = None, progre
         raise ValueError("the Frechet-distance feature network needs a labelled data set (train and test labels)")
     key = data_hash(train, test)
     path = os.path.join(cache_dir or default_cache_dir(), f"fd-feature-net-{key}.pt")
-    net = FeatureNet(train.images.shape[1])
     if key == SHIPPED_DATA_HASH:
         state = load_shipped_weights()
-        net.load_state_dict(state["state_dict"])
-        accuracy, count = state["test_accuracy"], state["test_images"]
     elif os.path.isfile(path):
         state = checkpoint.load(path)
-        net.load_state_dict(state["state_dict"])
-        accuracy, count = state["test_accuracy"], state["test_images"]
     else:
         net = train_feature_net(train, progress)
-        accuracy, count = accuracy_on(net, test), len(test)
-        checkpoint.save_atomic({"state_dict": net.state_dict(), "test_accuracy": accuracy, "test_images": count,
-                                "recipe": RECIPE}, path)
-    return FeatureNetwork(net.to(device).eval(), accuracy, count, key)
+        accuracy, count = save_feature_net(net, test, key, path)
+        return FeatureNetwork(net.to(device).eval(), accuracy, count, key)
+    net = FeatureNet(train.images.shape[1])
+    net.load_state_dict(state["state_dict"])
+    return FeatureNetwork(net.to(device).eval(), state["test_accuracy"], state["test_images"], key)
+
+
+def save_feature_net(net: FeatureNet, test, key: str, path: str) -> tuple[float, int]:
+    """Writes net with its test accuracy, RECIPE and the data hash `key` to path
+    (atomically); returns (test accuracy, test images)."""
+    accuracy, count = accuracy_on(net, test), len(test)
+    checkpoint.save_atomic({"state_dict": net.state_dict(), "test_accuracy": accuracy, "test_images": count,
+                            "recipe": RECIPE, "data_hash": key}, path)
+    return accuracy, count
 
 
 def file_sha256(path: str) -> str:

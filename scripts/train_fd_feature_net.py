@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from ncpfast import checkpoint, frechet
+from ncpfast import frechet
 from ncpfast.data import DATASETS, load_dataset
 
 
@@ -40,10 +40,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     net = frechet.train_feature_net(train, progress=True)
     seconds = time.perf_counter() - start
-    accuracy = frechet.accuracy_on(net, test)
-    state = {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
-    checkpoint.save_atomic({"state_dict": state, "test_accuracy": accuracy, "test_images": len(test),
-                            "recipe": frechet.RECIPE, "data_hash": key}, args.out)
+    accuracy, _ = frechet.save_feature_net(net, test, key, args.out)
     os.chmod(args.out, 0o644)  # save_atomic's temporary file is private (0600); pip installs the mode as is
     print(f"recipe: {frechet.RECIPE}")
     print(f"trained in {seconds:.0f} s on {args.threads} thread(s); test accuracy {100 * accuracy:.1f}% "

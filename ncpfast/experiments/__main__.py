@@ -54,6 +54,16 @@ def resolve_paths(args) -> None:
         args.docs = args.docs or os.path.join("docs", "results.md")
 
 
+def _summary_plot(experiment: definitions.Experiment, summary: dict, out: str) -> list[str]:
+    """[the PNG of the summary's plot] (the sampler's FD curves, else bars), [] with no complete row."""
+    if not any(r["status"] == "complete" for r in summary["rows"]):
+        return []
+    if experiment.name == "sampler":
+        return [plots.sampler_plot(experiment.title, summary["rows"], os.path.join(out, "sampler-fd.png"))]
+    return [plots.bar_plot(experiment.title, summary["rows"], experiment.metrics,
+                           os.path.join(out, f"{experiment.name}-bars.png"))]
+
+
 def run_experiment(experiment: definitions.Experiment, args, argv: list[str], runner: Runner) -> bool:
     seeds = list(range(args.seeds))
     records = runner.run(experiment, seeds, args.quick)
@@ -61,14 +71,7 @@ def run_experiment(experiment: definitions.Experiment, args, argv: list[str], ru
         return True
     summary = summarize(experiment, records, args.quick)
     name = experiment.name
-    figures = []
-    if any(r["status"] == "complete" for r in summary["rows"]):
-        if experiment.name == "sampler":
-            figures.append(plots.sampler_plot(experiment.title, summary["rows"],
-                                              os.path.join(args.out, f"{name}-fd.png")))
-        else:
-            figures.append(plots.bar_plot(experiment.title, summary["rows"], experiment.metrics,
-                                          os.path.join(args.out, f"{name}-bars.png")))
+    figures = _summary_plot(experiment, summary, args.out)
     panels = list(runner.grids) or _run_grids(experiment, records, seeds[0])
     if panels:
         figures.append(plots.sample_grids(panels, os.path.join(args.out, f"{name}-samples.png")))
@@ -94,14 +97,8 @@ def rerender_experiment(experiment: definitions.Experiment, args, argv: list[str
         return False
     records = [RunRecord(**r) for r in recorded["runs"]]
     summary = summarize(experiment, records, recorded["quick"])
-    figures = [f for f in recorded.get("figures", []) if f.endswith("-samples.png")]
-    if any(r["status"] == "complete" for r in summary["rows"]):
-        if name == "sampler":
-            figures.insert(0, plots.sampler_plot(experiment.title, summary["rows"],
-                                                 os.path.join(args.out, f"{name}-fd.png")))
-        else:
-            figures.insert(0, plots.bar_plot(experiment.title, summary["rows"], experiment.metrics,
-                                             os.path.join(args.out, f"{name}-bars.png")))
+    figures = (_summary_plot(experiment, summary, args.out)
+               + [f for f in recorded.get("figures", []) if f.endswith("-samples.png")])
     ctx = {k: recorded[k] for k in ("command", "seeds", "quick", "date", "machine", "git")}
     ctx["json_name"] = os.path.relpath(json_path, os.path.dirname(os.path.abspath(args.docs)))
     now = report.context(argv, recorded["seeds"], recorded["quick"], ctx["json_name"])

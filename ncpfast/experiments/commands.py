@@ -5,6 +5,7 @@ seconds are its own, and a run is exactly the command it prints). Their options
 are checked against the programs' own argument parsers before anything runs, so
 a definition that passes an option a program lacks fails at once, naming it.
 """
+import functools
 import importlib
 import os
 import shlex
@@ -31,6 +32,7 @@ def child_environment() -> dict[str, str]:
     return env
 
 
+@functools.cache
 def accepted_options(program: str) -> frozenset:
     """Every option string of the program's argument parser (ncpfast.cli.PROGRAM.build_parser)."""
     if program not in PROGRAMS:

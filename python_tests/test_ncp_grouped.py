@@ -137,7 +137,7 @@ def test_fit_reports_groups_and_round_trips(tmp_path):
     state = ncp.to_checkpoint()
     again = GroupedNCP.from_checkpoint(vae, state)
     z = torch.randn(2, 4, 4, 4)
-    torch.testing.assert_close(again.log_ratio(0, z, None), ncp.eval().log_ratio(0, z, None))
+    torch.testing.assert_close(again.group_log_ratio(0, z, None), ncp.eval().group_log_ratio(0, z, None))
     for method in ("sir", "langevin", "base"):
         images = ncp.sample(3, method=method, num_proposals=4, steps=2, generator=torch.Generator().manual_seed(0))
         assert images.shape == (3, 1, 32, 32)

@@ -188,7 +188,7 @@ def _log_z_pass(ncp, n: int) -> None:
     """The work of one batch of GroupedNCP.log_partition: prior samples through the
     decoder's groups, each group's classifier scored on the way."""
     def score(k, z, context, prior):
-        ncp.log_ratio(k, z, context)
+        ncp.group_log_ratio(k, z, context)
         return z
     ncp.vae.sample_decoder_output(n, intercept=score, decode=False)
 

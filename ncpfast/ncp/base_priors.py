@@ -24,7 +24,7 @@ class StandardNormal(nn.Module):
 
 class GaussianMixture(nn.Module):
     """A diagonal Gaussian mixture, fitted by EM (the paper's "GMM base"; the
-    pipeline fits it to posterior samples: ncpfast.pipeline says why)."""
+    pipeline fits it to posterior samples: ncpfast.stage2 says why)."""
 
     def __init__(self, weights: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor):
         super().__init__()

@@ -60,12 +60,19 @@ def fit_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read_tra
                     num_val: int, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
                     weight_decay: float = 0.0, generator: Optional[torch.Generator] = None,
                     progress: bool = True, writer=None,
-                    distributed: DistributedContext = SINGLE_PROCESS) -> dict:
-    """Trains every classifier in parallel (Adam on the sum of the groups' BCEs).
-    read_train(indices) / read_val(indices) return image batches. Each group
-    keeps the weights of its own best held-out loss (groups overfit at
-    different epochs); returns per-group curves and the groups that stayed at
-    chance. The classifiers end in eval mode.
+                    distributed: DistributedContext = SINGLE_PROCESS, patience: Optional[int] = None,
+                    keep_partial_batch: bool = False, description: str = "NCP epoch") -> dict:
+    """Trains every classifier in parallel (Adam on the sum of the groups' BCEs): the
+    one fitting loop of every NCP prior (a flat prior is one group).
+    read_train(indices) / read_val(indices) return batches (of images, or whatever
+    losses_of takes), indices on the CPU. Each group keeps the weights of its own
+    best held-out loss (groups overfit at different epochs); patience: stop once no
+    group has improved for that many epochs (None: run every epoch). Returns
+    per-group curves and the groups that stayed at chance. The classifiers end in
+    eval mode. The order is drawn from `generator` (on its device).
+
+    keep_partial_batch: train on the last, smaller batch of an epoch too (one
+    process only: under torchrun every rank must take the same number of steps).
 
     Data parallel under torchrun (`distributed`): batch_size is per process,
     every rank takes its slice of one shared order (the same `generator`
@@ -73,6 +80,8 @@ def fit_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read_tra
     so every rank keeps the same weights and picks the same best epochs."""
     num_groups = len(classifiers)
     world, rank = distributed.world_size, distributed.rank
+    if keep_partial_batch and world > 1:
+        raise ValueError("keep_partial_batch needs one process: ranks would take different numbers of steps")
     broadcast_module(classifiers, distributed)
     optimizer = torch.optim.Adam(classifiers.parameters(), lr=lr, weight_decay=weight_decay)
     history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
@@ -82,9 +91,11 @@ def fit_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read_tra
     step = 0
     for epoch in range(epochs):
         classifiers.train()
-        order = torch.randperm(num_train, generator=generator)
+        order = torch.randperm(num_train, generator=generator,
+                               device=generator.device if generator is not None else "cpu").cpu()
         step_images = batch_size * world
-        bar = tqdm(range(0, num_train - step_images + 1, step_images), desc=f"NCP epoch {epoch + 1}/{epochs}",
+        last_start = num_train - 1 if keep_partial_batch else num_train - step_images
+        bar = tqdm(range(0, last_start + 1, step_images), desc=f"{description} {epoch + 1}/{epochs}",
                    disable=not (progress and distributed.is_main), leave=False)
         totals = torch.zeros(num_groups)
         for start in bar:
@@ -113,6 +124,8 @@ def fit_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read_tra
             if val_loss[k] < best[k]:
                 best[k], best_epoch[k] = val_loss[k], epoch
                 best_state[k] = copy.deepcopy(classifiers[k].state_dict())
+        if patience is not None and epoch - max(best_epoch) >= patience:
+            break
     for classifier, state in zip(classifiers, best_state):
         classifier.load_state_dict(state)
     classifiers.eval()
@@ -121,6 +134,7 @@ def fit_classifiers(classifiers: nn.ModuleList, losses_of: GroupLosses, read_tra
     history["best_val_loss"] = best
     history["best_val_accuracy"] = final_acc
     history["groups_at_chance"] = [k for k, a in enumerate(final_acc) if a < CHANCE_ACCURACY]
+    history["epochs_run"] = len(history["val_loss"])
     return history
 
 

@@ -20,24 +20,23 @@ import torch.nn as nn
 from ..models.base import LatentVAE
 from ..runtime import SINGLE_PROCESS, DistributedContext
 from .classifiers import GroupClassifier, probe_groups
+from .contract import NoiseContrastivePrior, SamplerConfig
 from .estimators import (
     LogPartitionEstimate,
-    cached_estimate,
-    check_proposal_arguments,
     grouped_aggregate_posterior_log_partition,
     grouped_importance_weighted_log_likelihood,
     grouped_log_partition,
 )
 from .fitting import evaluate_classifiers, fit_classifiers, group_losses
-from .joint_sampling import check_sampling_mode, decode_latents, joint_langevin_latents, joint_sir_latents
-from .sampling import check_sampling_arguments, default_proposal_bytes, langevin_group, sir_group
+from .joint_sampling import decode_latents, joint_langevin_latents, joint_sir_latents
+from .sampling import default_proposal_bytes, langevin_group, sir_group
 
 
-class GroupedNCP(nn.Module):
+class GroupedNCP(NoiseContrastivePrior):
     """kernels: "auto" scores SIR proposals with the context shared across an
     image's proposals (GroupClassifier.proposal_log_ratios); "torch" repeats the
     context per proposal and runs the module (the reference path)."""
-    kernels = "auto"
+    default_log_z_batch = 500
 
     def __init__(self, vae: LatentVAE, hidden: int = 32, cells: int = 2):
         super().__init__()
@@ -45,7 +44,6 @@ class GroupedNCP(nn.Module):
         shapes, contexts = self._probe_groups()
         self.classifiers = nn.ModuleList(GroupClassifier(s, c, hidden, cells) for s, c in zip(shapes, contexts))
         self.hidden, self.cells = hidden, cells
-        self._log_partition = None
 
     def _probe_groups(self):
         """([latent shape], [context channels]) of the VAE's groups."""
@@ -55,7 +53,7 @@ class GroupedNCP(nn.Module):
     def num_groups(self) -> int:
         return len(self.classifiers)
 
-    def log_ratio(self, k: int, z: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+    def group_log_ratio(self, k: int, z: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         return self.classifiers[k](z, context)
 
     def _device(self):
@@ -65,17 +63,18 @@ class GroupedNCP(nn.Module):
 
     def _group_losses(self, x: torch.Tensor):
         """BCE and accuracy of every group's classifier on one batch (the VAE frozen)."""
-        return group_losses(self.vae, self.log_ratio, x)
+        return group_losses(self.vae, self.group_log_ratio, x)
 
     def fit(self, read_train, num_train: int, read_val, num_val: int, epochs: int = 10, batch_size: int = 64,
             lr: float = 1e-3, weight_decay: float = 0.0, generator: Optional[torch.Generator] = None,
             progress: bool = True, writer=None,
-            distributed: DistributedContext = SINGLE_PROCESS) -> dict:
+            distributed: DistributedContext = SINGLE_PROCESS, patience: Optional[int] = None) -> dict:
         """Trains every classifier in parallel; see fitting.fit_classifiers. A fit changes Z."""
         history = fit_classifiers(self.classifiers, self._group_losses, read_train, num_train, read_val, num_val,
                                   epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                  generator=generator, progress=progress, writer=writer, distributed=distributed)
-        self._log_partition = None
+                                  generator=generator, progress=progress, writer=writer, distributed=distributed,
+                                  patience=patience)
+        self.forget_log_partition()
         return history
 
     def evaluate(self, read, num_images: int, batch_size: int = 64,
@@ -85,58 +84,29 @@ class GroupedNCP(nn.Module):
 
     # --- the partition function and the likelihood (estimators.py) ------------------------------
 
-    def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 500,
-                      generator: Optional[torch.Generator] = None, refresh: bool = False,
-                      proposal: Optional[str] = None,
-                      posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[float, float]:
-        """(log Z, standard error); see log_partition_estimate."""
-        estimate = self.log_partition_estimate(num_samples, batch_size, generator, refresh, proposal, posterior)
-        return estimate.log_z, estimate.stderr
-
-    @property
-    def stored_log_partition(self) -> Optional[LogPartitionEstimate]:
-        """The last log Z estimate (a checkpoint's, after from_checkpoint), or None."""
-        return self._log_partition
-
-    def log_partition_estimate(self, num_samples: Optional[int] = None, batch_size: int = 500,
-                               generator: Optional[torch.Generator] = None, refresh: bool = False,
-                               proposal: Optional[str] = None,
-                               posterior: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> LogPartitionEstimate:
-        """Z = E_p[prod_k r_k(z_k | z_<k)] with its standard error and effective sample
-        size. proposal "prior": z drawn from the VAE's prior group by group;
-        "aggregate-posterior" (single-group flat models): the defensive mixture of
-        the prior and posterior=(mu, sigma) [N, D] of N training images
-        (estimators.flat_posterior_parameters). Cached until the next fit (or
-        refresh=True); the cache answers a request whose sample count, proposal and
-        posterior are each the estimate's or not given (estimators.cached_estimate).
-        proposal None: the cached estimate whatever its proposal, else the prior."""
-        cached = None if refresh else cached_estimate(self._log_partition, num_samples, proposal, posterior)
-        if cached is not None:
-            return cached
-        proposal = proposal or "prior"
-        check_proposal_arguments(posterior, proposal)
-        num_samples = num_samples or 10_000
+    def _new_log_partition_estimate(self, num_samples: int, proposal: str, posterior, batch_size: int,
+                                    generator: Optional[torch.Generator]) -> LogPartitionEstimate:
+        """proposal "prior": z drawn from the VAE's prior group by group;
+        "aggregate-posterior" (single-group flat models): the defensive mixture of the
+        prior and posterior=(mu, sigma) [N, D] of N training images
+        (estimators.flat_posterior_parameters)."""
         if proposal == "prior":
-            estimate = grouped_log_partition(self.vae, self.log_ratio, num_samples, batch_size, generator)
-        else:
-            estimate = grouped_aggregate_posterior_log_partition(self.vae, self.log_ratio, *posterior, num_samples,
-                                                                 generator)
-        self._log_partition = estimate
-        return estimate
+            return grouped_log_partition(self.vae, self.group_log_ratio, num_samples, batch_size, generator)
+        return grouped_aggregate_posterior_log_partition(self.vae, self.group_log_ratio, *posterior, num_samples,
+                                                         generator)
 
     def importance_weighted_log_likelihood(self, x: torch.Tensor, num_samples: int, chunk: int = 0,
                                            log_z: Optional[float] = None) -> torch.Tensor:
         """The IW bound with p_NCP in place of p: log p(z) + sum_k log r_k - log Z."""
         log_z = self.log_partition()[0] if log_z is None else log_z
-        return grouped_importance_weighted_log_likelihood(self.vae, self.log_ratio, x, num_samples, chunk, log_z)
+        return grouped_importance_weighted_log_likelihood(self.vae, self.group_log_ratio, x, num_samples, chunk, log_z)
 
     # --- sampling (sampling.py) -----------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, n: int, method: str = "sir", num_proposals: int = 50, steps: int = 50, step_size: float = 1e-2,
-               temperature: float = 1.0, generator: Optional[torch.Generator] = None,
-               max_proposal_bytes: Optional[int] = None, mode: str = "group") -> torch.Tensor:
-        """n images in [0, 1] from the NCP prior, or the base prior (method "base").
+    def _sample(self, n: int, sampler: SamplerConfig, temperature: float,
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+        """n images in [0, 1] from the NCP prior, or the VAE's prior (method "base").
 
         mode "group" (the paper's samplers): group by group, SIR (num_proposals per
         group given the chosen z_<k) or Langevin (steps on E_k = -log r_k - log p_k);
@@ -147,20 +117,17 @@ class GroupedNCP(nn.Module):
         Group-wise SIR scores the n x num_proposals proposals of a group in chunks of images
         whose scoring working set (proposals and classifier activations) stays
         within max_proposal_bytes (default: default_proposal_bytes(device)).
-        temperature T scales every group's prior; at T < 1 the classifiers score
-        latents and decoder contexts they were not trained on (the VAE's BatchNorm
-        statistics can be re-estimated at T first: ncpfast.models.temperature)."""
-        check_sampling_arguments(method, n, num_proposals, steps, step_size, max_proposal_bytes)
-        check_sampling_mode(mode)
-        if mode == "joint" and method != "base":
-            return self._sample_joint(n, method, num_proposals, steps, step_size, temperature, generator)
-        if max_proposal_bytes is None:
-            max_proposal_bytes = default_proposal_bytes(self._device())
+        The VAE's BatchNorm statistics can be re-estimated at a temperature first
+        (ncpfast.models.temperature)."""
+        method, steps, step_size = sampler.method, sampler.steps, sampler.step_size
         if method == "base":
             return self.vae.sample(n, temperature, generator=generator)
+        if sampler.mode == "joint":
+            return self._sample_joint(n, method, sampler.num_proposals, steps, step_size, temperature, generator)
+        budget = sampler.max_proposal_bytes or default_proposal_bytes(self._device())
         if method == "sir":
             def intercept(k, z, context, prior):
-                return self._sir_group(k, context, prior, num_proposals, generator, max_proposal_bytes)
+                return self._sir_group(k, context, prior, sampler.num_proposals, generator, budget)
         else:
             def intercept(k, z, context, prior):
                 return self._langevin_group(k, z, context, prior, steps, step_size, generator)
@@ -168,9 +135,10 @@ class GroupedNCP(nn.Module):
 
     def _sample_joint(self, n, method, num_proposals, steps, step_size, temperature, generator):
         if method == "sir":
-            latents = joint_sir_latents(self.vae, self.log_ratio, n, num_proposals, temperature, generator)
+            latents = joint_sir_latents(self.vae, self.group_log_ratio, n, num_proposals, temperature, generator)
         else:
-            latents = joint_langevin_latents(self.vae, self.log_ratio, n, steps, step_size, temperature, generator)
+            latents = joint_langevin_latents(self.vae, self.group_log_ratio, n, steps, step_size, temperature,
+                                             generator)
         return decode_latents(self.vae, latents, temperature)
 
     def _sir_group(self, k, context, prior, M, generator, max_proposal_bytes):
@@ -184,23 +152,12 @@ class GroupedNCP(nn.Module):
 
     def to_checkpoint(self) -> dict:
         return {"format": 1, "hidden": self.hidden, "cells": self.cells,
-                "classifiers": self.classifiers.state_dict(),
-                "log_partition": None if self._log_partition is None else self._log_partition.as_dict()}
+                "classifiers": self.classifiers.state_dict(), "log_partition": self._log_partition_state()}
 
     @classmethod
     def from_checkpoint(cls, vae: LatentVAE, state: dict) -> "GroupedNCP":
         ncp = cls(vae, hidden=state["hidden"], cells=state["cells"]).to(next(vae.parameters()).device)
         ncp.classifiers.load_state_dict(state["classifiers"])
-        ncp._log_partition = _estimate_from_state(state.get("log_partition"))
+        ncp._load_log_partition_state(state.get("log_partition"))
         return ncp.eval()
 
-
-def _estimate_from_state(saved) -> Optional[LogPartitionEstimate]:
-    """A checkpoint's log Z: a dict (LogPartitionEstimate.as_dict), or the
-    (log Z, stderr, samples) tuple of checkpoints written before the ESS was kept."""
-    if saved is None:
-        return None
-    if isinstance(saved, dict):
-        return LogPartitionEstimate.from_dict(saved)
-    log_z, stderr, num_samples = saved
-    return LogPartitionEstimate(log_z, stderr, float("nan"), num_samples, "prior")

@@ -4,14 +4,11 @@
     tell posterior samples (label 1) from base-prior samples (label 0),
     Z = E_p[r(z)] estimated by Monte Carlo.
 """
-import copy
-import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .. import _extension
 from ..ops import mlp_log_ratio, mlp_parameters, sir_resample
@@ -19,12 +16,16 @@ from .base_adapter import DistributionBase
 from .base_priors import GaussianMixture, StandardNormal
 from .base_state import base_from_state, base_to_state
 from .classifiers import default_classifier
-from .estimators import log_mean_exp_with_stderr
-from .fitting import split_images
-from .sampling import check_sampling_arguments, langevin
+from .contract import NoiseContrastivePrior, SamplerConfig
+from .estimators import LogPartitionEstimate, aggregate_posterior_log_weights, summarize_log_weights
+from .fitting import fit_classifiers, split_images
+from .sampling import langevin
+
+# SIR's scoring working set per chunk when the sampler config sets none.
+DEFAULT_PROPOSAL_BYTES = 256 * 2**20
 
 
-class NCPPrior(nn.Module):
+class NCPPrior(NoiseContrastivePrior):
     """A reweighted prior r(z) p(z) / Z over flat latents z of shape [..., dim].
 
     base_prior: a torch.distributions.Distribution over vectors (batch_shape (),
@@ -44,7 +45,8 @@ class NCPPrior(nn.Module):
         always runs the classifier module. Gradients (fit, Langevin) always
         run the module.
     """
-    kernels = "auto"
+    num_groups = 1
+    default_log_z_batch = 10_000
 
     def __init__(self, base_prior, classifier: Optional[nn.Module] = None, dim: Optional[int] = None,
                  hidden: int = 256, layers: int = 2):
@@ -65,7 +67,13 @@ class NCPPrior(nn.Module):
         self.base = base_prior
         self.classifier = classifier if classifier is not None else default_classifier(self.dim, hidden, layers)
         self.hidden, self.layers = hidden, layers
-        self._log_partition = None
+
+    @property
+    def base_kind(self) -> str:
+        """"gmm" for a GaussianMixture base, "gaussian" for N(0, I), else the base's type name."""
+        if isinstance(self.base, GaussianMixture):
+            return "gmm"
+        return "gaussian" if isinstance(self.base, StandardNormal) else type(self.base).__name__
 
     # --- the density ratio --------------------------------------------------------------
 
@@ -76,6 +84,12 @@ class NCPPrior(nn.Module):
         if parameters is not None:
             return mlp_log_ratio(flat[None], *parameters)[0].view(z.shape[:-1])
         return self.classifier(flat).view(z.shape[:-1])
+
+    def group_log_ratio(self, k: int, z: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        if k != 0 or context is not None:
+            raise ValueError(f"a flat NCP prior has one group (k=0) and no context; got k={k}"
+                             + (" and a context" if context is not None else ""))
+        return self.log_ratio(z)
 
     def _fused_parameters(self, z: torch.Tensor):
         """The classifier's layers for mlp_log_ratio, or None where the module must run:
@@ -93,12 +107,15 @@ class NCPPrior(nn.Module):
             weight_decay: float = 1e-5, validation_fraction: float = 0.1, patience: int = 5,
             generator: Optional[torch.Generator] = None, progress: bool = True, draws: int = 1) -> dict:
         """Trains the classifier: posterior samples (1) against fresh base samples (0),
-        BCE on logits, early stopping on a held-out split. Returns the history.
+        BCE on logits, by fitting.fit_classifiers (a flat prior is one group): the best
+        held-out epoch's weights, stopping after `patience` epochs without improvement.
+        Returns the history (one value per epoch).
 
         draws: posterior samples per image, laid out as flat.posterior_samples does
         ([draws * N, dim], row d * N + i the d-th draw of image i). The held-out split
         takes whole images (fitting.split_images: a random validation_fraction of the N
-        images with all their draws), so no image is seen on both sides of early stopping."""
+        images with all their draws), so no image is seen on both sides of early stopping;
+        its negatives are drawn once, so that every epoch is scored on the same pairs."""
         data = posterior_samples.detach().reshape(-1, self.dim)
         if data.shape[0] < 10:
             raise ValueError(f"NCPPrior.fit needs at least 10 posterior samples, got {data.shape[0]}")
@@ -115,68 +132,47 @@ class NCPPrior(nn.Module):
 
         val_pos, train_pos = data[rows(val_images)], data[rows(train_images)]
         val_neg = self.base.sample(val_pos.shape[0], generator=generator).to(data)
-        optimizer = torch.optim.Adam(self.classifier.parameters(), lr=lr, weight_decay=weight_decay)
-        history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
-        best, best_state, waited = math.inf, copy.deepcopy(self.classifier.state_dict()), 0
-        bar = tqdm(range(epochs), desc="NCP classifier", disable=not progress, leave=False)
-        for _ in bar:
-            self.classifier.train()
-            perm = torch.randperm(train_pos.shape[0], generator=generator,
-                                  device=generator.device if generator is not None else "cpu").to(data.device)
-            total, count = 0.0, 0
-            for start in range(0, train_pos.shape[0], batch_size):
-                pos = train_pos[perm[start:start + batch_size]]
-                neg = self.base.sample(pos.shape[0], generator=generator).to(pos)
-                loss = self._bce(pos, neg)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, count = total + loss.item() * pos.shape[0], count + pos.shape[0]
-            val_loss, val_acc = self._evaluate(val_pos, val_neg)
-            history["train_loss"].append(total / count)
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_acc)
-            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
-            if val_loss < best - 1e-4:
-                best, best_state, waited = val_loss, copy.deepcopy(self.classifier.state_dict()), 0
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
-        self.classifier.load_state_dict(best_state)
-        self.classifier.eval()
-        self._log_partition = None  # a refit changes Z
-        history["best_val_loss"] = best
-        history["epochs_run"] = len(history["val_loss"])
-        return history
 
-    def _bce(self, pos, neg):
-        logits = torch.cat([self.log_ratio(pos), self.log_ratio(neg)])
-        labels = torch.cat([torch.ones(pos.shape[0]), torch.zeros(neg.shape[0])]).to(logits)
-        return F.binary_cross_entropy_with_logits(logits, labels)
+        def read_train(indices):
+            positives = train_pos[indices.to(data.device)]
+            return positives, self.base.sample(positives.shape[0], generator=generator).to(positives)
 
-    @torch.no_grad()
-    def _evaluate(self, pos, neg):
-        self.classifier.eval()
-        loss = float(self._bce(pos, neg))
-        correct = int((self.log_ratio(pos) > 0).sum()) + int((self.log_ratio(neg) <= 0).sum())
-        return loss, correct / (pos.shape[0] + neg.shape[0])
+        def read_val(indices):
+            indices = indices.to(data.device)
+            return val_pos[indices], val_neg[indices]
 
-    @torch.no_grad()
-    def log_partition(self, num_samples: Optional[int] = None, batch_size: int = 10_000,
-                      generator: Optional[torch.Generator] = None, refresh: bool = False):
-        """(log Z, its standard error): log Z ~ logsumexp_i log r(z_i) - log N, z_i ~ p.
-        Cached until the next fit (or refresh=True); without num_samples the cached
-        estimate is returned whatever its sample count."""
-        cached = self._log_partition
-        if cached is not None and not refresh and num_samples in (None, cached[2]):
-            return cached[:2]
-        num_samples = num_samples or 100_000
-        values = [self.log_ratio(self.base.sample(min(batch_size, num_samples - start), generator=generator))
-                  for start in range(0, num_samples, batch_size)]
-        log_z, stderr = log_mean_exp_with_stderr(torch.cat(values))
-        self._log_partition = (log_z, stderr, num_samples)
-        return log_z, stderr
+        history = fit_classifiers(nn.ModuleList([self.classifier]), self._pair_losses, read_train,
+                                  train_pos.shape[0], read_val, val_pos.shape[0], epochs=epochs,
+                                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, generator=generator,
+                                  progress=progress, patience=patience, keep_partial_batch=True,
+                                  description="NCP classifier")
+        self.forget_log_partition()  # a refit changes Z
+        return {"train_loss": [epoch[0] for epoch in history["train_loss"]],
+                "val_loss": [epoch[0] for epoch in history["val_loss"]],
+                "val_accuracy": [epoch[0] for epoch in history["val_accuracy"]],
+                "best_val_loss": history["best_val_loss"][0], "best_epoch": history["best_epoch"][0],
+                "epochs_run": len(history["val_loss"])}
+
+    def _pair_losses(self, pair):
+        """([BCE], [accuracy]) of the classifier on (positives, negatives)."""
+        positives, negatives = pair
+        logits = torch.cat([self.log_ratio(positives), self.log_ratio(negatives)])
+        labels = torch.cat([torch.ones(positives.shape[0]), torch.zeros(negatives.shape[0])]).to(logits)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        return loss[None], ((logits > 0).float() == labels).float().mean()[None]
+
+    def _new_log_partition_estimate(self, num_samples: int, proposal: str, posterior, batch_size: int,
+                                    generator: Optional[torch.Generator]) -> LogPartitionEstimate:
+        """log w = log r for draws of the base ("prior"), or the defensive mixture's
+        weights ("aggregate-posterior", estimators.aggregate_posterior_log_weights)."""
+        if proposal == "prior":
+            log_w = torch.cat([self.log_ratio(self.base.sample(min(batch_size, num_samples - start),
+                                                               generator=generator)).cpu()
+                               for start in range(0, num_samples, batch_size)])
+        else:
+            log_w = aggregate_posterior_log_weights(self.log_ratio, self.base, *posterior, num_samples,
+                                                    generator=generator, batch_size=batch_size)
+        return summarize_log_weights(log_w, proposal, posterior if proposal != "prior" else None)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p_NCP(z) = log r(z) + log p(z) - log Z."""
@@ -188,25 +184,46 @@ class NCPPrior(nn.Module):
         """E(z) = -log r(z) - log p(z) (Langevin's target is exp(-E) / Z)."""
         return -(self.log_ratio(z) + self.base.log_prob(z))
 
-    def sample(self, n: int, method: str = "sir", num_proposals: int = 100, steps: int = 100,
-               step_size: float = 1e-2, generator: Optional[torch.Generator] = None,
-               max_proposal_bytes: int = 256 * 2**20) -> torch.Tensor:
-        """n samples [n, dim] from p_NCP: "sir" (num_proposals per sample, the fused SIR
-        op), "langevin" (steps of size step_size on E), or "base" (p itself)."""
-        check_sampling_arguments(method, n, num_proposals, steps, step_size, max_proposal_bytes)
-        if method == "base":
-            return self.base.sample(n, generator=generator)
-        if method == "langevin":
-            return langevin(self.base.sample(n, generator=generator), self.energy, steps, step_size, generator)
-        rows = max(1, max_proposal_bytes // (num_proposals * self.dim * 4))  # bounded memory
+    def _sample(self, n: int, sampler: SamplerConfig, temperature: float,
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+        """n latents [n, dim]: "sir" (num_proposals per sample, the fused SIR op),
+        "langevin" (steps of size step_size on E), or "base" (the base itself); one
+        group, so both modes are the same sampler."""
+        prior = self.tempered(temperature)
+        if sampler.method == "base":
+            return prior.base.sample(n, generator=generator)
+        if sampler.method == "langevin":
+            return langevin(prior.base.sample(n, generator=generator), prior.energy, sampler.steps, sampler.step_size,
+                            generator)
+        budget = sampler.max_proposal_bytes or DEFAULT_PROPOSAL_BYTES
+        rows = max(1, budget // (sampler.num_proposals * self.dim * 4))  # bounded memory
         chunks = []
         with torch.no_grad():
             for start in range(0, n, rows):
                 count = min(rows, n - start)
-                proposals = self.base.sample((count, num_proposals), generator=generator)
-                chosen, _ = sir_resample(self.log_ratio(proposals), proposals, 1, generator=generator)
+                proposals = prior.base.sample((count, sampler.num_proposals), generator=generator)
+                chosen, _ = sir_resample(prior.log_ratio(proposals), proposals, 1, generator=generator)
                 chunks.append(chosen[:, 0])
         return torch.cat(chunks)
+
+    def tempered(self, temperature: float) -> "NCPPrior":
+        """self, or at T != 1 an NCPPrior sharing the classifier over the base with its
+        standard deviations (a GMM's per component) scaled by T."""
+        if temperature == 1:
+            return self
+        base = self.base
+        if isinstance(base, StandardNormal):
+            anchor = base._device_anchor
+            base = GaussianMixture(torch.ones(1, device=anchor.device), torch.zeros(1, self.dim, device=anchor.device),
+                                   torch.zeros(1, self.dim, device=anchor.device))
+        if not isinstance(base, GaussianMixture):
+            raise ValueError(f"temperature {temperature} is defined for a StandardNormal or GaussianMixture base, "
+                             f"not {type(base).__name__}; sample at temperature 1")
+        scaled = GaussianMixture(base.log_weights.exp(), base.means, base.log_stds + torch.log(
+            torch.tensor(float(temperature), device=base.means.device)))
+        prior = NCPPrior(scaled, classifier=self.classifier, dim=self.dim)
+        prior.kernels = self.kernels
+        return prior
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -218,9 +235,9 @@ class NCPPrior(nn.Module):
             raise TypeError(f"NCPPrior cannot save a custom classifier ({type(self.classifier).__name__}): "
                             f"from_checkpoint rebuilds the default MLP (hidden={self.hidden}, layers={self.layers}). "
                             f"Save prior.state_dict() instead and load it into an NCPPrior built the same way.")
-        return {"format": 2, "dim": self.dim, "hidden": self.hidden, "layers": self.layers,
+        return {"format": 3, "dim": self.dim, "hidden": self.hidden, "layers": self.layers,
                 "base": base_to_state(self.base), "state_dict": self.state_dict(),
-                "log_partition": self._log_partition}
+                "log_partition": self._log_partition_state()}
 
     @classmethod
     def from_checkpoint(cls, state: dict) -> "NCPPrior":
@@ -233,7 +250,7 @@ class NCPPrior(nn.Module):
             base = StandardNormal(state["dim"])
         prior = cls(base, dim=state["dim"], hidden=state["hidden"], layers=state["layers"])
         prior.load_state_dict(sd)
-        prior._log_partition = state.get("log_partition")
+        prior._load_log_partition_state(state.get("log_partition"))
         return prior.eval()
 
     def save(self, path: str) -> None:

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from ..ops import sir_resample
+from .classifiers import GroupClassifier
 
 SAMPLING_METHODS = ("sir", "langevin", "base")
 
@@ -60,7 +61,8 @@ def sir_group(classifier, context: Optional[torch.Tensor], prior, num_proposals:
     one; False repeats the context per proposal and runs the module."""
     M = num_proposals
     n = prior.mu.shape[0]
-    per_proposal = (classifier.scoring_bytes_per_proposal() if hasattr(classifier, "scoring_bytes_per_proposal")
+    ours = isinstance(classifier, GroupClassifier)  # else a user's module: scored on repeated contexts
+    per_proposal = (classifier.scoring_bytes_per_proposal() if ours
                     else 4 * (prior.mu[0].numel() + (context[0].numel() if context is not None else 0)))
     rows = max(1, max_proposal_bytes // (M * per_proposal))
     chosen = []
@@ -70,9 +72,9 @@ def sir_group(classifier, context: Optional[torch.Tensor], prior, num_proposals:
         eps = torch.randn((b, M, *mu.shape[1:]), device=mu.device, generator=generator)
         proposals = mu[:, None] + sigma[:, None] * eps
         ctx = None if context is None else context[start:start + b]
-        if hasattr(classifier, "proposal_log_ratios"):
+        if ours:
             log_w = classifier.proposal_log_ratios(proposals, ctx, shared_context).float()
-        else:  # a user-supplied classifier module: score on repeated contexts
+        else:
             ctx = None if ctx is None else ctx.repeat_interleave(M, dim=0)
             log_w = classifier(proposals.flatten(0, 1), ctx).view(b, M).float()
         picked, _ = sir_resample(log_w, proposals, 1, generator=generator)

@@ -13,7 +13,7 @@ import torch
 
 from ncpfast.data import load_dataset
 from ncpfast.frechet import extract_features, fd_summary, feature_network
-from ncpfast.pipeline import load_ncp, load_run
+from ncpfast.trained_run import load_ncp, load_run
 
 
 def main():

@@ -11,68 +11,25 @@ configs as dicts, RNG states as tensors), so no allow-list of classes is
 needed; a file that holds anything else is refused, because unpickling it
 could run arbitrary code.
 """
-import json
 import os
 import pickle
 import re
-import tempfile
 
 import torch
 
-_TEMPORARY_SUFFIX = ".tmp"
+from .atomic_files import atomic_write, remove_stale_temporaries
+
+__all__ = ["CheckpointError", "save_atomic", "load", "remove_stale_temporaries"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or holds more than tensors and plain data."""
 
 
-def _temporary_prefix(path: str) -> str:
-    return "." + os.path.basename(path) + "."
-
-
 def save_atomic(obj, path: str) -> None:
-    """torch.save(obj) to `path` through a temporary file, fsync, and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path), suffix=_TEMPORARY_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def remove_stale_temporaries(path: str) -> list:
-    """Deletes the temporaries that save_atomic(..., path) leaves when its process is
-    killed part-way (e.g. `.latest.pt.k3j_x9a2.tmp`); returns their paths. Call it
-    only where no other process is saving `path` at the same time."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        return []
-    pattern = re.compile(re.escape(_temporary_prefix(path)) + r"[^.]+" + re.escape(_TEMPORARY_SUFFIX) + "$")
-    removed = []
-    for name in os.listdir(directory):
-        if pattern.match(name):
-            stale = os.path.join(directory, name)
-            try:
-                os.unlink(stale)
-                removed.append(stale)
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-def write_json_atomic(obj, path: str) -> None:
-    """JSON written to a temporary file, then renamed over `path`."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """torch.save(obj) to `path` atomically (atomic_files.atomic_write)."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load(path: str, map_location="cpu"):

@@ -11,7 +11,8 @@ pytorch-fid's Inception weights file, FID proper is computed as well
 import contextlib
 import math
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from tqdm import tqdm
@@ -21,7 +22,10 @@ from .fid_inception import load_fid_inception
 from .frechet import FD_NAME, extract_features, fd_summary, feature_network, frechet_distance
 from .models.base import iw_images_per_pass
 from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
-from .pipeline import estimate_log_partition, image_reader, load_ncp, load_run, stored_log_partition
+from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig, check_temperature
+from .ncp.fitting import split_images
+from .stage2 import check_log_z_proposal, estimate_log_partition
+from .trained_run import image_reader, load_ncp, load_run, stored_log_partition
 
 FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
 
@@ -29,7 +33,14 @@ FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
 # part (log Z's draws or proposal, the NCP type, the sampler) leaves the others'
 # draws as they were: the test set's binarisation above all, which makes NLLs
 # of different runs of one model paired on the same data.
-_STREAMS = ("sampling", "log_z", "test_binarisation", "readjust_bn")
+_STREAMS = ("sampling", "log_z", "test_binarisation", "readjust_bn", "step_size_tuning")
+# Images generated per sampler call (bounds the SIR working set of a call).
+_GENERATION_BATCH = 250
+# Langevin step sizes tried by --step-size auto (a log grid around the 0.01 default
+# up to where a unit-variance prior's chain starts to be biased by the step), and
+# the images each is scored on.
+STEP_SIZE_CANDIDATES = (0.003, 0.01, 0.03, 0.1, 0.3)
+STEP_SIZE_TUNING_IMAGES = 500
 
 
 def random_stream(seed: int, purpose: str, device) -> torch.Generator:
@@ -38,156 +49,247 @@ def random_stream(seed: int, purpose: str, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed * len(_STREAMS) + _STREAMS.index(purpose))
 
 
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What an evaluation measures. NLL: the importance-weighted bound with
+    iw_samples K on max_images test images (0: all), iw_chunk samples per pass (0:
+    all). log Z: stage 2's stored estimate, unless log_z_samples or log_z_proposal
+    asks for a new one (the other from stage 2's config; not stored). Frechet
+    distances: num_generated images per prior against num_real held-out images (0:
+    max(num_generated, 1000), at most the test split); FID too with pytorch-fid's
+    Inception weights (fid_weights). temperature scales the priors of the
+    generated images; readjust_bn samples from a copy of the VAE whose decoder
+    BatchNorm statistics were re-estimated on readjust_bn_batches batches of prior
+    samples at that temperature (NVAE's re-adjustment; the NLL keeps the
+    checkpoint's statistics). tune_step_size: a Langevin sampler's step size is
+    chosen first (tune_langevin_step_size), as a user would, on held-out training
+    images, never on the test images the reported numbers use."""
+    iw_samples: int = 100
+    max_images: int = 0
+    iw_chunk: int = 0
+    num_generated: int = 1000
+    num_real: int = 0
+    log_z_samples: Optional[int] = None
+    log_z_proposal: Optional[str] = None
+    fid_weights: str = ""
+    temperature: float = 1.0
+    readjust_bn: bool = False
+    readjust_bn_batches: int = DEFAULT_BATCHES
+    seed: int = 0
+    tune_step_size: bool = False
+
+    def __post_init__(self):
+        if self.iw_samples < 1 or self.num_generated < 2 or self.num_real < 0 or self.num_real == 1:
+            raise ValueError(f"need iw_samples >= 1, num_generated >= 2 and num_real 0 or >= 2, got "
+                             f"{self.iw_samples}, {self.num_generated} and {self.num_real}")
+        if self.log_z_samples is not None and self.log_z_samples < 1:
+            raise ValueError(f"log_z_samples must be >= 1, got {self.log_z_samples}")
+        if self.log_z_proposal is not None:
+            check_log_z_proposal(self.log_z_proposal)
+        if self.readjust_bn_batches < 1:
+            raise ValueError(f"readjust_bn_batches must be >= 1, got {self.readjust_bn_batches}")
+        check_temperature(self.temperature)
+
+
+class Evaluation(NamedTuple):
+    """metrics: what metrics.json keeps under "evaluation"; images: each prior's
+    generated images (base, ncp, and gmm for an NCP-GMM), as the data set frames
+    them (vae.in_data_frame), what the Frechet distances compared."""
+    metrics: dict
+    images: dict
+
+
+class _ComparedPrior(NamedTuple):
+    name: str
+    log_likelihood: Callable   # (x, K, chunk) -> [B]
+    draw: Callable             # (n, temperature, generator) -> images
+
+
 @torch.no_grad()
-def evaluate_run(run_dir: str, device: torch.device, iw_samples: int = 100, max_images: int = 0,
-                 iw_chunk: int = 0, num_generated: int = 1000, method: str = "sir", num_proposals: int = 50,
-                 steps: int = 50, step_size: float = 1e-2, temperature: float = 1.0,
-                 log_z_samples: Optional[int] = None, seed: int = 0, progress: bool = True, fid_weights: str = "",
-                 num_real: int = 0, mode: str = "group", log_z_proposal: Optional[str] = None, fd_cache_dir=None,
-                 readjust_bn: bool = False,
-                 readjust_bn_batches: int = DEFAULT_BATCHES) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Base prior and NCP prior side by side: NLL and Frechet distance (and FID given `fid_weights`).
-
-    `num_real` held-out images are the reference set of the Frechet distances
-    (0: max(num_generated, 1000), at most the whole test split). mode: "group"
-    or "joint" samplers (GroupedNCP.sample). log Z: stage 2's stored estimate,
-    unless log_z_samples or log_z_proposal ("prior" or "aggregate-posterior",
-    single-group flat models) asks for a new one (the other from stage 2's
-    config), which is not stored. The NCP NLL's standard error includes log Z's,
-    which shifts every image alike.
-
-    An NCP whose base is a GMM (stage 2 with --ncp-base gmm, a FlatNCP) adds a "gmm"
-    entry: NLL and FD under the GMM prior alone, with the paired differences
-    NCP-GMM minus GMM and GMM minus base.
-
-    temperature scales the priors of the generated images; at T < 1 the NCP
-    classifiers score latents (and, in hierarchical models, decoder contexts)
-    they were not trained on. readjust_bn: sample from a copy of the VAE whose
-    decoder BatchNorm statistics were re-estimated on readjust_bn_batches batches
-    of prior samples at that temperature (NVAE's re-adjustment,
-    ncpfast.models.temperature); the NLL always uses the checkpoint's statistics.
-
-    Returns (result, base images, NCP images): the images as the data set
-    frames them (vae.in_data_frame), what the Frechet distances compared."""
-    if iw_samples < 1 or num_generated < 2 or num_real < 0 or num_real == 1:
-        raise ValueError(f"need iw_samples >= 1, num_generated >= 2 and num_real 0 or >= 2, got {iw_samples}, "
-                         f"{num_generated} and {num_real}")
-    inception = load_fid_inception(fid_weights, device) if fid_weights else None  # a bad path fails first
+def evaluate_run(run_dir: str, device: torch.device, settings: Optional[EvaluationSettings] = None,
+                 sampler: SamplerConfig = DEFAULT_SAMPLER, progress: bool = True, fd_cache_dir=None) -> Evaluation:
+    """The run's priors side by side: the VAE's own ("base"), a GMM base alone where
+    the NCP has one ("gmm", stage 2 with --ncp-base gmm), and the NCP prior ("ncp",
+    sampled as `sampler` says). NLLs paired on the same posterior draws, with the
+    differences NCP minus each other prior (and GMM minus base); Frechet distances
+    (and FID given the weights). The NCP NLL's standard error includes log Z's,
+    which shifts every image alike."""
+    s = settings or EvaluationSettings()
+    inception = load_fid_inception(s.fid_weights, device) if s.fid_weights else None  # a bad path fails first
     config, vae = load_run(run_dir, device)
     ncp = load_ncp(run_dir, vae)
-    sampler = ncp
-    if readjust_bn:
-        adjusted = readjust_batchnorm(vae, temperature, readjust_bn_batches,
-                                      generator=random_stream(seed, "readjust_bn", device))
-        sampler = load_ncp(run_dir, adjusted)
-    gmm = getattr(ncp, "base_kind", None) == "gmm"
+    sampling_ncp = ncp
+    if s.readjust_bn:
+        adjusted = readjust_batchnorm(vae, s.temperature, s.readjust_bn_batches,
+                                      generator=random_stream(s.seed, "readjust_bn", device))
+        sampling_ncp = load_ncp(run_dir, adjusted)
     train, test = load_dataset(config.dataset, config.data_dir)
-    n = len(test) if max_images <= 0 else min(max_images, len(test))
-    if log_z_samples is None and log_z_proposal is None:
+    if s.log_z_samples is None and s.log_z_proposal is None:
         log_z_estimate, log_z_source = stored_log_partition(ncp, run_dir), "stage 2"
     else:
-        log_z_estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples or config.ncp_log_z_samples,
-                                                log_z_proposal or config.ncp_log_z_proposal,
-                                                random_stream(seed, "log_z", device))
+        log_z_estimate = estimate_log_partition(
+            ncp, vae, train, device, s.log_z_samples or config.ncp_log_z_samples,
+            s.log_z_proposal or config.ncp_log_z_proposal, random_stream(s.seed, "log_z", device))
         log_z_source = "re-estimated"
     log_z = log_z_estimate.log_z
 
-    read = image_reader(test, vae.likelihood, device, random_stream(seed, "test_binarisation", device))
-    batch = iw_images_per_pass(iw_samples, iw_chunk, device, most=100)
-    base_ll, ncp_ll, gmm_ll = [], [], []
-    for start in tqdm(range(0, n, batch), desc=f"NLL (K={iw_samples})", disable=not progress, leave=False):
-        x = read(torch.arange(start, min(n, start + batch)))
-        # The same posterior draws for both priors, on every device: a paired comparison.
-        with _seeded(seed * 1_000_003 + start, device):
-            base_ll.append(vae.importance_weighted_log_likelihood(x, iw_samples, iw_chunk))
-        with _seeded(seed * 1_000_003 + start, device):
-            ncp_ll.append(ncp.importance_weighted_log_likelihood(x, iw_samples, iw_chunk, log_z=log_z))
-        if gmm:
-            with _seeded(seed * 1_000_003 + start, device):
-                gmm_ll.append(ncp.base_log_likelihood(x, iw_samples, iw_chunk))
-    base_ll, ncp_ll = torch.cat(base_ll).cpu(), torch.cat(ncp_ll).cpu()
-    dims = vae.num_data_dims()
+    # base and ncp first, then an NCP's own base (a GMM) as a prior of its own: the
+    # order in which they share the sampling stream
+    priors = [_ComparedPrior("base", vae.importance_weighted_log_likelihood,
+                             lambda n, t, g: sampling_ncp.sample(n, method="base", temperature=t, generator=g)),
+              _ComparedPrior("ncp",
+                             lambda x, k, chunk: ncp.importance_weighted_log_likelihood(x, k, chunk, log_z=log_z),
+                             lambda n, t, g: sampling_ncp.sample(n, sampler, temperature=t, generator=g))]
+    if ncp.base_kind != "gaussian":
+        priors.append(_ComparedPrior(ncp.base_kind, ncp.base_log_likelihood, sampling_ncp.base_sample))
 
-    # The FD's feature network learns the data set's labels; without labels (CelebA)
-    # there is no FD, only FID when its weights are given.
+    tuning = None
+    if s.tune_step_size and sampler.method == "langevin":
+        tuning = tune_langevin_step_size(sampling_ncp, vae, train, test, config.ncp_batch_size, device, sampler, s,
+                                         progress, fd_cache_dir)
+        sampler = sampler.with_settings(step_size=tuning["step_size"])
+    log_likelihoods = _paired_log_likelihoods(priors, vae, test, device, s, progress)
+    real = test.batch(torch.arange(min(len(test), s.num_real or max(s.num_generated, 1000)))).to(device)
+    real = vae.in_data_frame(real, real.shape[-1])  # generated images are framed to the data set's size
+    generated, seconds = _generate(priors, vae, device, s, real.shape[-1])
+    metrics = {
+        "iw_samples": s.iw_samples, "test_images": len(log_likelihoods["base"]), "temperature": s.temperature,
+        "readjust_bn": s.readjust_bn, "readjust_bn_batches": s.readjust_bn_batches if s.readjust_bn else None,
+        "log_z": log_z, "log_z_stderr": log_z_estimate.stderr, "log_z_samples": log_z_estimate.num_samples,
+        "log_z_estimate": {**log_z_estimate.as_dict(), "source": log_z_source},
+        "generated_images": s.num_generated,
+    }
+    metrics.update(_frechet_distances(generated, real, train, test, device, s, inception, progress, fd_cache_dir))
+    dims = vae.num_data_dims()
+    log_z_variance = log_z_estimate.stderr ** 2
+    for prior in priors:
+        extra = log_z_variance if prior.name == "ncp" else 0.0
+        metrics[prior.name] = {**_nll_summary(log_likelihoods[prior.name], dims, extra), **metrics.pop(prior.name),
+                               "sampling_seconds": seconds[prior.name]}
+    metrics["ncp"].update(sampling=sampler.method, sampling_mode=sampler.mode,
+                          num_proposals=sampler.num_proposals if sampler.method == "sir" else None,
+                          langevin_steps=sampler.steps if sampler.method == "langevin" else None,
+                          langevin_step_size=sampler.step_size if sampler.method == "langevin" else None,
+                          step_size_tuning=tuning)
+    if ncp.base_kind != "gaussian":
+        metrics["ncp"]["base"] = ncp.base_kind
+        metrics[ncp.base_kind]["components"] = ncp.base.means.shape[0]
+    # Paired differences (b - a in NLL): NCP against every other prior, and an NCP's
+    # own base against the VAE's prior; log Z's error joins those that involve NCP.
+    extras = [p.name for p in priors[2:]]
+    pairs = [("base", "ncp")] + [(name, "ncp") for name in extras] + [("base", name) for name in extras]
+    for a, b in pairs:
+        difference = log_likelihoods[b] - log_likelihoods[a]
+        images_error = float(difference.std() / math.sqrt(len(difference)))
+        total_error = math.sqrt(images_error ** 2 + (log_z_variance if b == "ncp" else 0.0))
+        key = f"nll_difference_{b}_minus_{a}"
+        metrics[key] = float(-difference.mean())
+        if (a, b) == ("base", "ncp"):  # the headline pair keeps its historical key names
+            metrics["nll_difference_std_error"] = total_error
+            metrics["nll_difference_std_error_images"] = images_error
+        else:
+            metrics[f"{key}_std_error"] = total_error
+    return Evaluation(metrics, generated)
+
+
+def tune_langevin_step_size(ncp, vae, train, test, stage2_batch_size: int, device, sampler: SamplerConfig,
+                            s: EvaluationSettings, progress: bool = True, fd_cache_dir=None,
+                            candidates=STEP_SIZE_CANDIDATES, num_generated: int = STEP_SIZE_TUNING_IMAGES) -> dict:
+    """The Langevin step size of STEP_SIZE_CANDIDATES whose samples (sampler's steps
+    and mode, at the evaluation's temperature) have the smallest Frechet distance to
+    held-out training images: those stage 2 held out from its classifiers
+    (fitting.split_images, the last tenth), never the test images. A chain that
+    diverges (non-finite images) scores infinity. Returns the choice and the table."""
+    if sampler.method != "langevin":
+        raise ValueError(f"step-size tuning is for the langevin sampler, not {sampler.method!r}")
+    if getattr(train, "labels", None) is None:
+        raise ValueError("step-size tuning scores samples by the Frechet distance on a classifier's features, "
+                         "which needs a labelled data set; give --step-size a number")
+    features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress)
+    _, held_out = split_images(len(train), 0.1, minimum=stage2_batch_size)
+    real = train.batch(held_out).to(device)
+    real = vae.in_data_frame(real, real.shape[-1])
+    real_features = extract_features(features.net.features, real)
+    fds = []
+    for step_size in candidates:
+        generator = random_stream(s.seed, "step_size_tuning", device)  # each candidate from the same noise
+        chosen = sampler.with_settings(step_size=step_size)
+        images = torch.cat([ncp.sample(min(_GENERATION_BATCH, num_generated - i), chosen, temperature=s.temperature,
+                                       generator=generator)
+                            for i in range(0, num_generated, _GENERATION_BATCH)])
+        if not torch.isfinite(images).all():
+            fds.append(math.inf)
+            continue
+        images = vae.in_data_frame(images, real.shape[-1])
+        fds.append(frechet_distance(extract_features(features.net.features, images), real_features))
+    best = min(range(len(candidates)), key=fds.__getitem__)
+    if not math.isfinite(fds[best]):
+        raise ValueError(f"every Langevin step size of {list(candidates)} diverged; give --step-size a number")
+    return {"step_size": candidates[best], "candidates": list(candidates),
+            "fd": [fd if math.isfinite(fd) else None for fd in fds], "generated_images": num_generated,
+            "held_out_images": len(held_out), "criterion": f"{FD_NAME} against training images held out of stage 2"}
+
+
+def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationSettings, progress: bool) -> dict:
+    """Each prior's IW log-likelihood of the first max_images test images (CPU tensors),
+    every prior on the same posterior draws (a paired comparison), on every device."""
+    n = len(test) if s.max_images <= 0 else min(s.max_images, len(test))
+    read = image_reader(test, vae.likelihood, device, random_stream(s.seed, "test_binarisation", device))
+    batch = iw_images_per_pass(s.iw_samples, s.iw_chunk, device, most=100)
+    values = {p.name: [] for p in priors}
+    for start in tqdm(range(0, n, batch), desc=f"NLL (K={s.iw_samples})", disable=not progress, leave=False):
+        x = read(torch.arange(start, min(n, start + batch)))
+        for prior in priors:
+            with _seeded(s.seed * 1_000_003 + start, device):
+                values[prior.name].append(prior.log_likelihood(x, s.iw_samples, s.iw_chunk))
+    return {name: torch.cat(parts).cpu() for name, parts in values.items()}
+
+
+def _generate(priors, vae, device, s: EvaluationSettings, size: int) -> tuple[dict, dict]:
+    """({prior: num_generated images framed as the data set's, size x size}, {prior: seconds}),
+    every prior drawing from the one sampling stream in turn."""
+    generator = random_stream(s.seed, "sampling", device)
+    images, seconds = {}, {}
+    for prior in priors:
+        start = time.perf_counter()
+        drawn = torch.cat([prior.draw(min(_GENERATION_BATCH, s.num_generated - i), s.temperature, generator)
+                           for i in range(0, s.num_generated, _GENERATION_BATCH)])
+        seconds[prior.name] = time.perf_counter() - start
+        images[prior.name] = vae.in_data_frame(drawn, size)
+    return images, seconds
+
+
+def _frechet_distances(generated: dict, real: torch.Tensor, train, test, device, s: EvaluationSettings, inception,
+                       progress, fd_cache_dir) -> dict:
+    """The Frechet distances' part of the metrics: {prior: {fd, fd_std_error[, fid]}}
+    and what they were measured with. The FD's feature network learns the data
+    set's labels; without labels (CelebA) there is no FD, only FID when its
+    weights are given."""
     labelled = getattr(train, "labels", None) is not None and getattr(test, "labels", None) is not None
     features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress) if labelled else None
-    real = test.batch(torch.arange(min(len(test), num_real or max(num_generated, 1000)))).to(device)
-    size = real.shape[-1]  # the data set's image size: generated images are framed to it
-    real = vae.in_data_frame(real, size)
+    out = {"fd_name": FD_NAME, "fd_feature_net": features.describe() if labelled else None,
+           "real_images": real.shape[0]}
     real_features = extract_features(features.net.features, real) if labelled else None
-
-    def fd_of(images):
+    real_inception = extract_features(inception, real, batch=50) if inception is not None else None
+    fd_generator = torch.Generator().manual_seed(s.seed)
+    for name, images in generated.items():
         if images.shape[1:] != real.shape[1:]:
             raise ValueError(f"generated images {tuple(images.shape[1:])} and real ones {tuple(real.shape[1:])} "
                              "must have one shape for the Frechet distance")
-        if not labelled:
-            return {"fd": None, "fd_std_error": None}
-        return fd_summary(extract_features(features.net.features, images), real_features, fd_generator)
-    timings = {}
-    g = random_stream(seed, "sampling", device)
-
-    def generate(name, draw=None, **kw):
-        start = time.perf_counter()
-        draw = draw or sampler.sample
-        images = torch.cat([draw(min(250, num_generated - i), temperature=temperature, generator=g, **kw)
-                            for i in range(0, num_generated, 250)])
-        timings[name] = time.perf_counter() - start
-        return vae.in_data_frame(images, size)
-
-    base_images = generate("base", method="base")
-    ncp_images = generate(method, method=method, num_proposals=num_proposals, steps=steps, step_size=step_size,
-                          mode=mode)
-    fd_generator = torch.Generator().manual_seed(seed)
-
-    def nll_summary(ll, extra_variance=0.0):
-        nll = float(-ll.mean())
-        data_error = float(ll.std() / math.sqrt(len(ll)))
-        return dict(nll_nats=nll, nll_std_error=math.sqrt(data_error ** 2 + extra_variance),
-                    nll_std_error_images=data_error, bits_per_dim=nll / (math.log(2) * dims))
-
-    log_z_variance = log_z_estimate.stderr ** 2
-    paired_error = float((ncp_ll - base_ll).std() / math.sqrt(len(base_ll)))
-    result = {
-        "iw_samples": iw_samples, "test_images": n, "temperature": temperature, "readjust_bn": readjust_bn,
-        "readjust_bn_batches": readjust_bn_batches if readjust_bn else None,
-        "log_z": log_z, "log_z_stderr": log_z_estimate.stderr, "log_z_samples": log_z_estimate.num_samples,
-        "log_z_estimate": {**log_z_estimate.as_dict(), "source": log_z_source},
-        "fd_name": FD_NAME, "fd_feature_net": features.describe() if labelled else None,
-        "generated_images": num_generated,
-        "real_images": real.shape[0],
-        "base": {**nll_summary(base_ll),
-                 **fd_of(base_images),
-                 "sampling_seconds": timings["base"]},
-        "ncp": {**nll_summary(ncp_ll, log_z_variance),
-                **fd_of(ncp_images),
-                "sampling": method, "sampling_mode": mode, "num_proposals": num_proposals if method == "sir" else None,
-                "langevin_steps": steps if method == "langevin" else None,
-                "sampling_seconds": timings[method]},
-        "nll_difference_ncp_minus_base": float(-(ncp_ll - base_ll).mean()),
-        "nll_difference_std_error": math.sqrt(paired_error ** 2 + log_z_variance),
-        "nll_difference_std_error_images": paired_error,
-    }
-    sampled = [("base", base_images), ("ncp", ncp_images)]
-    if gmm:
-        gmm_ll = torch.cat(gmm_ll).cpu()
-        gmm_images = generate("gmm", draw=sampler.base_sample)
-        sampled.append(("gmm", gmm_images))
-        result["ncp"]["base"] = "gmm"
-        result["gmm"] = {**nll_summary(gmm_ll), "components": ncp.base.means.shape[0],
-                         **fd_of(gmm_images),
-                         "sampling_seconds": timings["gmm"]}
-        ncp_gmm_error = float((ncp_ll - gmm_ll).std() / math.sqrt(len(gmm_ll)))
-        result["nll_difference_ncp_minus_gmm"] = float(-(ncp_ll - gmm_ll).mean())
-        result["nll_difference_ncp_minus_gmm_std_error"] = math.sqrt(ncp_gmm_error ** 2 + log_z_variance)
-        result["nll_difference_gmm_minus_base"] = float(-(gmm_ll - base_ll).mean())
-        result["nll_difference_gmm_minus_base_std_error"] = float((gmm_ll - base_ll).std() / math.sqrt(len(base_ll)))
+        out[name] = (fd_summary(extract_features(features.net.features, images), real_features, fd_generator)
+                     if labelled else {"fd": None, "fd_std_error": None})
+        if inception is not None:
+            out[name]["fid"] = frechet_distance(extract_features(inception, images, batch=50), real_inception)
     if inception is not None:
-        real_inception = extract_features(inception, real, batch=50)
-        result["fid_name"] = FID_NAME
-        for prior, images in sampled:
-            result[prior]["fid"] = frechet_distance(extract_features(inception, images, batch=50), real_inception)
-    return result, base_images, ncp_images
+        out["fid_name"] = FID_NAME
+    return out
+
+
+def _nll_summary(log_likelihood: torch.Tensor, dims: int, extra_variance: float = 0.0) -> dict:
+    nll = float(-log_likelihood.mean())
+    data_error = float(log_likelihood.std() / math.sqrt(len(log_likelihood)))
+    return dict(nll_nats=nll, nll_std_error=math.sqrt(data_error ** 2 + extra_variance),
+                nll_std_error_images=data_error, bits_per_dim=nll / (math.log(2) * dims))
 
 
 def format_table(result: dict) -> str:
@@ -222,10 +324,18 @@ def format_table(result: dict) -> str:
                  + (f"images, features of a classifier with {100 * result['fd_feature_net']['test_accuracy']:.1f}% "
                     "test accuracy" if result["fd_feature_net"] else "images (no FD: the data set has no labels)")
                  + "; NCP sampling: "
-                 f"{result['ncp']['sampling']} ({result['ncp']['sampling_mode']})")
+                 f"{result['ncp']['sampling']} ({result['ncp']['sampling_mode']})" + _step_size_note(result["ncp"]))
     if estimate.get("warning"):
         lines.append(f"warning: {estimate['warning']}")
     return "\n".join(lines)
+
+
+def _step_size_note(ncp: dict) -> str:
+    if ncp.get("langevin_step_size") is None:
+        return ""
+    tuning = ncp.get("step_size_tuning")
+    return f", step size {ncp['langevin_step_size']}" + (
+        f" (tuned on {tuning['held_out_images']} held-out training images)" if tuning else "")
 
 
 @contextlib.contextmanager

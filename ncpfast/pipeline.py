@@ -1,172 +1,117 @@
-"""The pipeline on run directories: open a finished stage-1 run (load_run), stage 2
-on it (train_stage2: train the NCP classifiers on the frozen VAE, estimate log Z,
-save checkpoints/ncp.pt), and open its NCP (load_ncp) for the evaluation and
-sampling. ncpfast.ncp holds the mathematics; this module the runs."""
-import time
-from typing import Optional
+"""The pipeline: each step of NCP-VAE as one function of a run directory and its
+settings, what the command-line programs (and anyone scripting ncpfast) call.
+
+    train_stage1(config, run_dir)        the VAE (ncpfast.training.Trainer)
+    train_stage2(config, run_dir)        the NCP classifiers and log Z (ncpfast.stage2)
+    evaluate(run_dir, device, ...)       base vs NCP: NLL, Frechet distances (ncpfast.evaluation)
+    sample(run_dir, device, n, ...)      images from the base or NCP prior
+    stage2_and_evaluation(config, run_dir)   what `python -m ncpfast.train` does after stage 1
+
+Each step records its results in the run directory (metrics.json, checkpoints,
+sample grids); the programs print them. ncpfast.ncp holds NCP's mathematics,
+the modules below this one the mechanics of each step.
+"""
+from typing import NamedTuple, Optional
 
 import torch
 
-from . import checkpoint
-from .data import load_dataset, read_batch
-from .models import build_model
-from .ncp.base_priors import GaussianMixture
-from .ncp.estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
-from .ncp.fitting import CHANCE_ACCURACY, split_images
-from .ncp.flat import CHECKPOINT_KIND as FLAT_KIND
-from .ncp.flat import FlatNCP, posterior_samples
-from .ncp.grouped import GroupedNCP
-from .run_dir import RunDir, RunDirError
-from .runtime import SINGLE_PROCESS, DistributedContext, replicas_identical
-from .training.config import load_config
-
-NCP_BASES = ("gaussian", "gmm")
-# Posterior samples per training image that the flat classifier sees (each epoch).
-FLAT_POSTERIOR_DRAWS = 10
+from .evaluation import Evaluation, EvaluationSettings, evaluate_run
+from .images import save_side_by_side
+from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
+from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig, check_samples, check_temperature
+from .run_dir import RunDir
+from .runtime import SINGLE_PROCESS, DistributedContext, pick_device
+from .stage2 import Stage2Settings
+from .stage2 import train_stage2 as fit_stage2
+from .trained_run import load_ncp, load_run
+from .training.config import TrainConfig
 
 
-def load_run(run_dir: str, device: torch.device):
-    """(config, VAE in eval mode) of a stage-1 run (its best checkpoint, EMA weights when present)."""
+class Stage1Result(NamedTuple):
+    metrics: dict                   # the training's summary (status, steps, images/s, test NLL)
+    distributed: DistributedContext  # the process group it ran in (torchrun), for the stages after it
+
+
+def train_stage1(config: TrainConfig, run_dir: str, resume: bool = False, final_nll: bool = False) -> Stage1Result:
+    """Trains (or, resume=True, continues exactly) the VAE of `config` in run_dir;
+    final_nll: the test NLL at the end (when no stage 2 follows to report it)."""
+    from .training import Trainer  # the trainer pulls in TensorBoard: only when training
+
+    trainer = Trainer(config, run_dir, resume=resume, final_nll=final_nll)
+    return Stage1Result(trainer.train(), trainer.ctx)
+
+
+def train_stage2(config: TrainConfig, run_dir: str, distributed: DistributedContext = SINGLE_PROCESS) -> Optional[dict]:
+    """Stage 2 on the finished stage-1 run in run_dir with the config's stage-2
+    settings (data parallel under torchrun), TensorBoard curves in the run; rank 0
+    records and returns the summary (the other ranks: None)."""
+    from torch.utils.tensorboard import SummaryWriter
+
     run = RunDir(run_dir)
-    config = load_config(run.require_config())
-    state = checkpoint.load(run.stage1_checkpoint(), map_location=device)
-    vae = build_model(config).to(device)
-    vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    return config, vae.eval()
+    device = pick_device(config.device, distributed.local_rank)
+    writer = SummaryWriter(run.tensorboard_dir) if distributed.is_main else None
+    try:
+        summary = fit_stage2(run_dir, device, Stage2Settings.from_config(config), config.seed, config.progress,
+                             writer, distributed)
+    finally:
+        if writer is not None:
+            writer.close()
+    if distributed.is_main:
+        run.merge_metrics("ncp", summary)
+    return summary
 
 
-def load_ncp(run_dir: str, vae):
-    """The run's stage-2 NCP over vae: a FlatNCP (--ncp-base gmm) or a GroupedNCP
-    (RunDirError where stage 2 has not run)."""
-    path = RunDir(run_dir).require_ncp_checkpoint()
-    state = checkpoint.load(path, map_location=next(vae.parameters()).device)
-    if state.get("kind") == FLAT_KIND:
-        return FlatNCP.from_checkpoint(vae, state)
-    return GroupedNCP.from_checkpoint(vae, state)
+def evaluate(run_dir: str, device: torch.device, settings: Optional[EvaluationSettings] = None,
+             sampler: SamplerConfig = DEFAULT_SAMPLER, progress: bool = True) -> Evaluation:
+    """The run's priors side by side (ncpfast.evaluation.evaluate_run), recorded in
+    its metrics.json under "evaluation"."""
+    evaluation = evaluate_run(run_dir, device, settings, sampler, progress=progress)
+    RunDir(run_dir).merge_metrics("evaluation", evaluation.metrics)
+    return evaluation
 
 
-def stored_log_partition(ncp, run_dir: str) -> LogPartitionEstimate:
-    """The log Z estimate stage 2 stored with the run's NCP."""
-    estimate = ncp.stored_log_partition
-    if estimate is None:
-        raise RunDirError(f"{run_dir}: its NCP checkpoint holds no log Z estimate; pass a log Z sample count "
-                          "to estimate one")
-    return estimate
+def evaluation_settings(config: TrainConfig) -> EvaluationSettings:
+    """The evaluation that training runs after stage 2, from its config."""
+    return EvaluationSettings(iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
+                              iw_chunk=config.eval_chunk, num_generated=config.eval_generated,
+                              fid_weights=config.fid_weights, seed=config.seed)
 
 
-def image_reader(split, likelihood: str, device: torch.device, generator: Optional[torch.Generator]):
-    """indices -> a batch on device, dynamically binarised for binary likelihoods."""
-    return lambda indices: read_batch(split, indices, likelihood, device, generator)
+def stage2_sampler(config: TrainConfig) -> SamplerConfig:
+    """The NCP sampler of the evaluation that training runs after stage 2."""
+    return SamplerConfig(num_proposals=config.ncp_num_proposals, mode=config.ncp_sampling_mode)
 
 
-# Training images whose posteriors make up the aggregate-posterior proposal of log Z.
-AGGREGATE_POSTERIOR_IMAGES = 2000
-
-
-def check_log_z_proposal(proposal: str) -> str:
-    """The prior is the default: on the default preset the aggregate-posterior
-    mixture's weights were no less heavy-tailed and it cost 20x the time
-    (docs/results.md, log Z convergence)."""
-    if proposal not in PROPOSALS:
-        raise ValueError(f"log Z proposal must be {' or '.join(PROPOSALS)}, got {proposal!r}")
-    return proposal
+def stage2_and_evaluation(config: TrainConfig, run_dir: str,
+                          distributed: DistributedContext = SINGLE_PROCESS) -> Optional[tuple[dict, Evaluation]]:
+    """Stage 2, then on rank 0 the evaluation with the config's settings and the
+    side-by-side grid of both priors' samples (RunDir.sample_grid). Rank 0 returns
+    (stage-2 summary, evaluation); the other ranks None."""
+    summary = train_stage2(config, run_dir, distributed)
+    if not distributed.is_main:
+        return None
+    device = pick_device(config.device, distributed.local_rank)
+    evaluation = evaluate(run_dir, device, evaluation_settings(config), stage2_sampler(config), config.progress)
+    n = config.num_sample_images
+    save_side_by_side([evaluation.images["base"][:n], evaluation.images["ncp"][:n]], RunDir(run_dir).sample_grid)
+    return summary, evaluation
 
 
 @torch.no_grad()
-def estimate_log_partition(ncp, vae, train, device, num_samples: int, proposal: str,
-                           generator: torch.Generator) -> LogPartitionEstimate:
-    """ncp's log Z from num_samples draws of the proposal (estimators.PROPOSALS)."""
-    proposal = check_log_z_proposal(proposal)
-    posterior = None
-    if proposal == "aggregate-posterior":
-        read = image_reader(train, vae.likelihood, device, generator)
-        posterior = flat_posterior_parameters(vae, read, min(len(train), AGGREGATE_POSTERIOR_IMAGES))
-    return ncp.log_partition_estimate(num_samples, generator=generator, refresh=True, proposal=proposal,
-                                      posterior=posterior)
-
-
-def train_stage2(run_dir: str, device: torch.device, epochs: int, batch_size: int, lr: float, hidden: int,
-                 cells: int, log_z_samples: int, seed: int = 0, progress: bool = True, writer=None,
-                 distributed: DistributedContext = SINGLE_PROCESS,
-                 log_z_proposal: str = "prior", base: str = "gaussian", gmm_components: int = 10) -> Optional[dict]:
-    """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
-    estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None).
-    base "gmm" (single-group models): train_flat_gmm_stage2, on rank 0 alone."""
-    if base not in NCP_BASES:
-        raise ValueError(f"ncp base must be one of {NCP_BASES}, got {base!r}")
-    config, vae = load_run(run_dir, device)
-    train, _ = load_dataset(config.dataset, config.data_dir)
-    if base == "gmm":
-        if not distributed.is_main:
-            return None
-        return train_flat_gmm_stage2(run_dir, vae, train, device, gmm_components, epochs, batch_size, lr, hidden,
-                                     log_z_samples, seed, progress, log_z_proposal)
-    # Each rank draws its own posterior samples, negatives and binarisations;
-    # rank 0's streams are those of a single-process run.
-    g = torch.Generator(device).manual_seed(seed + 1000 * distributed.rank)
-    torch.manual_seed(seed)  # the same initial classifiers everywhere (rank 0's are broadcast anyway)
-    ncp = GroupedNCP(vae, hidden=hidden, cells=cells).to(device)
-    if distributed.rank:
-        torch.manual_seed(seed + 1000 * distributed.rank)
-    # the last 10% of the training split (at least a batch) is held out
-    fit_images, val_images = split_images(len(train), 0.1, minimum=batch_size)
-    n_fit, n_val = len(fit_images), len(val_images)
-    if n_fit < batch_size * distributed.world_size:
-        raise ValueError(f"stage 2: {n_fit} training images cannot fill one step of {batch_size} images x "
-                         f"{distributed.world_size} processes; lower --ncp-batch-size")
-    read = image_reader(train, vae.likelihood, device, g)
-    start = time.perf_counter()
-    history = ncp.fit(lambda idx: read(fit_images[idx]), n_fit, lambda idx: read(val_images[idx]), n_val,
-                      epochs=epochs, batch_size=batch_size, lr=lr, generator=torch.Generator().manual_seed(seed),
-                      progress=progress, writer=writer, distributed=distributed)
-    fit_seconds = time.perf_counter() - start
-    identical = replicas_identical(ncp.classifiers, distributed)  # collective: before rank 0 goes on alone
-    if not distributed.is_main:
-        return None
-    estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
-    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
-    return dict(groups=ncp.num_groups, epochs=epochs, fit_seconds=fit_seconds, world_size=distributed.world_size,
-                replicas_identical=identical, log_z=estimate.log_z, log_z_stderr=estimate.stderr,
-                log_z_samples=log_z_samples, log_z_estimate=estimate.as_dict(),
-                val_accuracy=history["best_val_accuracy"], groups_at_chance=history["groups_at_chance"])
-
-
-def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, components: int, epochs: int,
-                          batch_size: int, lr: float, hidden: int, log_z_samples: int, seed: int = 0,
-                          progress: bool = True, log_z_proposal: str = "prior", gmm_data: str = "samples") -> dict:
-    """NCP-GMM on a single-group VAE: a GaussianMixture of `components` fitted (on the
-    model's device) to the training images' posteriors (the last 10% held out, as for
-    GroupedNCP), then a FlatNCP classifier of posterior samples against GMM samples,
-    log Z, and checkpoints/ncp.pt. One process.
-
-    gmm_data "samples" (the default): the GMM is fitted to FLAT_POSTERIOR_DRAWS posterior
-    samples per image, i.e. to the aggregate posterior. "means": to the posterior
-    means, as the paper does for the RAE, whose codes are deterministic; in a VAE the
-    means miss the posteriors' spread (an inactive dimension has means near 0 and
-    sigma near 1), so that GMM is far narrower than the aggregate posterior and its
-    NLL far worse than N(0, I)'s."""
-    if gmm_data not in ("samples", "means"):
-        raise ValueError(f"gmm_data must be samples or means, got {gmm_data!r}")
-    g = torch.Generator(device).manual_seed(seed)
-    torch.manual_seed(seed)  # the classifier's initial weights
-    n_fit = len(split_images(len(train), 0.1, minimum=batch_size)[0])  # as train_stage2 holds out
-    if n_fit < max(components, 10):
-        raise ValueError(f"stage 2: {n_fit} training images are too few for a GMM of {components} components")
-    read = image_reader(train, vae.likelihood, device, g)
-    start = time.perf_counter()
-    mu, sigma = flat_posterior_parameters(vae, read, n_fit)
-    samples = posterior_samples(mu, sigma, FLAT_POSTERIOR_DRAWS, g)
-    gmm = GaussianMixture.fit(samples if gmm_data == "samples" else mu, components, generator=g)
-    ncp = FlatNCP(vae, gmm, hidden=hidden).to(device)
-    history = ncp.fit(samples, epochs=epochs, batch_size=batch_size, lr=lr, generator=g, progress=progress,
-                      draws=FLAT_POSTERIOR_DRAWS)
-    fit_seconds = time.perf_counter() - start
-    estimate = estimate_log_partition(ncp, vae, train, device, log_z_samples, log_z_proposal, g)
-    checkpoint.save_atomic({**ncp.to_checkpoint(), "history": history}, RunDir(run_dir).ncp_checkpoint)
-    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
-    accuracy = history["val_accuracy"][best]
-    return dict(groups=1, base="gmm", gmm_components=components, gmm_data=gmm_data, epochs=epochs,
-                epochs_run=history["epochs_run"], fit_seconds=fit_seconds, world_size=1, replicas_identical=True,
-                log_z=estimate.log_z, log_z_stderr=estimate.stderr, log_z_samples=log_z_samples,
-                log_z_estimate=estimate.as_dict(), val_accuracy=[accuracy],
-                groups_at_chance=[0] if accuracy < CHANCE_ACCURACY else [])
+def sample(run_dir: str, device: torch.device, n: int, sampler: SamplerConfig = DEFAULT_SAMPLER,
+           temperature: float = 1.0, readjust_bn: bool = False, readjust_bn_batches: int = DEFAULT_BATCHES,
+           seed: int = 0) -> torch.Tensor:
+    """n images in [0, 1] from the run's priors: sampler.method "base" (the VAE's own
+    prior) or the NCP prior (sir, langevin). readjust_bn: from a copy of the VAE
+    whose decoder BatchNorm statistics were re-estimated at the temperature first
+    (NVAE's re-adjustment, on readjust_bn_batches batches of prior samples)."""
+    check_samples(n)
+    check_temperature(temperature)
+    _, vae = load_run(run_dir, device)
+    if readjust_bn:
+        vae = readjust_batchnorm(vae, temperature, readjust_bn_batches,
+                                 generator=torch.Generator(device).manual_seed(seed + 1))
+    generator = torch.Generator(device).manual_seed(seed)
+    if sampler.method == "base":
+        return vae.sample(n, temperature, generator=generator)
+    return load_ncp(run_dir, vae).sample(n, sampler, temperature=temperature, generator=generator)

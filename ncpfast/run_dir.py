@@ -14,7 +14,7 @@ import json
 import os
 from typing import Optional
 
-from .checkpoint import write_json_atomic
+from .atomic_files import write_json_atomic
 
 
 class RunDirError(ValueError):

@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-from ncpfast.evaluation import evaluate_run, random_stream
+from ncpfast.evaluation import EvaluationSettings, evaluate_run, random_stream
 from ncpfast.models.nvae import HierarchicalVAE, NVAEConfig
 from ncpfast.models.single import ConvVAE, MLPVAE
+from ncpfast.ncp.contract import SamplerConfig
 
 FLAT = ["--preset", "mnist-single", "--latent-dim", "4", "--hidden-units", "16", "--epochs", "1",
         "--batch-size", "250", "--no-progress", "--eval-iw-samples", "2", "--eval-max-images", "10",
@@ -45,9 +46,13 @@ def test_each_purpose_has_its_own_reproducible_stream():
 def test_test_set_and_samples_do_not_depend_on_log_z_draws(flat_run):
     """The same weights and seed give the same binarised test set, so the base
     NLL and base samples do not move when log Z's draws change."""
-    kw = dict(iw_samples=2, max_images=12, num_generated=8, num_proposals=3, progress=False)
-    a, base_a, _ = evaluate_run(str(flat_run), torch.device("cpu"), log_z_samples=200, **kw)
-    b, base_b, _ = evaluate_run(str(flat_run), torch.device("cpu"), log_z_samples=700, **kw)
+    kw = dict(iw_samples=2, max_images=12, num_generated=8)
+    sampler = SamplerConfig(num_proposals=3)
+    a, images_a = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationSettings(log_z_samples=200, **kw),
+                               sampler, progress=False)
+    b, images_b = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationSettings(log_z_samples=700, **kw),
+                               sampler, progress=False)
+    base_a, base_b = images_a["base"], images_b["base"]
     assert a["log_z_samples"] == 200 and b["log_z_samples"] == 700
     assert a["base"]["nll_nats"] == b["base"]["nll_nats"]
     assert torch.equal(base_a, base_b)
@@ -57,11 +62,13 @@ def test_test_set_and_samples_do_not_depend_on_log_z_draws(flat_run):
 def test_generated_and_real_images_share_the_data_frame(flat_run):
     """MLPVAE decodes 28 x 28 and the data set stores MNIST padded to 32 x 32:
     the FD compares both as 32 x 32 with a zero border."""
-    _, base, ncp = evaluate_run(str(flat_run), torch.device("cpu"), iw_samples=2, max_images=4, num_generated=6,
-                                num_proposals=3, log_z_samples=100, progress=False)
-    for images in (base, ncp):
-        assert images.shape[1:] == (1, 32, 32)
-        assert images[:, :, :2].abs().max() == 0 and images[:, :, :, -2:].abs().max() == 0
+    _, images = evaluate_run(str(flat_run), torch.device("cpu"),
+                             EvaluationSettings(iw_samples=2, max_images=4, num_generated=6, log_z_samples=100),
+                             SamplerConfig(num_proposals=3), progress=False)
+    for prior in ("base", "ncp"):
+        drawn = images[prior]
+        assert drawn.shape[1:] == (1, 32, 32)
+        assert drawn[:, :, :2].abs().max() == 0 and drawn[:, :, :, -2:].abs().max() == 0
 
 
 @pytest.mark.parametrize("make, side", [
@@ -99,3 +106,24 @@ def test_standalone_evaluation_reuses_stage_2s_log_z(flat_run):
     assert again.returncode == 0, again.stderr
     evaluation = json.loads(again.stdout)
     assert evaluation["log_z_samples"] == 150 and evaluation["log_z_estimate"]["source"] == "re-estimated"
+
+
+@pytest.mark.slow
+def test_langevin_step_size_is_tuned_on_held_out_training_images(flat_run):
+    """--step-size auto: each candidate's samples scored by FD against training images
+    stage 2 held out; the evaluation samples at the best one and reports it."""
+    from ncpfast.evaluation import STEP_SIZE_CANDIDATES
+
+    settings = EvaluationSettings(iw_samples=2, max_images=4, num_generated=6, tune_step_size=True)
+    metrics, _ = evaluate_run(str(flat_run), torch.device("cpu"), settings,
+                              SamplerConfig(method="langevin", steps=3), progress=False)
+    tuning = metrics["ncp"]["step_size_tuning"]
+    assert tuning["candidates"] == list(STEP_SIZE_CANDIDATES) and len(tuning["fd"]) == len(STEP_SIZE_CANDIDATES)
+    scored = [(fd, size) for fd, size in zip(tuning["fd"], tuning["candidates"]) if fd is not None]
+    assert metrics["ncp"]["langevin_step_size"] == tuning["step_size"] == min(scored)[1]
+    assert tuning["held_out_images"] == 400  # the last tenth of the 4,000 embedded training digits
+    # a fixed step size is reported as such, with no tuning
+    fixed, _ = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationSettings(iw_samples=2, max_images=4,
+                                                                                  num_generated=6),
+                            SamplerConfig(method="langevin", steps=3, step_size=0.05), progress=False)
+    assert fixed["ncp"]["langevin_step_size"] == 0.05 and fixed["ncp"]["step_size_tuning"] is None

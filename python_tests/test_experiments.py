@@ -115,7 +115,7 @@ def test_every_experiment_passes_only_options_its_programs_accept(name):
                 commands.check_arguments("train", variant_args)
         for sampler in sizes.samplers:
             commands.check_arguments("evaluate", sampler.cli_args() + tuple(sizes.evaluate_args))
-            commands.check_arguments("sample", sampler.cli_args())
+            commands.check_arguments("sample", sampler.sample_args(0.1))
 
 
 
@@ -390,3 +390,14 @@ def test_quick_single_latent_end_to_end_then_reused(tmp_path):
     assert done and all(r["reused"] and r["seconds_now"] == 0 and r["code"] for r in done)
     assert again["summary"]["rows"] == result["summary"]["rows"]
     assert docs.read_text().count("<!-- experiment:single-latent:begin -->") == 1
+
+
+def test_langevin_settings_tune_their_step_size_and_report_it():
+    langevin = definitions.Sampler("langevin", "group", 20)
+    arguments = langevin.cli_args()
+    assert arguments[arguments.index("--step-size") + 1] == "auto"
+    assert langevin.sample_args(0.03)[-2:] == ("--step-size", "0.03") and "auto" not in langevin.sample_args(0.03)
+    assert "--step-size" not in definitions.Sampler("sir", "group", 5).cli_args()
+    row = {"label": langevin.label, "status": "complete", "reason": "", "seeds": [0, 1], "step_sizes": [0.1, 0.03],
+           "metrics": {"fd": {"mean": 1.0, "sd": 0.1, "values": [0.9, 1.1], "run_se": [None, None]}}}
+    assert f"| {langevin.label} (step size 0.1, 0.03) |" in "\n".join(report._rows_table([row], ["fd"]))

@@ -188,10 +188,19 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
 
 # Layers: a package may not import from the packages or modules named for it.
 # ncp/ is NCP's mathematics: no run directories, training loop, command lines,
-# experiments or pipeline (which orchestrates it).
+# experiments or pipeline (which orchestrates it). Above it the steps on run
+# directories (training, stage2, evaluation, trained_run), above them the
+# pipeline, and on top the programs (cli, experiments).
+_PROGRAMS = ("ncpfast.cli", "ncpfast.experiments")
+_STEPS_ABOVE = (*_PROGRAMS, "ncpfast.pipeline")
 FORBIDDEN_IMPORTS = {
     "ncpfast.ncp": ("ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline",
-                    "ncpfast.evaluation", "ncpfast.run_dir"),
+                    "ncpfast.evaluation", "ncpfast.run_dir", "ncpfast.stage2", "ncpfast.trained_run"),
+    "ncpfast.training": (*_STEPS_ABOVE, "ncpfast.evaluation", "ncpfast.stage2"),
+    "ncpfast.trained_run": _STEPS_ABOVE,
+    "ncpfast.stage2": (*_STEPS_ABOVE, "ncpfast.evaluation"),
+    "ncpfast.evaluation": _STEPS_ABOVE,
+    "ncpfast.pipeline": _PROGRAMS,
     "ncpfast.ops": ("ncpfast.ncp", "ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline"),
     "ncpfast.nn": ("ncpfast.ncp", "ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline"),
 }

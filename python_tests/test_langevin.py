@@ -80,3 +80,29 @@ def test_generator_makes_chains_reproducible_and_leaves_the_global_stream_alone(
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not a.requires_grad and torch.equal(z0, torch.tensor([1.0, -1.0]).expand(50, -1))  # input untouched
     assert torch.equal(langevin(z0, energy, 0, 0.1, torch.Generator().manual_seed(3)), z0)  # zero steps
+
+
+def test_ncp_langevin_mean_after_t_steps_follows_the_recursion():
+    """NCPPrior's Langevin on log r(z) = a z over N(0, 1), whose target is N(a, 1):
+    from base draws the chain's mean after T steps is a (1 - rho^T), rho = 1 - eta / 2,
+    far from a at the 0.01 default with T = 100 (the closed-form toy of issue 21:
+    0.24 of the target's 0.6), close to it with a tuned step."""
+    from torch import nn
+
+    from ncpfast.ncp import NCPPrior, StandardNormal
+
+    a, chains = 0.6, 40_000
+    classifier = nn.Linear(1, 1)
+    with torch.no_grad():
+        classifier.weight.fill_(a)
+        classifier.bias.zero_()
+    prior = NCPPrior(StandardNormal(1), classifier=classifier)
+    for eta, steps in ((0.01, 100), (0.3, 100)):
+        z = prior.sample(chains, method="langevin", steps=steps, step_size=eta,
+                         generator=torch.Generator().manual_seed(7)).double()
+        rho = 1 - eta / 2
+        stationary = eta / (1 - rho ** 2)
+        mean = torch.tensor([a * (1 - rho ** steps)], dtype=torch.float64)
+        variance = torch.tensor([rho ** (2 * steps) + stationary * (1 - rho ** (2 * steps))], dtype=torch.float64)
+        check_moments(z, mean, variance)
+    assert abs(a * (1 - (1 - 0.01 / 2) ** 100) - 0.2365) < 1e-3  # the toy's number, from the recursion

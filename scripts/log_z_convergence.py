@@ -22,7 +22,8 @@ import time
 import torch
 
 from ncpfast.data import load_dataset
-from ncpfast.pipeline import estimate_log_partition, load_ncp, load_run
+from ncpfast.stage2 import estimate_log_partition
+from ncpfast.trained_run import load_ncp, load_run
 
 
 def parse_args(argv=None):

@@ -1,7 +1,12 @@
 """What the command-line programs share."""
+import argparse
+
 from ..checkpoint import CheckpointError
 from ..data import DataError
+from ..evaluation import STEP_SIZE_CANDIDATES
 from ..models.temperature import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES
+from ..ncp.contract import DEFAULT_SAMPLER, SamplerConfig
+from ..ncp.joint_sampling import SAMPLING_MODES
 from ..run_dir import RunDirError
 from ..training import TrainingDiverged
 
@@ -9,17 +14,42 @@ from ..training import TrainingDiverged
 USER_ERRORS = (ValueError, DataError, CheckpointError, RunDirError, TrainingDiverged, FileNotFoundError)
 
 
-def add_sampler_arguments(group) -> None:
-    """The NCP samplers' options (sample and evaluate take the same ones)."""
-    group.add_argument("--mode", choices=["group", "joint"], default="group",
+def add_sampler_arguments(group, tunable_step_size: bool = False) -> None:
+    """The NCP samplers' options (sample and evaluate take the same ones), with the
+    defaults of SamplerConfig; tunable_step_size: --step-size also takes "auto"."""
+    d = DEFAULT_SAMPLER
+    group.add_argument("--mode", choices=list(SAMPLING_MODES), default=d.mode,
                        help="group: group by group (the paper's samplers); joint: SIR over whole samples or "
-                            "Langevin on all groups, targeting the density the NLL scores (default group)")
-    group.add_argument("--num-proposals", type=int, default=50, metavar="N",
-                       help="SIR proposals per latent group, or per image in joint mode (default 50)")
-    group.add_argument("--steps", type=int, default=50, metavar="N",
-                       help="Langevin steps per latent group (default 50)")
-    group.add_argument("--step-size", type=float, default=1e-2, metavar="SIZE",
-                       help="Langevin step size (default 0.01)")
+                            f"Langevin on all groups, targeting the density the NLL scores (default {d.mode})")
+    group.add_argument("--num-proposals", type=int, default=d.num_proposals, metavar="N",
+                       help=f"SIR proposals per latent group, or per image in joint mode (default {d.num_proposals})")
+    group.add_argument("--steps", type=int, default=d.steps, metavar="N",
+                       help=f"Langevin steps per latent group (default {d.steps})")
+    if tunable_step_size:
+        group.add_argument("--step-size", type=_step_size, default=d.step_size, metavar="SIZE",
+                           help=f"Langevin step size (default {d.step_size}), or auto: the one of "
+                                f"{', '.join(map(str, STEP_SIZE_CANDIDATES))} whose samples are closest (FD) to "
+                                "training images held out of stage 2, chosen before the evaluation")
+    else:
+        group.add_argument("--step-size", type=float, default=d.step_size, metavar="SIZE",
+                           help=f"Langevin step size (default {d.step_size})")
+
+
+def _step_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
+def sampler_from_args(args) -> SamplerConfig:
+    """The SamplerConfig of parsed sampler options (its checks name the bad value);
+    --step-size auto leaves the default until the tuning picks one."""
+    step_size = DEFAULT_SAMPLER.step_size if args.step_size == "auto" else args.step_size
+    return SamplerConfig(method=args.method, mode=args.mode, num_proposals=args.num_proposals, steps=args.steps,
+                         step_size=step_size)
 
 
 def add_temperature_arguments(group) -> None:

@@ -18,9 +18,8 @@ import argparse
 import json
 import sys
 
-from ..run_dir import RunDir
 from ..runtime import pick_device
-from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments
+from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments, sampler_from_args
 
 
 def build_parser():
@@ -45,7 +44,7 @@ def build_parser():
     sampling = p.add_argument_group("sampling the NCP prior")
     sampling.add_argument("--method", choices=["sir", "langevin"], default="sir",
                           help="how the NCP prior is sampled (default sir)")
-    add_sampler_arguments(sampling)
+    add_sampler_arguments(sampling, tunable_step_size=True)
     add_temperature_arguments(sampling)
     frechet = p.add_argument_group("Frechet distances")
     frechet.add_argument("--num-generated", type=int, default=1000, metavar="N",
@@ -59,25 +58,22 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..evaluation import evaluate_run, format_table
+    from .. import pipeline
+    from ..evaluation import EvaluationSettings, format_table
 
     try:
-        for name in ("num_proposals", "steps", "log_z_samples", "readjust_bn_batches"):
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        result, _, _ = evaluate_run(
-            args.run_dir, pick_device(args.device), iw_samples=args.iw_samples, max_images=args.max_images,
-            iw_chunk=args.iw_chunk, num_generated=args.num_generated, method=args.method,
-            num_proposals=args.num_proposals, steps=args.steps, step_size=args.step_size,
-            temperature=args.temperature, log_z_samples=args.log_z_samples, seed=args.seed,
-            fid_weights=args.fid_weights, num_real=args.num_real, mode=args.mode,
-            log_z_proposal=args.log_z_proposal, readjust_bn=args.readjust_bn,
-            readjust_bn_batches=args.readjust_bn_batches)
+        settings = EvaluationSettings(
+            iw_samples=args.iw_samples, max_images=args.max_images, iw_chunk=args.iw_chunk,
+            num_generated=args.num_generated, num_real=args.num_real, log_z_samples=args.log_z_samples,
+            log_z_proposal=args.log_z_proposal, fid_weights=args.fid_weights, temperature=args.temperature,
+            readjust_bn=args.readjust_bn, readjust_bn_batches=args.readjust_bn_batches, seed=args.seed,
+            tune_step_size=args.step_size == "auto")
+        sampler = sampler_from_args(args)
+        evaluation = pipeline.evaluate(args.run_dir, pick_device(args.device), settings, sampler)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    RunDir(args.run_dir).merge_metrics("evaluation", result)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    print(json.dumps(evaluation.metrics, indent=2) if args.json else format_table(evaluation.metrics))
     return 0
 
 

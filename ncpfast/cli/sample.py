@@ -15,12 +15,10 @@ import sys
 import time
 
 import numpy as np
-import torch
 
-from ..models.temperature import readjust_batchnorm
 from ..run_dir import RunDir
 from ..runtime import pick_device
-from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments
+from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments, sampler_from_args
 
 
 def build_parser():
@@ -45,29 +43,17 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .. import pipeline
     from ..images import save_grid
-    from ..pipeline import load_ncp, load_run
 
     try:
-        if args.num_samples < 1:
-            raise ValueError(f"-n must be >= 1, got {args.num_samples}")
-        if not args.temperature > 0:
-            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-        device = pick_device(args.device)
         if args.readjust_bn_batches < 1:
             raise ValueError(f"--readjust-bn-batches must be >= 1, got {args.readjust_bn_batches}")
-        _, vae = load_run(args.run_dir, device)
-        if args.readjust_bn:
-            vae = readjust_batchnorm(vae, args.temperature, args.readjust_bn_batches,
-                                     generator=torch.Generator(device).manual_seed(args.seed + 1))
-        generator = torch.Generator(device).manual_seed(args.seed)
+        sampler = sampler_from_args(args)
+        device = pick_device(args.device)
         start = time.perf_counter()
-        if args.method == "base":
-            images = vae.sample(args.num_samples, args.temperature, generator=generator)
-        else:
-            images = load_ncp(args.run_dir, vae).sample(
-                args.num_samples, method=args.method, num_proposals=args.num_proposals, steps=args.steps,
-                step_size=args.step_size, temperature=args.temperature, generator=generator, mode=args.mode)
+        images = pipeline.sample(args.run_dir, device, args.num_samples, sampler, args.temperature,
+                                 args.readjust_bn, args.readjust_bn_batches, args.seed)
         seconds = time.perf_counter() - start
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+from ..evaluation import format_table
 from ..run_dir import RunDir
 from ..training.config import PRESETS, RUN, add_config_arguments, config_from_args, load_config, validate_config
 from .common import USER_ERRORS
@@ -41,8 +42,8 @@ def main(argv=None) -> int:
     if args.list_presets:
         print(json.dumps(PRESETS, indent=2))
         return 0
+    from .. import pipeline
     from ..runtime import init_distributed, shutdown_distributed
-    from ..training import Trainer
 
     try:
         if args.stage == "2":
@@ -56,7 +57,8 @@ def main(argv=None) -> int:
                 print(f"warning: {unfinished} in {source}: stage 2 trains on those weights; finish it first with "
                       f"python -m ncpfast.train --resume {source}", file=sys.stderr)
             _apply_overrides(config, args)
-            run_stage2(config, args.from_run, init_distributed(config.device))
+            _report_stage2(config, pipeline.stage2_and_evaluation(config, args.from_run,
+                                                                  init_distributed(config.device)))
             return 0
         if args.resume:
             config = load_config(RunDir(args.resume).require_config())
@@ -66,12 +68,12 @@ def main(argv=None) -> int:
             config = config_from_args(args)
             run_dir = config.run_dir or os.path.join("runs", f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
             config.run_dir = run_dir
-        trainer = Trainer(config, run_dir, resume=bool(args.resume), final_nll=args.stage == "1")
-        metrics = trainer.train()
-        if trainer.ctx.is_main:
+        metrics, distributed = pipeline.train_stage1(config, run_dir, resume=bool(args.resume),
+                                                     final_nll=args.stage == "1")
+        if distributed.is_main:
             print(_stage1_summary(run_dir, metrics))
         if args.stage == "both" and metrics["status"] == "complete":
-            run_stage2(config, run_dir, trainer.ctx)
+            _report_stage2(config, pipeline.stage2_and_evaluation(config, run_dir, distributed))
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -100,30 +102,11 @@ def _stage1_summary(run_dir: str, metrics: dict) -> str:
     return text
 
 
-def run_stage2(config, run_dir: str, distributed) -> None:
-    """Stage 2 on a finished stage-1 run (the classifiers data parallel under torchrun), then,
-    on rank 0, the base-vs-NCP evaluation and the side-by-side samples."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from ..evaluation import evaluate_run, format_table
-    from ..images import save_side_by_side
-    from ..pipeline import train_stage2
-    from ..runtime import pick_device
-
-    run = RunDir(run_dir)
-    device = pick_device(config.device, distributed.local_rank)
-    writer = SummaryWriter(run.tensorboard_dir) if distributed.is_main else None
-    try:
-        summary = train_stage2(run_dir, device, config.ncp_epochs, config.ncp_batch_size, config.ncp_lr,
-                               config.ncp_hidden, config.ncp_cells, config.ncp_log_z_samples, config.seed,
-                               config.progress, writer, distributed, log_z_proposal=config.ncp_log_z_proposal,
-                               base=config.ncp_base, gmm_components=config.ncp_gmm_components)
-    finally:
-        if writer is not None:
-            writer.close()
-    if not distributed.is_main:
+def _report_stage2(config, outcome) -> None:
+    """Prints stage 2's summary and the evaluation (rank 0's outcome; the other ranks have None)."""
+    if outcome is None:
         return
-    run.merge_metrics("ncp", summary)
+    summary, evaluation = outcome
     at_chance = summary["groups_at_chance"]
     print(f"stage 2: {summary['groups']} classifiers, held-out accuracy "
           f"{', '.join(f'{a:.3f}' for a in summary['val_accuracy'])}; log Z = {summary['log_z']:.4f} "
@@ -132,14 +115,7 @@ def run_stage2(config, run_dir: str, distributed) -> None:
           + (f"; groups at chance (r close to 1): {at_chance}" if at_chance else ""))
     if summary["log_z_estimate"].get("warning"):
         print(f"warning: {summary['log_z_estimate']['warning']}", file=sys.stderr)
-    result, base_images, ncp_images = evaluate_run(
-        run_dir, device, iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
-        iw_chunk=config.eval_chunk, num_generated=config.eval_generated, num_proposals=config.ncp_num_proposals,
-        seed=config.seed, progress=config.progress, fid_weights=config.fid_weights, mode=config.ncp_sampling_mode)
-    run.merge_metrics("evaluation", result)
-    n = config.num_sample_images
-    save_side_by_side([base_images[:n], ncp_images[:n]], run.sample_grid)
-    print(format_table(result))
+    print(format_table(evaluation.metrics))
     per = "per image, joint" if config.ncp_sampling_mode == "joint" else "per latent group"
     print(f"{RunDir.SAMPLE_GRID}: base prior (left) | NCP prior, SIR with {config.ncp_num_proposals} proposals "
           f"{per} (right)")

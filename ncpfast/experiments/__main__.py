@@ -16,9 +16,10 @@ import argparse
 import os
 import sys
 
+from ..atomic_files import write_json_atomic
 from . import definitions, plots, report
 from .results import summarize
-from .runner import Runner, RunRecord, read_json, write_json
+from .runner import Runner, RunRecord, read_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,9 +79,9 @@ def run_experiment(experiment: definitions.Experiment, args, argv: list[str], ru
     json_path = os.path.join(args.out, f"{name}.json")
     docs_dir = os.path.dirname(os.path.abspath(args.docs))
     ctx = report.context(argv, seeds, args.quick, os.path.relpath(json_path, docs_dir))
-    write_json({"experiment": name, "title": experiment.title, "paper": experiment.paper, "note": experiment.note,
-                **{k: v for k, v in ctx.items() if k != "json_name"}, "runs": [r.to_json() for r in records],
-                "summary": summary, "figures": figures}, json_path)
+    write_json_atomic({"experiment": name, "title": experiment.title, "paper": experiment.paper,
+                       "note": experiment.note, **{k: v for k, v in ctx.items() if k != "json_name"},
+                       "runs": [r.to_json() for r in records], "summary": summary, "figures": figures}, json_path)
     report.update_markdown(args.docs, name, report.markdown_section(experiment, summary, records, ctx, figures,
                                                                     args.docs))
     print(f"{name}: {json_path}, {', '.join(figures) or 'no figures'}; section '{name}' of {args.docs}")
@@ -103,7 +104,7 @@ def rerender_experiment(experiment: definitions.Experiment, args, argv: list[str
     ctx["json_name"] = os.path.relpath(json_path, os.path.dirname(os.path.abspath(args.docs)))
     now = report.context(argv, recorded["seeds"], recorded["quick"], ctx["json_name"])
     ctx["rerendered"] = {"command": now["command"], "date": now["date"], "git": now["git"]}
-    write_json({**recorded, "summary": summary, "figures": figures, "rerendered": ctx["rerendered"]}, json_path)
+    write_json_atomic({**recorded, "summary": summary, "figures": figures, "rerendered": ctx["rerendered"]}, json_path)
     report.update_markdown(args.docs, name, report.markdown_section(experiment, summary, records, ctx, figures,
                                                                     args.docs))
     print(f"{name}: re-rendered from {json_path}; section '{name}' of {args.docs}")

@@ -13,6 +13,8 @@ from typing import Optional
 # The option that picks group-wise or joint sampling (SIR and Langevin) in
 # ncpfast.evaluate and ncpfast.sample.
 SAMPLING_MODE_FLAG = "--mode"
+# ncpfast.evaluate's --step-size value that tunes Langevin's step size first.
+STEP_SIZE_AUTO = "auto"
 # The option that picks the NCP base prior in stage 2.
 NCP_BASE_FLAG = "--ncp-base"
 
@@ -50,9 +52,18 @@ class Sampler:
         return f"{'SIR' if self.method == 'sir' else 'Langevin'} {self.mode} {what}"
 
     def cli_args(self) -> tuple[str, ...]:
-        """The setting's options for ncpfast.evaluate and ncpfast.sample."""
-        amount = ("--num-proposals" if self.method == "sir" else "--steps", str(self.amount))
-        return ("--method", self.method, *amount, SAMPLING_MODE_FLAG, self.mode)
+        """The setting's options for ncpfast.evaluate: Langevin's step size tuned per
+        setting on held-out training images (--step-size auto), as a user would, so
+        that T is compared at a fair step size rather than at one fixed for all."""
+        if self.method == "sir":
+            return ("--method", "sir", "--num-proposals", str(self.amount), SAMPLING_MODE_FLAG, self.mode)
+        return ("--method", "langevin", "--steps", str(self.amount), "--step-size", STEP_SIZE_AUTO,
+                SAMPLING_MODE_FLAG, self.mode)
+
+    def sample_args(self, step_size: Optional[float] = None) -> tuple[str, ...]:
+        """The setting's options for ncpfast.sample, with the step size its evaluation chose."""
+        arguments = tuple(a for a in self.cli_args() if a not in ("--step-size", STEP_SIZE_AUTO))
+        return arguments + (("--step-size", str(step_size)) if step_size is not None else ())
 
 
 @dataclass(frozen=True)

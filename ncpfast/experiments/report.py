@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Optional
 
+from ..atomic_files import write_text_atomic
 from ..ncp.estimators import MIN_RELIABLE_ESS
 from .definitions import Experiment
 from .provenance import git_commit, machine
@@ -39,11 +40,7 @@ def update_markdown(path: str, name: str, section: str) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             text = f.read()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(replace_section(text, name, section))
-    os.replace(tmp, path)
+    write_text_atomic(replace_section(text, name, section), path)
 
 
 def _number(value: Optional[float]) -> str:
@@ -90,6 +87,14 @@ def _log_z_ess(row: dict) -> str:
     return f"{smallest:,.0f}" + (" (unreliable)" if smallest < MIN_RELIABLE_ESS else "")
 
 
+def _step_sizes(row: dict) -> str:
+    """A Langevin row's step sizes, as tuned per seed (ncpfast.evaluate --step-size auto)."""
+    sizes = row.get("step_sizes")
+    if not sizes:
+        return ""
+    return " (step size " + ", ".join("?" if v is None else f"{v:g}" for v in sizes) + ")"
+
+
 def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> list[str]:
     """Each row's metrics, and log Z's effective sample size where an NLL (which needs log Z) is reported."""
     ess = "nll_nats" in metrics
@@ -101,7 +106,7 @@ def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> list[str]:
                          + f" | {_status(r)} |")
             continue
         cells = [_mean_sd(r["metrics"][m]) if m in r["metrics"] else "-" for m in metrics]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + (f" | {_log_z_ess(r)}" if ess else "")
+        lines.append(f"| {r['label']}{_step_sizes(r)} | " + " | ".join(cells) + (f" | {_log_z_ess(r)}" if ess else "")
                      + f" | {len(r['seeds'])} |")
     return lines
 

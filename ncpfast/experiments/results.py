@@ -63,6 +63,8 @@ def summarize_row(experiment: Experiment, row: Row, records: Sequence[RunRecord]
     sampler = sampler_by_key(experiment, row.sampler) if row.sampler else None
     if sampler is not None:
         out.update(method=sampler.method, mode=sampler.mode, amount=sampler.amount)
+        if sampler.method == "langevin":  # the step size each seed's evaluation chose
+            out["step_sizes"] = [((r.evaluation or {}).get("ncp") or {}).get("langevin_step_size") for r in done]
     if row.prior == "ncp":
         # log Z's reliability: its effective sample size in each seed's run
         out["log_z_ess"] = [((r.evaluation or {}).get("log_z_estimate") or {}).get("ess") for r in done]

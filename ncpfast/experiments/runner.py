@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
+from ..atomic_files import write_json_atomic
 from . import commands
 from .definitions import Experiment, Sampler
 from .provenance import code_fingerprint, code_version
@@ -91,17 +92,6 @@ def read_json(path: str) -> Optional[dict]:
         return None
 
 
-def write_json(value, path: str) -> None:
-    """Atomically: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def finished_run(run_dir: str) -> Optional[dict]:
     """The run's metrics.json when it holds the complete evaluation, else None."""
     metrics = read_json(os.path.join(run_dir, METRICS))
@@ -115,7 +105,7 @@ def copy_run(source: str, target: str, keep_stage2: bool) -> None:
     ignore = list(_NOT_COPIED) + ([] if keep_stage2 else ["ncp.pt"])
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(*ignore))
     metrics = read_json(os.path.join(source, METRICS)) or {}
-    write_json({k: v for k, v in metrics.items() if k not in _STAGE2_KEYS}, os.path.join(target, METRICS))
+    write_json_atomic({k: v for k, v in metrics.items() if k not in _STAGE2_KEYS}, os.path.join(target, METRICS))
 
 
 @dataclass
@@ -272,8 +262,8 @@ class Runner:
             return self._failed(record, f"exit status {done.returncode}: "
                                         f"{_log_tail(self._log_path(copy, sampler.key))}")
         record.status, record.evaluation, record.peak_rss_mib = "complete", evaluation, done.peak_rss_mib
-        write_json({"evaluation": evaluation, "peak_rss_mib": done.peak_rss_mib, "seconds": done.seconds,
-                    "commands": record.commands, "code": record.code, "sampler": asdict(sampler)}, result_path)
+        write_json_atomic({"evaluation": evaluation, "peak_rss_mib": done.peak_rss_mib, "seconds": done.seconds,
+                           "commands": record.commands, "code": record.code, "sampler": asdict(sampler)}, result_path)
         os.remove(stdout_path)
         return record
 
@@ -287,13 +277,21 @@ class Runner:
             if s.amount > largest.get((s.method, s.mode), Sampler("", "", -1)).amount:
                 largest[(s.method, s.mode)] = s
         copy = primary.run_dir + ".evaluate"
+        def evaluated(key):
+            return next((r for r in records if r.sampler == key and r.seed == primary.seed), None)
+
+        def chosen_step_size(key):  # the step size the setting's evaluation used
+            record = evaluated(key)
+            return (((record.evaluation or {}).get("ncp") or {}).get("langevin_step_size")
+                    if record is not None else None)
+
         settings = [("base", "base prior", ("--method", "base"))] + [
-            (s.key, s.label, s.cli_args()) for s in largest.values()]
+            (s.key, s.label, s.sample_args(chosen_step_size(s.key))) for s in largest.values()]
         for key, label, arguments in settings:
             out = os.path.join(copy, "samples", f"{key}-n{images}.png")
-            evaluated = next((r for r in records if r.sampler == key and r.seed == primary.seed), None)
+            evaluated_record = evaluated(key)
             commands.check_arguments("sample", arguments)
-            if evaluated and evaluated.status != "complete":
+            if evaluated_record and evaluated_record.status != "complete":
                 continue
             if not os.path.isfile(out):
                 command = (commands.python_command("sample") + [copy, "-n", str(images), "--seed",
@@ -322,7 +320,7 @@ class Runner:
         record.seconds += done.seconds
         record.seconds_now = done.seconds
         record.code = history.get("code", []) + [code_version()]
-        write_json({"commands": record.commands, "seconds": record.seconds, "code": record.code}, history_path)
+        write_json_atomic({"commands": record.commands, "seconds": record.seconds, "code": record.code}, history_path)
         metrics = finished_run(record.run_dir)
         if done.returncode != 0 or metrics is None:
             return self._failed(record, f"exit status {done.returncode}: {_log_tail(log)} (log: {log})")

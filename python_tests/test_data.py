@@ -19,9 +19,9 @@ def write_idx(path, array, compress=False):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def make_mnist_dir(directory, compress):
+def make_mnist_dir(directory, compress, n_train=7):
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", 7), ("t10k", 3)):
+    for prefix, n in (("train", n_train), ("t10k", 3)):
         write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte" + (".gz" if compress else "")),
                   rng.integers(0, 256, (n, 28, 28)), compress)
         write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte" + (".gz" if compress else "")),
@@ -95,8 +95,31 @@ def test_celeba_folder_crop_and_resize(tmp_path):
     assert x.shape == (2, 3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1
     with open(tmp_path / "list_eval_partition.txt", "w") as f:
         f.writelines(f"{i:06d}.jpg {0 if i < 8 else 2}\n" for i in range(12))
+    train, test = load_dataset("celeba64", str(tmp_path))
+    assert len(train) == 8 and len(test) == 4
+
+
+@pytest.mark.parametrize("dataset", ["celebahq256", "ffhq256"])
+def test_square_image_folders(tmp_path, dataset):
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(tmp_path / f"{i:05d}.png")
+    train, test = load_dataset(dataset, str(tmp_path))
+    assert len(train) == 9 and len(test) == 1 and test.batch(torch.tensor([0])).shape == (1, 3, 256, 256)
+    assert image_shape(dataset) == (3, 256, 256)
+
+
+def test_wrong_data_set_in_an_image_folder(tmp_path):
+    """CelebA's 178x218 images are not CelebA-HQ's square ones, nor the reverse: an
+    error naming the file, not a silently stretched or mis-cropped face."""
+    Image.new("RGB", (178, 218)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (256, 256)).save(tmp_path / "b.jpg")
     train, test = load_dataset("celebahq256", str(tmp_path))
-    assert len(train) == 8 and len(test) == 4 and test.batch(torch.tensor([0])).shape == (1, 3, 256, 256)
+    with pytest.raises(DataError, match=r"a\.jpg: a 178x218 image, but this data set's images are square"):
+        train.batch(torch.tensor([0]))
+    train, test = load_dataset("celeba64", str(tmp_path))
+    with pytest.raises(DataError, match=r"b\.jpg: a 256x256 image, but this data set's crop is defined for 178x218"):
+        test.batch(torch.tensor([0]))
 
 
 def test_image_folder_errors(tmp_path):

@@ -41,6 +41,9 @@ class TrainConfig:
                       metavar="NAME")
     data_dir: Optional[str] = _f(None, "directory of the data set's files (not needed for mnist-embedded)", DATA,
                                  metavar="DIR")
+    num_workers: int = _f(-1, "processes that read and decode the training batches beside each training process "
+                          "(-1: auto: 0 for data held in memory, else the cores per process less one, at most 4)",
+                          DATA)
     run_dir: Optional[str] = _f(None, "output directory (default: runs/<preset>-<time>)", RUN, metavar="DIR")
     seed: int = _f(0, "seed of every random stream (data order, model init, sampling)", RUN, metavar="SEED")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", RUN, metavar="DEVICE")

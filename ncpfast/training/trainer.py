@@ -1,6 +1,7 @@
 """Stage 1: the VAE training loop.
 
-Exactly resumable: the data order is a function of (seed, epoch), the schedules
+Exactly resumable: the data order is a function of (seed, epoch) (the batches are
+read ahead by ncpfast.data.BatchLoader's workers in that order), the schedules
 are functions of the step, and a checkpoint holds the model, optimiser,
 regulariser buffers, EMA, gradient scaler and every rank's RNG states, written
 atomically at step boundaries. Under torchrun it trains data parallel; only
@@ -21,7 +22,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..data import load_dataset, read_batch
+from ..data import AUTO, BatchLoader, TrainingOrder, auto_workers, load_dataset, read_batch, to_device
 from ..images import save_grid
 from ..models import build_model
 from ..models.base import iw_images_per_pass
@@ -106,6 +107,9 @@ class Trainer:
             raise ValueError(f"the training split has {len(self.train_set)} images, fewer than one global batch "
                              f"({config.batch_size} x {self.ctx.world_size} processes); lower --batch-size")
         self.total_steps = config.epochs * self.steps_per_epoch
+        self.order = TrainingOrder(len(self.train_set), config.seed, config.batch_size, self.steps_per_epoch,
+                                   self.ctx.rank, self.ctx.world_size)
+        self.loader = self._batch_loader()
         self.step, self.nan_streak, self.nan_skips = 0, 0, 0
         self.history, self.train_seconds, self.images_seen = [], 0.0, 0
         # Every rank has its own stream of training noise (binarisation, z).
@@ -134,12 +138,19 @@ class Trainer:
             raise ValueError(f"--amp {amp} needs a CUDA device; use --amp none on {self.device}")
         return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
+    def _batch_loader(self) -> BatchLoader:
+        workers = self.config.num_workers
+        if workers == AUTO:
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
+            workers = auto_workers(self.train_set, per_node)
+        if workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, or {AUTO} for auto; got {workers}")
+        # Pinned batches let the copy to the GPU run asynchronously (non_blocking in to_device).
+        return BatchLoader(self.train_set, self.order, workers, pin_memory=self.device.type == "cuda")
+
     def _epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's image indices for an epoch: a permutation keyed by (seed, epoch)."""
-        g = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
-        order = torch.randperm(len(self.train_set), generator=g)
-        per_rank = self.steps_per_epoch * self.config.batch_size
-        return order[self.ctx.rank::self.ctx.world_size][:per_rank]
+        return self.order.epoch(epoch)
 
     def _read(self, split, indices: torch.Tensor, generator=None) -> torch.Tensor:
         return read_batch(split, indices, self.model.likelihood, self.device, generator)
@@ -240,10 +251,20 @@ class Trainer:
     def _train_loop(self) -> dict:
         c = self.config
         stop_at = min(self.total_steps, c.max_steps) if c.max_steps > 0 else self.total_steps
+        # One stream of batches from here to stop_at, read ahead across epoch ends.
+        batches = self.loader.batches(self.step, stop_at)
+        try:
+            status = self._run_steps(batches, stop_at)
+        finally:
+            batches.close()  # stops the loader's workers before the final evaluation
+        return self._finish(status)
+
+    def _run_steps(self, batches, stop_at: int) -> str:
+        """Trains until step stop_at; "complete" when the last epoch ended, else "partial"."""
+        c = self.config
         status = "complete"
         while self.step < stop_at:
             epoch, first = divmod(self.step, self.steps_per_epoch)
-            indices = self._epoch_indices(epoch)
             last = min(self.steps_per_epoch, first + stop_at - self.step)
             bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{c.epochs}", initial=first,
                        total=self.steps_per_epoch, disable=not (self.ctx.is_main and c.progress), leave=False)
@@ -251,7 +272,7 @@ class Trainer:
             epoch_losses = []
             for b in bar:
                 start = time.perf_counter()
-                x = self._read(self.train_set, indices[b * c.batch_size:(b + 1) * c.batch_size])
+                x = to_device(next(batches), self.model.likelihood, self.device)
                 stats = self._train_step(x)
                 self.step += 1
                 elapsed = time.perf_counter() - start
@@ -273,8 +294,7 @@ class Trainer:
             else:
                 status = "partial"
                 self._save(self.run.latest_checkpoint)
-        metrics = self._finish(status)
-        return metrics
+        return status
 
     def _log_step(self, stats: dict, images_per_second: float) -> None:
         if not self.writer or self.step % self.config.log_every:

@@ -5,6 +5,7 @@ image file (CelebA-64, FFHQ: JPEG or PNG) or raw RGB bytes of a square image
 'ncpfast[lmdb]'). NVAE evaluates on validation.lmdb: it is the test split here."""
 import importlib
 import os
+import sys
 
 from .errors import DataError
 from .recipes import ImageRecipe
@@ -26,52 +27,49 @@ def _lmdb():
                         "(or pip install lmdb)") from None
 
 
+# One read-only environment per LMDB path and process: py-lmdb refuses to open a
+# path twice in a process, and a forked worker inherits the parent's registry of
+# open paths, so it must reuse the inherited environment. Read-only with lock=False
+# (no reader lock table) that is safe across fork; NVAE's LMDBDataset relies on
+# the same. A spawned process starts with none and opens its own.
+_ENVIRONMENTS = {}
+
+
+def _environment(path: str):
+    path = os.path.abspath(path)
+    env = _ENVIRONMENTS.get(path)
+    if env is None:
+        lmdb = _lmdb()
+        try:
+            env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
+                            subdir=os.path.isdir(path), max_readers=256)
+        except lmdb.Error as error:
+            raise DataError(f"{path}: not a readable LMDB: {error}") from error
+        _ENVIRONMENTS[path] = env
+    return env
+
+
 class LmdbSources:
-    """One LMDB's values by index. The environment is opened per process on first
-    use (an open LMDB environment must not cross a fork into the loader's workers)."""
+    """One LMDB's values by index; pickles as its path."""
 
     def __init__(self, path: str):
         self.path = path
-        self._env, self._pid = None, None
-        env = self._open()
-        try:
-            with env.begin() as txn:
-                self.count = txn.stat()["entries"]
-                missing = [key for key in ("0", str(self.count - 1)) if self.count and txn.get(key.encode()) is None]
-        finally:
-            env.close()
-            self._env = None
+        with _environment(path).begin() as txn:
+            self.count = txn.stat()["entries"]
+            missing = [key for key in ("0", str(self.count - 1)) if self.count and txn.get(key.encode()) is None]
         if self.count == 0:
             raise DataError(f"{path}: an empty LMDB")
         if missing:
             raise DataError(f"{path}: {self.count} entries but no key {missing[0]!r}: expected keys "
                             f"'0'..'{self.count - 1}' as NVAE's scripts write them")
 
-    def _open(self):
-        lmdb = _lmdb()
-        try:
-            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False,
-                                  subdir=os.path.isdir(self.path), max_readers=256)
-        except lmdb.Error as error:
-            raise DataError(f"{self.path}: not a readable LMDB: {error}") from error
-        self._pid = os.getpid()
-        return self._env
-
-    def __getstate__(self):
-        return {"path": self.path, "count": self.count}
-
-    def __setstate__(self, state):
-        self.path, self.count = state["path"], state["count"]
-        self._env, self._pid = None, None
-
     def __len__(self):
         return self.count
 
     def read(self, index: int) -> tuple[bytes, str]:
-        env = self._env if self._pid == os.getpid() and self._env is not None else self._open()
         key = str(index)
         try:
-            with env.begin() as txn:
+            with _environment(self.path).begin() as txn:
                 value = txn.get(key.encode())
         except _lmdb().Error as error:
             raise DataError(f"{self.path}: key {key!r}: unreadable: {error}") from error
@@ -88,6 +86,5 @@ def nvae_lmdb(directory: str, recipe: ImageRecipe, hint: str = ""):
             raise DataError(f"{path} not found: an NVAE LMDB data directory holds {' and '.join(SPLIT_FILES)}")
     train, test = (EncodedImageSplit(LmdbSources(path), recipe) for path in paths)
     if hint and os.environ.get("RANK", "0") == "0":
-        import sys
         print(hint, file=sys.stderr)
     return train, test

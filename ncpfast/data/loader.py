@@ -7,11 +7,15 @@ exactly the batches an uninterrupted run reads from step s on, however many
 workers either uses.
 
 With num_workers > 0, torch's DataLoader runs the reads in worker processes (in
-order, prefetch_factor batches ahead per worker, across epoch boundaries) and
-pins them for asynchronous copies to a CUDA device. The workers return uint8
-batches; conversion to float and dynamic binarisation happen on the device, in
-the training process, from its own random stream (ncpfast.data.to_device).
-num_workers = 0 reads in the training thread, as ncpfast always did.
+order, prefetch_factor batches ahead per worker, across epoch boundaries). The
+workers return uint8 batches as numpy arrays, pickled through the worker's pipe:
+measured about twice as fast as handing over tensors in shared memory (a new
+segment per batch) for batches of this size (docs/benchmarks.md). The training
+process pins each batch for an asynchronous copy to a CUDA device; conversion to
+float and dynamic binarisation happen on the device, from the training process's
+own random stream (ncpfast.data.to_device). num_workers = 0 reads in the
+training thread, as ncpfast always did: for data in memory (or memory-mapped, a
+prepared set) that is faster than any hand-over between processes.
 """
 import os
 from dataclasses import dataclass
@@ -74,9 +78,13 @@ class _StepBatches(torch.utils.data.Dataset):
         if epoch != self._epoch:
             self._epoch, self._indices = epoch, self.order.epoch(epoch)
         try:
-            return self.split.uint8_batch(self.order.step_indices(step, self._indices))
+            return self.split.uint8_batch(self.order.step_indices(step, self._indices)).numpy()
         except DataError as error:
             return _Failure(str(error))
+
+
+def _as_is(item):
+    return item
 
 
 def auto_workers(split, processes_per_node: int = 1) -> int:
@@ -93,7 +101,7 @@ class BatchLoader:
     """batches(start, stop): the uint8 batches of steps start..stop-1, in order."""
 
     def __init__(self, split, order: TrainingOrder, num_workers: int = 0, pin_memory: bool = False,
-                 prefetch_factor: int = 2):
+                 prefetch_factor: int = 4):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 (or {AUTO} for auto), got {num_workers}")
         self.split, self.order = split, order
@@ -108,26 +116,26 @@ class BatchLoader:
         # the exact resume. The workers draw no random numbers.
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, sampler=range(start, stop), num_workers=self.num_workers,
-            pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor, persistent_workers=False,
+            collate_fn=_as_is, prefetch_factor=self.prefetch_factor, persistent_workers=False,
             generator=torch.Generator().manual_seed(0))
-        return _raising(iter(loader))
+        return self._received(iter(loader))
 
     def _in_thread(self, dataset, start: int, stop: int):
         for step in range(start, stop):
-            batch = dataset[step]
-            if isinstance(batch, _Failure):
-                raise DataError(batch.message)
-            yield batch.pin_memory() if self.pin_memory else batch
+            yield self._tensor(dataset[step])
 
+    def _tensor(self, batch) -> torch.Tensor:
+        if isinstance(batch, _Failure):
+            raise DataError(batch.message)
+        batch = torch.from_numpy(batch)
+        return batch.pin_memory() if self.pin_memory else batch
 
-def _raising(iterator):
-    try:
-        for batch in iterator:
-            if isinstance(batch, _Failure):
-                raise DataError(batch.message)
-            yield batch
-    finally:
-        # Shuts the workers down now rather than when the iterator is collected.
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+    def _received(self, iterator):
+        try:
+            for batch in iterator:
+                yield self._tensor(batch)
+        finally:
+            # Shuts the workers down now rather than when the iterator is collected.
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()

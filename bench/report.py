@@ -40,6 +40,7 @@ SECTIONS = {
     "cells": "Residual cells",
     "mlp": "Flat log-ratio evaluator",
     "sampler": "The hierarchical SIR sampler",
+    "data": "Data loading",
 }
 
 _FUSED_VS_TWIN = ("Median times; `torch` is the pure-PyTorch twin (ncpfast.ops.reference), `fused` the "
@@ -107,6 +108,15 @@ RESULTS = (
            "bash scripts/dev.sh bench -k sampler --benchmark-json=bench/results/sampler-cpu-2core-epyc.json",
            _SAMPLER + " In this run's code the classifiers scored in NCHW and every chunk was bounded "
            "by 512 MiB.", tables=("time", "peak")),
+    Result("data-loader-cpu-2core-epyc.json", "data", "Stage 1's loader, CelebA-64-sized images: raw JPEGs vs "
+           "prepared", "python bench/data_loader_ab.py --images 1200 --steps 40 --rounds 3 --step-ms 30 "
+           "--machine 'AMD EPYC (2-core VM, shared)' --out bench/results/data-loader-cpu-2core-epyc.json",
+           "ncpfast.data.BatchLoader reading celeba64 training batches of 16 from synthetic 178x218 JPEGs "
+           "(decode, NVAE's crop, resize per image) and from the same images prepared (`python -m ncpfast.data "
+           "prepare`); the variants and the overlap measurement are described in bench/data_loader_ab.py. The "
+           "VM's 2 cores were shared with other work during the run (load average about 2.5), so worker "
+           "processes could not add a core's worth of decoding each and the overlap figures of the worker "
+           "runs include waits for a core."),
 )
 
 # Files that are not timings: the NCP prior's quality measurements (FD, NLL), described with
@@ -154,6 +164,10 @@ def provenance(data, result: Optional[Result]):
 
 def tables(data, kinds=("time", "peak", "saved")):
     """The markdown tables of one results file."""
+    if data.get("benchmark") == "data-loader":
+        from data_loader_ab import markdown_table  # the bench script renders its own results
+
+        return markdown_table(data)
     if "benchmarks" in data:
         return _pytest_benchmark_tables(data, kinds)
     if "results" in data:

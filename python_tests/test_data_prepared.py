@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -146,3 +147,39 @@ def test_prepared_split_pickles_as_its_paths(prepared_mnist):
     blob = pickle.dumps(train)
     assert len(blob) < 1000  # the paths, not the arrays
     assert torch.equal(pickle.loads(blob).images, train.images)
+
+
+def test_a_decoding_process_that_dies_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    import ncpfast.data.splits as splits
+
+    decode = splits.decode_image
+
+    def dies_on_one(source, recipe, name):
+        if str(name).endswith("000066.jpg"):
+            os._exit(9)  # as the out-of-memory killer would end it: no exception, no clean-up
+        return decode(source, recipe, name)
+
+    monkeypatch.setattr(splits, "decode_image", dies_on_one)  # the forked workers inherit it
+    raw = write_celeba_folder(tmp_path / "raw", n=140)
+    with pytest.raises(DataError, match="a decoding process of prepare died"):
+        prepare("celeba64", str(raw), str(tmp_path / "prepared"), jobs=2, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+@pytest.mark.slow
+def test_a_killed_prepare_leaves_no_data_set(tmp_path):
+    raw = write_celeba_folder(tmp_path / "raw", n=600)
+    out = tmp_path / "prepared"
+    process = subprocess.Popen([sys.executable, "-m", "ncpfast.data", "prepare", "celeba64", "--data-dir", str(raw),
+                                "--out", str(out), "--jobs", "1", "--no-progress"], env=ENV)
+    partial = tmp_path / f"prepared.partial-{process.pid}"
+    deadline = time.time() + 60
+    while not (partial / "train_images.npy").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert not out.exists() and not (partial / MANIFEST).exists()
+    with pytest.raises(DataError, match="no .jpg or .png images|not .* prepared|does not exist"):
+        load_dataset("celeba64", str(partial))
+    prepare("celeba64", str(raw), str(out), progress=False)  # removes the dead process's partial directory
+    assert sorted(os.listdir(tmp_path)) == ["prepared", "raw"]

@@ -11,6 +11,8 @@ import json
 import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Optional
 
 import numpy as np
@@ -86,13 +88,19 @@ def _write_split(directory: str, name: str, split, shape, jobs: int, progress: b
             array[start:stop] = _chunk(split, start, stop)
             bar.update(stop - start)
     else:
-        # fork: the workers inherit the split (file lists, LMDB paths) instead of a pickle per task.
+        # fork: the workers inherit the split (file lists, LMDB paths) instead of a pickle per
+        # task. A process pool executor rather than multiprocessing.Pool: a worker that dies
+        # (killed, out of memory) breaks it with an error, where Pool's imap waits forever.
         context = multiprocessing.get_context("fork")
-        with context.Pool(jobs, initializer=_init_worker, initargs=(split,)) as pool:
-            tasks = [(start, min(n, start + CHUNK)) for start in range(0, n, CHUNK)]
-            for (start, stop), images in zip(tasks, pool.imap(_decode_chunk, tasks)):
-                array[start:stop] = images
-                bar.update(stop - start)
+        tasks = [(start, min(n, start + CHUNK)) for start in range(0, n, CHUNK)]
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(split,)) as pool:
+                for (start, stop), images in zip(tasks, pool.map(_decode_chunk, tasks)):
+                    array[start:stop] = images
+                    bar.update(stop - start)
+        except BrokenProcessPool as error:
+            raise DataError(f"a decoding process of prepare died while decoding the {name} split (killed, or "
+                            f"out of memory? try fewer --jobs): {error}") from error
     bar.close()
     array.flush()
     del array

@@ -73,6 +73,11 @@ def test_raw_rgb_and_png_values(tmp_path):
     train, test = load_dataset("celebahq256", nvae_dir(tmp_path / "hq", [a.tobytes() for a in raw[:2]],
                                                        [raw[2].tobytes()]))
     assert torch.equal(train.uint8_batch(torch.tensor([1])), torch.from_numpy(raw[1]).permute(2, 0, 1)[None])
+    # NVAE's CelebA-HQ-256 LMDB given as CelebA-64: the raw bytes' size says which data set it is.
+    celeba, _ = load_dataset("celeba64", str(tmp_path / "hq"))
+    with pytest.raises(DataError, match=r"key '0': raw RGB bytes of a 256x256 image, but this data set's images "
+                                        r"are 64x64: is --data-dir the right data set\?"):
+        celeba.batch(torch.tensor([0]))
     pngs = [encoded(a, "PNG") for a in raw]
     train, _ = load_dataset("ffhq256", nvae_dir(tmp_path / "ffhq", pngs[:2], pngs[2:]))
     assert torch.equal(train.uint8_batch(torch.tensor([0])), torch.from_numpy(raw[0]).permute(2, 0, 1)[None])

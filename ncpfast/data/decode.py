@@ -24,6 +24,10 @@ def decode_image(source: Union[str, bytes], recipe: ImageRecipe, name: str) -> n
         if len(source) == 3 * side * side and not source.startswith(_ENCODED_MAGIC):
             # Already the data set's size: NVAE stored these pixels after its own crop and resize.
             return np.frombuffer(source, dtype=np.uint8).reshape(side, side, 3).transpose(2, 0, 1).copy()
+        other = int(round((len(source) / 3) ** 0.5))
+        if not source.startswith(_ENCODED_MAGIC) and 3 * other * other == len(source) and other >= 8:
+            raise DataError(f"{name}: raw RGB bytes of a {other}x{other} image, but this data set's images are "
+                            f"{side}x{side}: is --data-dir the right data set?")
         opened = io.BytesIO(source)
     else:
         opened = source

@@ -85,11 +85,16 @@ def test_cifar10_errors(tmp_path):
         load_dataset("cifar10", str(tmp_path))
 
 
-def test_celeba_folder_crop_and_resize(tmp_path):
+def test_celeba_folder_crop_and_resize(tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(2)
     for i in range(12):
         Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(tmp_path / f"{i:06d}.jpg")
     train, test = load_dataset("celeba64", str(tmp_path))
+    hint = capsys.readouterr().err  # a raw folder: one line saying that a prepared set reads faster
+    assert hint.count("\n") == 1 and f"python -m ncpfast.data prepare celeba64 --data-dir {tmp_path}" in hint
+    monkeypatch.setenv("RANK", "3")  # said by rank 0 only
+    load_dataset("celeba64", str(tmp_path))
+    assert capsys.readouterr().err == ""
     assert len(train) == 11 and len(test) == 1
     x = train.batch(torch.tensor([0, 3]))
     assert x.shape == (2, 3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1

@@ -71,7 +71,6 @@ def test_auto_workers():
         BatchLoader(train, TrainingOrder(10, 0, 1, 10), -2)
 
 
-@pytest.mark.slow
 def test_trainer_resumed_with_workers_matches_an_uninterrupted_run(tmp_path):
     """The trainer with 2 loader workers on a prepared data set, stopped mid-epoch and
     resumed, ends bit-identical to one run straight through, and to a run without workers."""

@@ -116,7 +116,9 @@ def test_grouped_context_shared_scoring_equals_the_module(make_vae):
 @cuda
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
 def test_cuda_matches_twin(dtype, tol):
-    for B, M, D, hidden, layers in [(3, 50, 5, 32, 2), (2, 130, 1280, 64, 3), (64, 500, 50, 256, 2)]:
+    # widths 65-128 too: between the thread-group variant's 64 and the wide ones
+    for B, M, D, hidden, layers in [(3, 50, 5, 32, 2), (2, 130, 1280, 64, 3), (2, 70, 20, 65, 2), (2, 33, 10, 96, 3),
+                                    (1, 40, 8, 128, 2), (64, 500, 50, 256, 2)]:
         weights, biases = ops.mlp_parameters(mlp(D, hidden, layers))
         z = torch.randn(B, M, D)
         want, want_lse = ref.mlp_log_ratio(z.to(dtype).float(), weights, biases)

@@ -9,6 +9,10 @@
 
 // A kernel's dynamic shared memory (the launch's shared-memory bytes), 16-byte aligned.
 #define NCPFAST_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+// A kernel's static shared array: NCPFAST_STATIC_SHARED(float, tile, [256]). The
+// emulation registers it, to poison it between blocks and count it against the
+// block's shared-memory limit.
+#define NCPFAST_STATIC_SHARED(type, name, extents) __shared__ type name extents
 // kernel<<<grid, block, shared_bytes, stream>>>(args...)
 #define NCPFAST_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)

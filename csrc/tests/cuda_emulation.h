@@ -13,6 +13,14 @@
 // compute-sanitizer's racecheck. Built under AddressSanitizer, an out-of-range
 // access is reported: the analogue of memcheck (for host-allocated buffers).
 //
+// Static shared arrays (NCPFAST_STATIC_SHARED) register themselves with the
+// launch the first time a thread of it passes their declaration: they are
+// poisoned then and after every block, as the dynamic shared memory is, and
+// their bytes count with the dynamic ones against the block's shared-memory
+// limit. A launch whose grid or block exceeds the device's limits (grid y and z
+// 65535, x 2^31 - 1; 1024 threads per block, block z 64) aborts as a device
+// refuses it.
+//
 // What it does not emulate: the device's floating point (__expf is exp here),
 // the memory model beyond barriers (no warp-synchronous code without
 // __syncwarp / shuffles is tolerated, by design), timing and occupancy. A
@@ -52,6 +60,9 @@
 #define __align__(n) alignas(n)
 // A kernel's static shared memory: one copy, used by one block at a time.
 #define __shared__ static
+#define NCPFAST_STATIC_SHARED(type, name, extents) \
+  static type name extents;                        \
+  ::ncpfast::emu::register_static_shared(&name, sizeof(name))
 // A kernel's dynamic shared memory (the launch's shared_bytes).
 #define NCPFAST_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::ncpfast::emu::dynamic_shared())
 
@@ -160,7 +171,15 @@ struct Launch {
     for (Barrier* warp : warps) delete warp;
     ::operator delete(dynamic_shared, std::align_val_t(16));
   }
-  void poison_shared() { std::memset(dynamic_shared, kPoison, shared_bytes); }
+  void poison_shared() {
+    std::memset(dynamic_shared, kPoison, shared_bytes);
+    for (const auto& [address, bytes] : static_shared) std::memset(address, kPoison, bytes);
+  }
+
+  // The kernel's static shared arrays met so far, and the shared memory a block may use.
+  std::mutex static_mutex;
+  std::map<void*, size_t> static_shared;
+  size_t static_bytes = 0, shared_limit = 0;
 };
 
 inline Launch* current = nullptr;
@@ -171,6 +190,39 @@ constexpr size_t kDefaultDynamicShared = 48 * 1024;
 inline std::map<const void*, size_t>& shared_opt_ins() {
   static std::map<const void*, size_t> opt_ins;
   return opt_ins;
+}
+
+// Called where a static shared array is declared (NCPFAST_STATIC_SHARED): the
+// first time in a launch the array is poisoned (it keeps the previous launch's
+// data otherwise) and its bytes are counted against the block's limit.
+inline void register_static_shared(void* address, size_t bytes) {
+  Launch& launch = *current;
+  std::lock_guard<std::mutex> lock(launch.static_mutex);
+  if (!launch.static_shared.emplace(address, bytes).second) return;
+  std::memset(address, kPoison, bytes);
+  launch.static_bytes += bytes;
+  if (launch.static_bytes + launch.shared_bytes > launch.shared_limit) {
+    std::fprintf(stderr,
+                 "cuda emulation: a block uses %zu bytes of static and %zu of dynamic shared memory, more than "
+                 "the %zu the kernel may use\n",
+                 launch.static_bytes, launch.shared_bytes, launch.shared_limit);
+    std::abort();
+  }
+}
+
+// Aborts, as a device refuses the launch, when the grid or block is out of the device's limits.
+inline void check_launch_geometry(dim3 grid, dim3 block) {
+  const bool grid_ok =
+      grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 0x7fffffffu && grid.y <= 65535 && grid.z <= 65535;
+  const bool block_ok = block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= 1024 && block.y <= 1024 &&
+                        block.z <= 64 && static_cast<unsigned long long>(block.x) * block.y * block.z <= 1024;
+  if (!grid_ok || !block_ok) {
+    std::fprintf(stderr,
+                 "cuda emulation: a launch of grid (%u, %u, %u) and block (%u, %u, %u) is out of the device's "
+                 "limits (grid x < 2^31, y, z <= 65535; at most 1024 threads a block, z <= 64)\n",
+                 grid.x, grid.y, grid.z, block.x, block.y, block.z);
+    std::abort();
+  }
 }
 
 inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
@@ -199,8 +251,10 @@ T shuffle(unsigned mask, T value, int source_lane) {
 template <typename... Params, typename... Args>
 void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...), Args&&... args) {
   const std::tuple<Params...> params(std::forward<Args>(args)...);
+  check_launch_geometry(grid, block);
+  const auto opt_in = shared_opt_ins().find(reinterpret_cast<const void*>(kernel));
+  const size_t shared_limit = opt_in == shared_opt_ins().end() ? kDefaultDynamicShared : opt_in->second;
   if (shared_bytes > kDefaultDynamicShared) {
-    const auto opt_in = shared_opt_ins().find(reinterpret_cast<const void*>(kernel));
     if (opt_in == shared_opt_ins().end() || opt_in->second < shared_bytes) {
       std::fprintf(stderr,
                    "cuda emulation: a launch with %zu bytes of dynamic shared memory needs "
@@ -212,6 +266,7 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...
   }
   const unsigned threads = block.x * block.y * block.z;
   Launch state(threads, shared_bytes);
+  state.shared_limit = std::max(shared_limit, kDefaultDynamicShared);
   current = &state;
   gridDim = grid;
   blockDim = block;

@@ -154,11 +154,15 @@ std::vector<double> over_tiles(const std::vector<float>& partial, int64_t P, int
   return total;
 }
 
+// The forward with tiles of tile_rows rows and the backward with tiles of
+// backward_tile_rows (0: the same).
 template <typename T>
-void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
+void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows, int64_t backward_tile_rows = 0) {
   using Tol = Tolerance<T>;
   const int64_t P = s.planes(), n = s.plane_size(), KK = K * K;
   const int64_t tiles = (s.H + tile_rows - 1) / tile_rows;
+  const int64_t rows_b = backward_tile_rows > 0 ? backward_tile_rows : tile_rows;
+  const int64_t tiles_b = (s.H + rows_b - 1) / rows_b;
   const Stored<T> x(random_values(s.numel(), 2.f)), grad(random_values(s.numel()));
   const auto scale = random_values(s.C), shift = random_values(s.C), mean = random_values(s.C);
   const auto weight = random_values(s.C * KK, 0.3f), bias = random_values(s.C);
@@ -171,12 +175,13 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
               shift.data(), weight.data(), bias.data(), y.data(), tile_sum.data(), tile_sumsq.data());
 
   std::vector<T> grad_x(s.numel());
-  std::vector<float> tile_sum_g(P * tiles), tile_sum_gc(P * tiles), tile_grad_w(P * tiles * KK), tile_grad_b(P * tiles);
-  emu::launch(
-      dim3(P, tiles), dim3(kThreads), ops::cell_kernels::dwconv_backward_shared_bytes(tile_rows, s.W, K, sizeof(float)),
-      ops::cell_kernels::dwconv_backward_kernel<T, float>, grad.data.data(), grad_sum.data(), grad_sumsq.data(),
-      y.data(), x.data.data(), s.C, s.H, s.W, K, tile_rows, scale.data(), shift.data(), mean.data(), weight.data(),
-      grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(), tile_grad_b.data());
+  std::vector<float> tile_sum_g(P * tiles_b), tile_sum_gc(P * tiles_b), tile_grad_w(P * tiles_b * KK),
+      tile_grad_b(P * tiles_b);
+  emu::launch(dim3(P, tiles_b), dim3(kThreads),
+              ops::cell_kernels::dwconv_backward_shared_bytes(rows_b, s.W, K, sizeof(float)),
+              ops::cell_kernels::dwconv_backward_kernel<T, float>, grad.data.data(), grad_sum.data(), grad_sumsq.data(),
+              y.data(), x.data.data(), s.C, s.H, s.W, K, rows_b, scale.data(), shift.data(), mean.data(), weight.data(),
+              grad_x.data(), tile_sum_g.data(), tile_sum_gc.data(), tile_grad_w.data(), tile_grad_b.data());
 
   // The references: the forward from the rounded input; the moments of the y
   // the kernel stored (what the next op reads); the backward from that y.
@@ -207,11 +212,11 @@ void test_depthwise(const Shape& s, int64_t K, int64_t tile_rows) {
                        worst_error(over_tiles(tile_sumsq, P, tiles), want_sumsq) < Tol::sums,
                    "moments of y");
   DEPTHWISE_EXPECT(worst_error(to_float(grad_x), want_grad_x) < Tol::stored, "grad_x");
-  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum_g, P, tiles), want_sum_g) < Tol::sums &&
-                       worst_error(over_tiles(tile_sum_gc, P, tiles), want_sum_gc) < Tol::sums,
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_sum_g, P, tiles_b), want_sum_g) < Tol::sums &&
+                       worst_error(over_tiles(tile_sum_gc, P, tiles_b), want_sum_gc) < Tol::sums,
                    "sums of the input gradient");
-  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_w, P, tiles, KK), want_grad_w) < Tol::sums, "grad_w");
-  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_b, P, tiles), want_grad_b) < Tol::sums, "grad_b");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_w, P, tiles_b, KK), want_grad_w) < Tol::sums, "grad_w");
+  DEPTHWISE_EXPECT(worst_error(over_tiles(tile_grad_b, P, tiles_b), want_grad_b) < Tol::sums, "grad_b");
 #undef DEPTHWISE_EXPECT
 }
 
@@ -276,6 +281,29 @@ void test_moments_of_large_mean() {
   }
 }
 
+// The tiles the extension launches with (dwconv_tile_rows, float arithmetic):
+// planes wide enough that they are several tiles, a partial last one included,
+// so the tile sums run as on the device; and the launch's shared memory (dynamic
+// and block_sum's static array) within what a block may use without opting in.
+template <typename T>
+void test_depthwise_with_the_host_tiles() {
+  using ops::cell_kernels::dwconv_tile_rows;
+  for (const auto& [s, K] :
+       {std::pair{Shape{1, 2, 40, 200}, int64_t{5}}, std::pair{Shape{1, 1, 20, 500}, int64_t{3}}}) {
+    const int64_t forward_rows = dwconv_tile_rows(s.H, s.W, K, sizeof(float), 1);
+    const int64_t backward_rows = dwconv_tile_rows(s.H, s.W, K, sizeof(float), 2);
+    NCPFAST_EXPECT(forward_rows < s.H && backward_rows < s.H && s.H % backward_rows != 0,
+                   "host tiles of %lldx%lld planes, K=%lld: %lld and %lld rows are not several, partial tiles",
+                   (long long)s.H, (long long)s.W, (long long)K, (long long)forward_rows, (long long)backward_rows);
+    NCPFAST_EXPECT(ops::cell_kernels::dwconv_backward_shared_bytes(backward_rows, s.W, K, sizeof(float)) <=
+                       core::kDefaultSharedBytesPerBlock,
+                   "host tiles of width %lld, K=%lld: the backward's shared memory exceeds 48 KiB", (long long)s.W,
+                   (long long)K);
+    test_depthwise<T>(s, K, forward_rows, backward_rows);
+  }
+  NCPFAST_EXPECT(dwconv_tile_rows(8, 5000, 5, sizeof(double), 2) == 0, "a plane too wide for one row: 0 rows");
+}
+
 template <typename T>
 void test_storage_type() {
   for (const Shape& s : kShapes) test_elementwise<T>(s);
@@ -284,6 +312,7 @@ void test_storage_type() {
       test_depthwise<T>(s, K, s.H);             // one tile per plane
       if (s.H > 2) test_depthwise<T>(s, K, 3);  // several tiles, the last one partial when H % 3 != 0
     }
+  test_depthwise_with_the_host_tiles<T>();
 }
 
 }  // namespace

@@ -28,9 +28,9 @@ using namespace ncpfast::core;
 
 // The block scan alone: one block scans `input` (length <= kSirTile).
 __global__ void scan_kernel(const float* input, int length, float* output) {
-  __shared__ float tile[kSirTile];
-  __shared__ float chunk_scratch[kSirThreads];
-  __shared__ float warp_scratch[kSirThreads / 32];
+  NCPFAST_STATIC_SHARED(float, tile, [kSirTile]);
+  NCPFAST_STATIC_SHARED(float, chunk_scratch, [kSirThreads]);
+  NCPFAST_STATIC_SHARED(float, warp_scratch, [kSirThreads / 32]);
   for (int i = threadIdx.x; i < length; i += kSirThreads) tile[i] = input[i];
   __syncthreads();
   block_inclusive_scan(tile, length, chunk_scratch, warp_scratch);

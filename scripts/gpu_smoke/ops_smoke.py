@@ -25,10 +25,12 @@ from ncpfast.ops import reference
 
 CELL_OPS = ("plane_moments", "bn_swish_given_stats", "bn_swish_batch_stats", "bn_swish_dwconv", "bn_gate_residual")
 OPS = ("sir_resample", "mlp_log_ratio", *CELL_OPS)
-# (N, C, H, W, K): odd sizes, a 1x1 plane, and a plane of several row tiles.
-CELL_SHAPES = [(2, 5, 7, 6, 5), (3, 3, 1, 1, 3), (2, 4, 70, 33, 5)]
+# (N, C, H, W, K): odd sizes, a 1x1 plane, and planes of several row tiles at the
+# kernels' real tile sizes (dwconv_tile_rows: 36/16 rows at W = 200, K = 5; 14/6 at
+# W = 500, K = 3), the last tile partial.
+CELL_SHAPES = [(2, 5, 7, 6, 5), (3, 3, 1, 1, 3), (2, 4, 40, 200, 5), (1, 2, 20, 500, 3)]
 # (B, M, D, hidden, layers): the narrow (thread-group) and wide MLP variants.
-MLP_SHAPES = [(2, 70, 5, 32, 2), (2, 65, 50, 64, 3), (1, 17, 20, 256, 2)]
+MLP_SHAPES = [(2, 70, 5, 32, 2), (2, 65, 50, 64, 3), (2, 33, 10, 96, 3), (1, 17, 20, 256, 2)]
 # (B, M, trailing): one tile, a partial tile, several 4096-weight tiles.
 SIR_SHAPES = [(3, 5, (3,)), (2, 700, (4,)), (2, 9000, (2,))]
 
@@ -55,7 +57,8 @@ class Failures:
 
 
 def _dtypes(device):
-    """Activation dtypes of the cell ops: half storage runs only on CUDA."""
+    """Activation dtypes of the ops: half storage runs only on CUDA (float64 cell ops,
+    with their smaller depthwise tiles, are in test_cell_fusion.py's CUDA tests)."""
     return [torch.float32, torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.float32]
 
 

@@ -17,20 +17,20 @@ namespace {
 
 using namespace cell_kernels;
 
-// Shared memory one depthwise block may use for its padded tiles.
-constexpr int64_t kTileBytes = 32 * 1024;
 constexpr size_t kSharedLimit = core::kDefaultSharedBytesPerBlock;
 // The kernels index planes as H*W contiguous values: NCHW only (the fused
 // cells keep CUDA activations NCHW; channels_last is a CPU-backend layout).
 constexpr const char* kBackend = "the CUDA backend";
 
-// Rows per depthwise tile so that `buffers` padded tiles fit in kTileBytes.
+// Rows per depthwise tile (dwconv_tile_rows), checked: at least one row, and
+// no more tiles per plane than a grid's y extent holds.
 int64_t depthwise_tile_rows(const char* op, int64_t H, int64_t W, int64_t K, int64_t element_bytes, int64_t buffers) {
-  const int64_t P = K / 2, Wp = W + 2 * P;
-  const int64_t rows = kTileBytes / (buffers * element_bytes * Wp) - 2 * P;
+  const int64_t rows = dwconv_tile_rows(H, W, K, element_bytes, buffers);
   TORCH_CHECK_VALUE(rows >= 1, op, ": planes of width ", W, " with a ", K, "x", K,
                     " kernel are too wide for the CUDA kernel's shared-memory tiles");
-  return std::min(rows, H);
+  TORCH_CHECK_VALUE((H + rows - 1) / rows <= kMaxGridY, op, ": planes of ", H, " rows need ", (H + rows - 1) / rows,
+                    " tiles of ", rows, " rows, more than a CUDA grid's ", kMaxGridY);
+  return rows;
 }
 
 dim3 plane_grid(const at::Tensor& x) {

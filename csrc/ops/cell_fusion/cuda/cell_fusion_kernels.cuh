@@ -27,7 +27,7 @@ constexpr int kWarps = kThreads / 32;
 // Sum over the block of each of the NV values per thread; every thread gets the totals.
 template <typename T, int NV>
 __device__ void block_sum(T (&v)[NV]) {
-  __shared__ T partial[NV][kWarps];
+  NCPFAST_STATIC_SHARED(T, partial, [NV][kWarps]);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
@@ -143,6 +143,23 @@ __global__ void gate_residual_backward_kernel(const T* grad_out, const T* h, int
 }
 
 // ------------------------------------------------------------ depthwise conv
+
+// Shared memory one depthwise block may use for its padded tiles (below the 48
+// KiB a block may use without opting in, with room for the backward's partial
+// sums and block_sum's static array).
+constexpr int64_t kDwconvTileBytes = 32 * 1024;
+// The largest gridDim.y of a launch: the depthwise kernels' tiles per plane.
+constexpr int64_t kMaxGridY = 65535;
+
+// Output rows per depthwise tile so that `buffers` padded tiles (rows + 2P of
+// W + 2P values of `element_bytes`) fit in kDwconvTileBytes, at most H; 0 when
+// not one row fits (the plane is too wide). The host code launches with these
+// tiles, and the emulated tests drive the kernels through this function too.
+inline int64_t dwconv_tile_rows(int64_t H, int64_t W, int64_t K, int64_t element_bytes, int64_t buffers) {
+  const int64_t P = K / 2, Wp = W + 2 * P;
+  const int64_t rows = kDwconvTileBytes / (buffers * element_bytes * Wp) - 2 * P;
+  return rows < 1 ? 0 : (rows < H ? rows : H);
+}
 
 // Dynamic shared memory of the depthwise kernels for tiles of `tile_rows`
 // output rows of width W, kernel K, arithmetic type of `element_bytes`: the

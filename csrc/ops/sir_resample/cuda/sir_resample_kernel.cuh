@@ -151,11 +151,11 @@ __global__ void __launch_bounds__(kSirThreads)
                         int64_t S, int64_t row_bytes, bool systematic, const int64_t* __restrict__ seed_ptr,
                         unsigned char* __restrict__ samples, int64_t* __restrict__ indices,
                         float* __restrict__ log_normalizer) {
-  __shared__ float tile[kSirTile];
-  __shared__ float chunk_scratch[kSirThreads];
-  __shared__ float float_scratch[kSirThreads / 32];
-  __shared__ long long index_scratch[kSirThreads / 32];
-  __shared__ int flag_scratch[kSirThreads / 32];
+  NCPFAST_STATIC_SHARED(float, tile, [kSirTile]);
+  NCPFAST_STATIC_SHARED(float, chunk_scratch, [kSirThreads]);
+  NCPFAST_STATIC_SHARED(float, float_scratch, [kSirThreads / 32]);
+  NCPFAST_STATIC_SHARED(long long, index_scratch, [kSirThreads / 32]);
+  NCPFAST_STATIC_SHARED(int, flag_scratch, [kSirThreads / 32]);
 
   const int64_t row = blockIdx.x;
   const uint64_t seed = static_cast<uint64_t>(*seed_ptr);

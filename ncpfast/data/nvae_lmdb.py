@@ -3,7 +3,6 @@
 image file (CelebA-64, FFHQ: JPEG or PNG) or raw RGB bytes of a square image
 (NVAE's CelebA-HQ-256). Needs the optional `lmdb` package (pip install
 'ncpfast[lmdb]'). NVAE evaluates on validation.lmdb: it is the test split here."""
-import importlib
 import os
 import sys
 
@@ -21,10 +20,11 @@ def is_nvae_lmdb_dir(directory: str) -> bool:
 def _lmdb():
     # An optional dependency (the extra `lmdb`), imported only when an LMDB is read.
     try:
-        return importlib.import_module("lmdb")
+        import lmdb
     except ImportError:
         raise DataError("reading NVAE's LMDB data sets needs the lmdb package: pip install 'ncpfast[lmdb]' "
                         "(or pip install lmdb)") from None
+    return lmdb
 
 
 # One read-only environment per LMDB path and process: py-lmdb refuses to open a

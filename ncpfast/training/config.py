@@ -37,7 +37,7 @@ def _f(default, help_text: str, group: str, metavar: Optional[str] = None):
 class TrainConfig:
     preset: str = _f(DEFAULT_PRESET, "named configuration to start from (see --list-presets); its values "
                       "replace the defaults shown here", RUN, metavar="NAME")
-    dataset: str = _f("mnist-embedded", "mnist-embedded | mnist | cifar10 | celeba64 | celebahq256", DATA,
+    dataset: str = _f("mnist-embedded", "mnist-embedded | mnist | cifar10 | celeba64 | celebahq256 | ffhq256", DATA,
                       metavar="NAME")
     data_dir: Optional[str] = _f(None, "directory of the data set's files (not needed for mnist-embedded)", DATA,
                                  metavar="DIR")

@@ -121,6 +121,7 @@ def test_langevin_step_size_is_tuned_on_held_out_training_images(flat_run):
     assert tuning["candidates"] == list(STEP_SIZE_CANDIDATES) and len(tuning["fd"]) == len(STEP_SIZE_CANDIDATES)
     scored = [(fd, size) for fd, size in zip(tuning["fd"], tuning["candidates"]) if fd is not None]
     assert metrics["ncp"]["langevin_step_size"] == tuning["step_size"] == min(scored)[1]
+    assert tuning["at_grid_edge"] == (tuning["step_size"] == STEP_SIZE_CANDIDATES[-1])
     assert tuning["held_out_images"] == 400  # the last tenth of the 4,000 embedded training digits
     # a fixed step size is reported as such, with no tuning
     fixed, _ = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationSettings(iw_samples=2, max_images=4,

@@ -401,3 +401,5 @@ def test_langevin_settings_tune_their_step_size_and_report_it():
     row = {"label": langevin.label, "status": "complete", "reason": "", "seeds": [0, 1], "step_sizes": [0.1, 0.03],
            "metrics": {"fd": {"mean": 1.0, "sd": 0.1, "values": [0.9, 1.1], "run_se": [None, None]}}}
     assert f"| {langevin.label} (step size 0.1, 0.03) |" in "\n".join(report._rows_table([row], ["fd"]))
+    row["step_size_at_grid_edge"] = True
+    assert "a larger one might do better" in "\n".join(report._rows_table([row], ["fd"]))

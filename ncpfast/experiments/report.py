@@ -92,7 +92,8 @@ def _step_sizes(row: dict) -> str:
     sizes = row.get("step_sizes")
     if not sizes:
         return ""
-    return " (step size " + ", ".join("?" if v is None else f"{v:g}" for v in sizes) + ")"
+    edge = "; the tuning grid's largest: a larger one might do better" if row.get("step_size_at_grid_edge") else ""
+    return " (step size " + ", ".join("?" if v is None else f"{v:g}" for v in sizes) + edge + ")"
 
 
 def _rows_table(rows: Sequence[dict], metrics: Sequence[str]) -> list[str]:

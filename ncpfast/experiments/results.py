@@ -64,7 +64,10 @@ def summarize_row(experiment: Experiment, row: Row, records: Sequence[RunRecord]
     if sampler is not None:
         out.update(method=sampler.method, mode=sampler.mode, amount=sampler.amount)
         if sampler.method == "langevin":  # the step size each seed's evaluation chose
-            out["step_sizes"] = [((r.evaluation or {}).get("ncp") or {}).get("langevin_step_size") for r in done]
+            ncp_entries = [((r.evaluation or {}).get("ncp") or {}) for r in done]
+            out["step_sizes"] = [n.get("langevin_step_size") for n in ncp_entries]
+            out["step_size_at_grid_edge"] = any((n.get("step_size_tuning") or {}).get("at_grid_edge")
+                                                for n in ncp_entries)
     if row.prior == "ncp":
         # log Z's reliability: its effective sample size in each seed's run
         out["log_z_ess"] = [((r.evaluation or {}).get("log_z_estimate") or {}).get("ess") for r in done]

@@ -122,12 +122,9 @@ RESULTS = (
 # Files that are not timings: the NCP prior's quality measurements (FD, NLL), described with
 # their commands in docs/results.md, and the paper-scale estimates in docs/paper-scale.md.
 DESCRIBED_ELSEWHERE = {
-    "ncp-sampler-table-cpu-2core-epyc.json": "results.md",
-    "ncp-single-latent-cpu-2core-xeon.json": "results.md",
     "paper-scale-estimates.json": "paper-scale.md",
-    "default-search-cpu-2core.json": "results.md",
+    "default-cpu-2core-epyc.json": "results.md",
     "log-z-convergence-cpu-2core.json": "results.md",
-    "tiny-fixed-split-cpu-2core.json": "results.md",
 }
 
 

@@ -88,7 +88,8 @@ class HierarchicalVAE(LatentVAE):
             if s < c.num_latent_scales - 1:
                 self.encoder_down.append(EncoderCell(width, width * 2, stride=2))
                 width *= 2
-        self.encoder_top = nn.Sequential(nn.ELU(), WNConv2d(width, width, 1))
+        # NVAE's top encoder head: ELU, 1x1 conv, ELU (the posterior of group 0 reads its output).
+        self.encoder_top = nn.Sequential(nn.ELU(), WNConv2d(width, width, 1), nn.ELU())
 
         top_size = c.image_size // 2 ** (c.num_preprocess_blocks + c.num_latent_scales - 1)
         self.decoder_input = nn.Parameter(torch.rand(1, width, top_size, top_size))

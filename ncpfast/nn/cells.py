@@ -23,15 +23,27 @@ RESIDUAL_SCALE = 0.1
 
 
 class WNConv2d(nn.Conv2d):
-    """Weight-normalised conv: w = exp(log_weight_norm) * v / (||v|| + 1e-5), per output channel."""
+    """Weight-normalised conv: w = exp(log_weight_norm) * v / (||v|| + 1e-5), per output channel.
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True):
+    weight_norm=False keeps the plain weight (no log_weight_norm parameter): NVAE's
+    inverted-residual cells use unnormalised convs, and parameter parity with its
+    checkpoints needs the same parameters. Such a conv is still a WNConv2d so the
+    spectral regulariser (which NVAE applies to every conv) and the fused cells,
+    which both read normalized_weight(), treat every conv alike."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True,
+                 weight_norm=True):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
-        with torch.no_grad():
-            init = torch.log(self.weight.flatten(1).norm(dim=1) + 1e-2)
-        self.log_weight_norm = nn.Parameter(init)
+        if weight_norm:
+            with torch.no_grad():
+                init = torch.log(self.weight.flatten(1).norm(dim=1) + 1e-2)
+            self.log_weight_norm = nn.Parameter(init)
+        else:
+            self.log_weight_norm = None
 
     def normalized_weight(self) -> torch.Tensor:
+        if self.log_weight_norm is None:
+            return self.weight
         norm = self.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         return torch.exp(self.log_weight_norm).view(-1, 1, 1, 1) * self.weight / (norm + 1e-5)
 
@@ -169,7 +181,7 @@ class UpsampleSkip(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv = WNConv2d(in_channels, out_channels, 1)
+        self.conv = WNConv2d(in_channels, out_channels, 1, bias=False)  # NVAE's has no bias
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
@@ -192,10 +204,12 @@ class GenerativeCell(FusableCell):
             raise ValueError("a generative cell changes width only when it upsamples")
         self.ops = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest") if upsample else nn.Identity(),
-            batch_norm(in_channels), WNConv2d(in_channels, hidden, 1, bias=False),
+            # NVAE's inverted residual: its three convs are plain (no weight norm, no bias).
+            batch_norm(in_channels), WNConv2d(in_channels, hidden, 1, bias=False, weight_norm=False),
             batch_norm(hidden), nn.SiLU(),
-            WNConv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden),
-            batch_norm(hidden), nn.SiLU(), WNConv2d(hidden, out_channels, 1, bias=False),
+            WNConv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False,
+                     weight_norm=False),
+            batch_norm(hidden), nn.SiLU(), WNConv2d(hidden, out_channels, 1, bias=False, weight_norm=False),
             batch_norm(out_channels))
         self.se = SqueezeExcitation(out_channels)
 

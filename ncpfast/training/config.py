@@ -160,7 +160,7 @@ PRESETS = {
                      epochs=90, batch_size=16, spectral_reg=1e-1, eval_iw_samples=1000, eval_chunk=20),
     "celebahq256": dict(dataset="celebahq256", in_channels=3, image_size=256, output="logistic_mixture",
                         channels=30, num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
-                        num_postprocess_cells=2, num_latent_scales=5, num_groups_per_scale=20,
+                        num_postprocess_cells=2, num_latent_scales=5, num_groups_per_scale=16,
                         min_groups_per_scale=4, latent_channels=20, num_cells_per_group_enc=2,
                         num_cells_per_group_dec=2, epochs=300, batch_size=4, lr=8e-3, spectral_reg=1e-2,
                         eval_iw_samples=1000, eval_chunk=4),

@@ -26,14 +26,22 @@ class GroupOutput:
     prior: Normal
     posterior: Normal
     context: Optional[torch.Tensor]
+    # With NVAE's flow cells: the Normal sample before the flows (z is the flows'
+    # output, what the decoder and the prior see). The flows are volume-preserving
+    # shifts, so log q(z) = posterior.log_prob(z0); q(z) is no longer a Normal and
+    # the KL is the single-sample estimate log q(z) - log p(z), as NVAE trains it.
+    z0: Optional[torch.Tensor] = None
 
     def kl(self) -> torch.Tensor:
-        """Analytic KL(q || p) per image, [B]."""
+        """KL(q || p) per image, [B]: analytic, or with flows the one-sample estimate."""
+        if self.z0 is not None:
+            return self.log_q_minus_log_p()
         return self.posterior.kl(self.prior).flatten(1).sum(1)
 
     def log_q_minus_log_p(self) -> torch.Tensor:
         """log q(z) - log p(z) at the sample, per image (for importance weights)."""
-        return (self.posterior.log_prob(self.z) - self.prior.log_prob(self.z)).flatten(1).sum(1)
+        log_q = self.posterior.log_prob(self.z if self.z0 is None else self.z0)
+        return (log_q - self.prior.log_prob(self.z)).flatten(1).sum(1)
 
 
 # intercept(k, z_k, context, prior) -> z_k: lets a caller replace each group's

@@ -12,6 +12,9 @@ from ..nn.cells import DecoderCombiner, EncoderCell, EncoderCombiner, Generative
 from ..nn.distributions import DiscretizedLogisticMixture, Normal, bernoulli_log_prob, standard_normal_like
 from ..nn.fused_cells import encoder_input_layout
 from .base import GroupOutput, LatentVAE, crop_border
+from .nvae_flows import PairedFlow
+
+MAX_NUM_NF = 2  # the most flow cells per group NVAE's published models use (CelebA-HQ-256, FFHQ)
 
 
 @dataclass
@@ -33,6 +36,7 @@ class NVAEConfig:
     num_cells_per_group_enc: int = 2
     num_cells_per_group_dec: int = 2
     crop_border: int = 2  # MNIST: padded to 32, likelihood on the central 28x28
+    num_nf: int = 0  # NVAE's paired flow cells per group on the posterior (nvae_flows)
 
     @classmethod
     def from_train_config(cls, config) -> "NVAEConfig":
@@ -59,6 +63,8 @@ class HierarchicalVAE(LatentVAE):
                 or min(c.num_preprocess_cells, c.num_postprocess_cells) < 1):
             raise ValueError("num_postprocess_blocks must equal num_preprocess_blocks (each undoes one "
                              "halving of the resolution), with at least one cell per block")
+        if not 0 <= c.num_nf <= MAX_NUM_NF:
+            raise ValueError(f"num_nf must be 0 to {MAX_NUM_NF} (flow cells per latent group), got {c.num_nf}")
         if c.output not in ("bernoulli", "logistic_mixture"):
             raise ValueError(f"output must be bernoulli or logistic_mixture, got {c.output!r}")
         self.likelihood = "binary" if c.output == "bernoulli" else "8bit"
@@ -110,6 +116,9 @@ class HierarchicalVAE(LatentVAE):
             self.decoder_combiners.append(DecoderCombiner(w, L))
             if k + 1 < len(self.group_scales) and self.group_scales[k + 1] != s:
                 self.decoder_up[str(k)] = GenerativeCell(w, w // 2, upsample=True)
+
+        # Posterior flows, num_nf per group in decoder order (group k: flows[k * num_nf: (k + 1) * num_nf]).
+        self.flows = nn.ModuleList(PairedFlow(L) for _ in range(len(self.group_scales) * c.num_nf))
 
         # Post-process blocks mirror the pre-process ones: each starts with an up cell.
         post, w = [], self.scale_widths[0]
@@ -180,8 +189,11 @@ class HierarchicalVAE(LatentVAE):
             else:  # residual parameterisation relative to the prior's (pre-clamp) parameters
                 mu_p, log_sigma_p = self.prior_heads[k](state).chunk(2, dim=1)
                 posterior = Normal(mu_p + d_mu, log_sigma_p + d_log_sigma)
-            z = posterior.sample()
-            groups.append(GroupOutput(z=z, prior=prior, posterior=posterior, context=state if k else None))
+            z = z0 = posterior.sample()
+            for flow in self.flows[k * self.config.num_nf:(k + 1) * self.config.num_nf]:
+                z = flow(z)
+            groups.append(GroupOutput(z=z, prior=prior, posterior=posterior, context=state if k else None,
+                                      z0=z0 if self.config.num_nf else None))
             state = self._advance(k, state, z) if (decode or k + 1 < len(self.group_scales)) else state
         return (self._decode_tail(state) if decode else None), groups
 

@@ -68,6 +68,7 @@ class TrainConfig:
     latent_channels: int = _f(20, "NVAE: channels of each latent group", MODEL)
     num_cells_per_group_enc: int = _f(2, "NVAE: encoder cells per group", MODEL)
     num_cells_per_group_dec: int = _f(2, "NVAE: decoder cells per group", MODEL)
+    num_nf: int = _f(0, "NVAE: paired normalizing-flow cells per latent group on the posterior (0-2)", MODEL)
     latent_dim: int = _f(50, "mlp/conv: latent dimension", MODEL)
     hidden_units: int = _f(300, "mlp: hidden units per layer", MODEL)
     epochs: int = _f(400, "training epochs", STAGE1)
@@ -151,18 +152,18 @@ PRESETS = {
     "cifar10": dict(dataset="cifar10", in_channels=3, image_size=32, output="logistic_mixture", channels=128,
                     num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
                     num_postprocess_cells=2, num_latent_scales=1, num_groups_per_scale=30,
-                    latent_channels=20, num_cells_per_group_enc=2, num_cells_per_group_dec=2,
+                    latent_channels=20, num_cells_per_group_enc=2, num_cells_per_group_dec=2, num_nf=1,
                     epochs=400, batch_size=32, spectral_reg=1e-2, eval_iw_samples=1000, eval_chunk=50),
     "celeba64": dict(dataset="celeba64", in_channels=3, image_size=64, output="logistic_mixture", channels=64,
                      num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
                      num_postprocess_cells=2, num_latent_scales=3, num_groups_per_scale=20,
-                     latent_channels=20, num_cells_per_group_enc=2, num_cells_per_group_dec=2,
+                     latent_channels=20, num_cells_per_group_enc=2, num_cells_per_group_dec=2, num_nf=1,
                      epochs=90, batch_size=16, spectral_reg=1e-1, eval_iw_samples=1000, eval_chunk=20),
     "celebahq256": dict(dataset="celebahq256", in_channels=3, image_size=256, output="logistic_mixture",
                         channels=30, num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
                         num_postprocess_cells=2, num_latent_scales=5, num_groups_per_scale=16,
                         min_groups_per_scale=4, latent_channels=20, num_cells_per_group_enc=2,
-                        num_cells_per_group_dec=2, epochs=300, batch_size=4, lr=8e-3, spectral_reg=1e-2,
+                        num_cells_per_group_dec=2, num_nf=2, epochs=300, batch_size=4, lr=8e-3, spectral_reg=1e-2,
                         eval_iw_samples=1000, eval_chunk=4),
     # Single latent group, the LARS/SNIS MNIST setting: Gaussian prior, latent dim 50.
     "mnist-single": dict(dataset="mnist-embedded", model="mlp", latent_dim=50, hidden_units=300, epochs=100,

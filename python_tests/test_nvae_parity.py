@@ -8,6 +8,9 @@ arch_instance res_mbconv; `--num_nf` 0, 1, 1, 2) and summing `p.numel()` over
 151,371,764 (celeba64) and 326,870,344 (celebahq256). The flow cells' outputs were
 checked against NVAE's PairedCellAR (same weights, float64: max difference 6e-14).
 """
+import argparse
+import os
+
 import pytest
 import torch
 
@@ -95,3 +98,44 @@ def test_flows_act_on_the_posterior_only():
         expected = (g.posterior.log_prob(g.z0) - g.prior.log_prob(g.z)).flatten(1).sum(1)
         assert torch.allclose(g.kl(), expected) and torch.allclose(g.log_q_minus_log_p(), expected)
     assert model.sample_decoder_output(2).shape == (2, 1, 16, 16)
+
+
+# --- NVAE's own outputs (python_tests/fixtures, made by scripts/make_nvae_fixture.py) ----------------
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def load_fixture(name):
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(os.path.join(FIXTURES, name), weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["nvae_mnist_nf1.pt", "nvae_cifar10_nf1.pt"])
+def test_imported_model_computes_what_nvae_computes(name, tmp_path, monkeypatch):
+    from ncpfast.import_nvae import import_checkpoint
+    from ncpfast.nn import distributions
+    from ncpfast.trained_run import load_run
+
+    fixture = load_fixture(name)
+    path = tmp_path / "checkpoint.pt"
+    torch.save(fixture["checkpoint"], path)
+    import_checkpoint(str(path), str(tmp_path / "run"))
+    _, model = load_run(str(tmp_path / "run"), torch.device("cpu"))
+    model = model.double()
+    ref = fixture["outputs"]
+    noise = iter(ref["noise"])  # NVAE's posterior samples used this noise, group by group
+    monkeypatch.setattr(distributions.Normal, "sample", lambda self, generator=None: self.mu + self.sigma * next(noise))
+    with torch.no_grad():
+        output, groups = model(ref["x"])
+        recon = model.reconstruction_log_prob(output, ref["x"])
+    tight = dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(output, ref["logits"], **tight)
+    for k, g in enumerate(groups):
+        torch.testing.assert_close(g.posterior.mu, ref["q_mu"][k], **tight)
+        torch.testing.assert_close(g.posterior.sigma, ref["q_sigma"][k], **tight)
+        torch.testing.assert_close(g.prior.mu.expand_as(g.z), ref["p_mu"][k], **tight)
+        torch.testing.assert_close(g.prior.sigma.expand_as(g.z), ref["p_sigma"][k], **tight)
+    kl = torch.stack([g.kl() for g in groups], 1)
+    torch.testing.assert_close(kl, ref["kl_all"], **tight)
+    torch.testing.assert_close(recon, ref["recon_log_prob"], **tight)
+    torch.testing.assert_close(-recon + kl.sum(1), ref["nelbo"], **tight)

@@ -94,7 +94,9 @@ class DiscretizedLogisticMixture:
         log_pdf_mid = mid_in - self.log_scales - 2.0 * F.softplus(mid_in)
         log_mid = torch.where(cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-12)),
                               log_pdf_mid - math.log(127.5))
-        log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_mid))
+        # The top bin starts above 0.99 as in NVAE (whose numbers the imported checkpoints reproduce):
+        # there grey level 254 (0.992) is scored as "254 or above" too, not only 255.
+        log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.99, log_one_minus_cdf_min, log_mid))
         log_mix = log_probs.sum(dim=1) + F.log_softmax(self.logit_probs, dim=1)
         return torch.logsumexp(log_mix, dim=1).flatten(1).sum(1)
 

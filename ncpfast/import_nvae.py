@@ -11,9 +11,8 @@ import argparse
 import dataclasses
 import json
 import os
-import pickle
 import sys
-import zipfile
+from typing import Optional
 
 import torch
 
@@ -39,7 +38,8 @@ def read_nvae_checkpoint(path: str) -> tuple[argparse.Namespace, dict]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:  # noqa: BLE001  foreign or truncated bytes fail in torch.load in many ways
+        # (UnpicklingError, RuntimeError, EOFError, KeyError, BadZipFile...): all mean "not a readable checkpoint".
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable NVAE checkpoint (expected a torch.save file holding a dict "
                          f"with 'args' and 'state_dict'; a truncated or foreign file?): {first_line}") from None
@@ -52,17 +52,21 @@ def read_nvae_checkpoint(path: str) -> tuple[argparse.Namespace, dict]:
     return args, state["state_dict"]
 
 
-def import_checkpoint(path: str, out: str) -> TrainConfig:
-    """Writes the run directory `out` for the NVAE checkpoint at `path`; returns its config."""
+def import_checkpoint(path: str, out: str, dataset: Optional[str] = None,
+                      data_dir: Optional[str] = None) -> TrainConfig:
+    """Writes the run directory `out` for the NVAE checkpoint at `path`; returns its config.
+    dataset/data_dir: where stage 2 and the evaluation read the images (default: the
+    data set NVAE trained on, its files to be named with --data-dir later)."""
     args, nvae_state = read_nvae_checkpoint(path)
-    model_config, dataset = nvae_model_config(args)
+    model_config, trained_on = nvae_model_config(args)
     model = HierarchicalVAE(model_config)
     state = convert_state_dict(nvae_state, model)
     model.load_state_dict(state)  # strict: the map covers every key
-    preset = PRESET_OF_DATASET[dataset]
+    preset = PRESET_OF_DATASET[trained_on]
     overrides = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)
                  if f.name in {g.name for g in dataclasses.fields(TrainConfig)}}
-    config = resolve_config(preset, {**overrides, "dataset": dataset, "model": "nvae"})
+    config = resolve_config(preset, {**overrides, "dataset": dataset or trained_on,
+                                     "model": "nvae", "data_dir": data_dir})
     config = dataclasses.replace(config, run_dir=out)
     run = RunDir(out)
     if run.is_run_dir():
@@ -77,7 +81,8 @@ def import_checkpoint(path: str, out: str) -> TrainConfig:
                 f"(epoch {getattr(args, 'epoch', 'unknown')} of NVAE's training; its args:)\n")
         for key, value in sorted(vars(args).items()):
             f.write(f"  {key} = {value!r}\n")
-        f.write(f"ncpfast preset {preset!r} (training and evaluation settings), data set {dataset!r}.\n")
+        f.write(f"ncpfast preset {preset!r} (training and evaluation settings); NVAE trained on {trained_on!r}, "
+                f"the run reads {config.dataset!r}.\n")
     return config
 
 
@@ -86,11 +91,14 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="an NVAE checkpoint (checkpoint.pt of NVlabs/NVAE's train.py)")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write (new)")
+    parser.add_argument("--dataset", metavar="NAME", help="the data set stage 2 and the evaluation read (default: "
+                        "the one NVAE trained on: mnist, cifar10, celeba64, celebahq256 or ffhq256)")
+    parser.add_argument("--data-dir", metavar="DIR", help="directory of that data set's files")
     args = parser.parse_args(argv)
     from .cli.common import USER_ERRORS
 
     try:
-        config = import_checkpoint(args.checkpoint, args.out)
+        config = import_checkpoint(args.checkpoint, args.out, args.dataset, args.data_dir)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

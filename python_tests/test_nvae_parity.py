@@ -139,3 +139,28 @@ def test_imported_model_computes_what_nvae_computes(name, tmp_path, monkeypatch)
     torch.testing.assert_close(kl, ref["kl_all"], **tight)
     torch.testing.assert_close(recon, ref["recon_log_prob"], **tight)
     torch.testing.assert_close(-recon + kl.sum(1), ref["nelbo"], **tight)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_fused_cells_agree_with_eager_on_an_imported_nvae(tmp_path, train_mode):
+    """The residual cells of the NVAE-equal model (plain inverted-residual convs) run
+    through the fused kernels as through eager torch; the flow cells are eager either way."""
+    from ncpfast.import_nvae import import_checkpoint
+    from ncpfast.nn.cells import set_cell_kernels
+    from ncpfast.trained_run import load_run
+
+    fixture = load_fixture("nvae_cifar10_nf1.pt")
+    torch.save(fixture["checkpoint"], tmp_path / "checkpoint.pt")
+    import_checkpoint(str(tmp_path / "checkpoint.pt"), str(tmp_path / "run"))
+    _, model = load_run(str(tmp_path / "run"), torch.device("cpu"))
+    model.train(train_mode)
+    x = fixture["outputs"]["x"].float().repeat(2, 1, 1, 1)
+    outputs = []
+    for kernels in ("torch", "fused"):
+        set_cell_kernels(model, kernels)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            output, groups = model(x)
+        outputs.append((output, torch.stack([g.kl() for g in groups], 1)))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-4, atol=1e-3)

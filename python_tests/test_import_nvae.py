@@ -98,7 +98,7 @@ def test_code_in_the_checkpoint_is_refused(tmp_path, capsys):
     (dict(arch_instance="res_elu"), "arch_instance 'res_elu' is not supported; ncpfast has NVAE's 'res_mbconv'"),
     (dict(num_nf=3), "num_nf must be 0 to 2"),
     (dict(dataset="lsun_church_64"), "dataset 'lsun_church_64' is not supported"),
-    (dict(num_x_bits=5), "num_x_bits 5 is not supported"),
+    (dict(num_x_bits=5), "num_x_bits must be 1 to 8 (and 8 for a Bernoulli output), got 5"),
 ])
 def test_unsupported_architectures(tmp_path, capsys, change, message):
     checkpoint = nvae_checkpoint()

@@ -110,7 +110,7 @@ def load_fixture(name):
         return torch.load(os.path.join(FIXTURES, name), weights_only=True)
 
 
-@pytest.mark.parametrize("name", ["nvae_mnist_nf1.pt", "nvae_cifar10_nf1.pt"])
+@pytest.mark.parametrize("name", ["nvae_mnist_nf1.pt", "nvae_cifar10_nf1.pt", "nvae_cifar10_5bit_nf1.pt"])
 def test_imported_model_computes_what_nvae_computes(name, tmp_path, monkeypatch):
     from ncpfast.import_nvae import import_checkpoint
     from ncpfast.nn import distributions

@@ -61,9 +61,9 @@ def randomise(net, generator):
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
 
 
-def make(nvae_path, dataset, out_path, seed):
+def make(nvae_path, dataset, out_path, seed, **changes):
     model_module, distributions, utils = import_nvae(nvae_path)
-    args = argparse.Namespace(dataset=dataset, **SMALL_ARGS)
+    args = argparse.Namespace(dataset=dataset, **{**SMALL_ARGS, **changes})
     arch = utils.get_arch_cells(args.arch_instance)
     generator = torch.Generator().manual_seed(seed)
     net = model_module.AutoEncoder(args, None, arch)
@@ -103,9 +103,12 @@ def make(nvae_path, dataset, out_path, seed):
     model_module.Normal.sample = pinned_sample
     try:
         with torch.no_grad():
-            logits, log_q, log_p, kl_all, kl_diag = net(x)
+            # NVAE's train.py quantises the 8-bit images to num_x_bits before the model sees them;
+            # the fixture stores the 8-bit x (what ncpfast's data pipeline hands the model).
+            x_model = utils.pre_process(x.clone(), args.num_x_bits)
+            logits, log_q, log_p, kl_all, kl_diag = net(x_model)
             decoder = net.decoder_output(logits)
-            recon = -utils.reconstruction_loss(decoder, x, crop=net.crop_output)
+            recon = -utils.reconstruction_loss(decoder, x_model, crop=net.crop_output)
     finally:
         distributions.Normal.sample = original_sample
         model_module.Normal = original_normal
@@ -121,7 +124,8 @@ def make(nvae_path, dataset, out_path, seed):
                "nelbo": -recon + torch.stack(kl_all, 1).sum(1),
                "q_mu": [q.mu for q in posteriors], "q_sigma": [q.sigma for q in posteriors],
                "p_mu": [p.mu for p in priors], "p_sigma": [p.sigma for p in priors]}
-    torch.save({"checkpoint": checkpoint, "outputs": outputs}, out_path)
+    # The legacy (non-zip) format: no per-tensor zip records, a third smaller for these many small tensors.
+    torch.save({"checkpoint": checkpoint, "outputs": outputs}, out_path, _use_new_zipfile_serialization=False)
     print(f"wrote {out_path} ({os.path.getsize(out_path)} bytes)")
 
 
@@ -134,6 +138,9 @@ def main():
     torch.manual_seed(0)
     make(args.nvae_path, "mnist", os.path.join(args.out, "nvae_mnist_nf1.pt"), seed=1)
     make(args.nvae_path, "cifar10", os.path.join(args.out, "nvae_cifar10_nf1.pt"), seed=2)
+    # 5-bit images, as NVAE's CelebA-HQ-256 and FFHQ models read them (at 32x32 to stay small).
+    make(args.nvae_path, "cifar10", os.path.join(args.out, "nvae_cifar10_5bit_nf1.pt"), seed=3, num_x_bits=5,
+         num_mixture_dec=2)
 
 
 if __name__ == "__main__":

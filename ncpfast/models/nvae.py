@@ -37,6 +37,7 @@ class NVAEConfig:
     num_cells_per_group_dec: int = 2
     crop_border: int = 2  # MNIST: padded to 32, likelihood on the central 28x28
     num_nf: int = 0  # NVAE's paired flow cells per group on the posterior (nvae_flows)
+    num_x_bits: int = 8  # NVAE's --num_x_bits: images quantised to this many bits (5 for its 256x256 models)
 
     @classmethod
     def from_train_config(cls, config) -> "NVAEConfig":
@@ -65,6 +66,8 @@ class HierarchicalVAE(LatentVAE):
                              "halving of the resolution), with at least one cell per block")
         if not 0 <= c.num_nf <= MAX_NUM_NF:
             raise ValueError(f"num_nf must be 0 to {MAX_NUM_NF} (flow cells per latent group), got {c.num_nf}")
+        if not 1 <= c.num_x_bits <= 8 or (c.num_x_bits != 8 and c.output != "logistic_mixture"):
+            raise ValueError(f"num_x_bits must be 1 to 8 (and 8 for a Bernoulli output), got {c.num_x_bits}")
         if c.output not in ("bernoulli", "logistic_mixture"):
             raise ValueError(f"output must be bernoulli or logistic_mixture, got {c.output!r}")
         self.likelihood = "binary" if c.output == "bernoulli" else "8bit"
@@ -176,7 +179,7 @@ class HierarchicalVAE(LatentVAE):
         return up(state) if up is not None else state
 
     def forward(self, x: torch.Tensor, decode: bool = True):
-        features = self._encode(x)
+        features = self._encode(self._quantise(x))
         state = self.decoder_input.expand(x.shape[0], -1, -1, -1)
         groups = []
         for k in range(len(self.group_scales)):
@@ -216,12 +219,21 @@ class HierarchicalVAE(LatentVAE):
     def reconstruction_log_prob(self, decoder_output, x):
         if self.likelihood == "binary":
             return bernoulli_log_prob(self._crop(decoder_output), self._crop(x))
-        return DiscretizedLogisticMixture(decoder_output, self.config.num_mix).log_prob(x)
+        return DiscretizedLogisticMixture(decoder_output, self.config.num_mix, self.config.num_x_bits).log_prob(
+            self._quantise(x))
+
+    def _quantise(self, x: torch.Tensor) -> torch.Tensor:
+        """8-bit images in [0, 1] at num_x_bits bits, as NVAE reads them (same arithmetic, so
+        the same levels); the encoder and the likelihood both see the quantised image."""
+        bits = self.config.num_x_bits
+        if bits == 8:
+            return x
+        return torch.floor(x * 255 / 2 ** (8 - bits)) / (2**bits - 1)
 
     def mean_image(self, decoder_output):
         if self.likelihood == "binary":
             return torch.sigmoid(decoder_output)
-        return DiscretizedLogisticMixture(decoder_output, self.config.num_mix).mean()
+        return DiscretizedLogisticMixture(decoder_output, self.config.num_mix, self.config.num_x_bits).mean()
 
     def num_data_dims(self):
         c = self.config

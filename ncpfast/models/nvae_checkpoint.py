@@ -40,8 +40,6 @@ def nvae_model_config(args) -> tuple[NVAEConfig, str]:
     for flag in ("use_se", "res_dist"):
         if not values.get(flag, False):
             raise ValueError(f"{flag} is off in this checkpoint; ncpfast has NVAE's model with --use_se --res_dist")
-    if values.get("num_x_bits", 8) != 8:
-        raise ValueError(f"num_x_bits {values['num_x_bits']} is not supported; ncpfast models 8-bit images")
     if values["num_channels_enc"] != values["num_channels_dec"]:
         raise ValueError("num_channels_enc and num_channels_dec differ; ncpfast's model has one width (channels)")
     name, in_channels, image_size = NVAE_DATASETS[dataset]
@@ -57,6 +55,7 @@ def nvae_model_config(args) -> tuple[NVAEConfig, str]:
             min_groups_per_scale=values["min_groups_per_scale"], latent_channels=values["num_latent_per_group"],
             num_cells_per_group_enc=values["num_cell_per_cond_enc"],
             num_cells_per_group_dec=values["num_cell_per_cond_dec"], num_nf=values.get("num_nf", 0),
+            num_x_bits=values.get("num_x_bits", 8),
             crop_border=2 if in_channels == 1 else 0)
     except KeyError as missing:
         raise ValueError(f"the checkpoint's args lack {missing}, an argument of NVAE's train.py") from None

@@ -65,9 +65,10 @@ class DiscretizedLogisticMixture:
     [3 channels x (mean, log_scale, coeff) x num_mix].
     """
 
-    def __init__(self, params: torch.Tensor, num_mix: int):
+    def __init__(self, params: torch.Tensor, num_mix: int, num_bits: int = 8):
         B, _, H, W = params.shape
         self.num_mix = num_mix
+        self.max_level = 2.0**num_bits - 1  # images of num_bits bits: levels 0..max_level on [-1, 1]
         self.logit_probs = params[:, :num_mix]
         rest = params[:, num_mix:].view(B, 3, 3, num_mix, H, W)
         self.means = rest[:, :, 0]
@@ -85,15 +86,15 @@ class DiscretizedLogisticMixture:
         x = (2.0 * x01 - 1.0).unsqueeze(2)  # [B, 3, 1, H, W]
         centered = x - self._channel_means(x[:, :, 0])
         inv_scale = torch.exp(-self.log_scales)
-        plus_in = inv_scale * (centered + 1.0 / 255.0)
-        min_in = inv_scale * (centered - 1.0 / 255.0)
+        plus_in = inv_scale * (centered + 1.0 / self.max_level)
+        min_in = inv_scale * (centered - 1.0 / self.max_level)
         cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
         log_cdf_plus = plus_in - F.softplus(plus_in)  # the bin at 0: everything below
         log_one_minus_cdf_min = -F.softplus(min_in)  # the bin at 255: everything above
         mid_in = inv_scale * centered
         log_pdf_mid = mid_in - self.log_scales - 2.0 * F.softplus(mid_in)
         log_mid = torch.where(cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-12)),
-                              log_pdf_mid - math.log(127.5))
+                              log_pdf_mid - math.log(self.max_level / 2))
         # The top bin starts above 0.99 as in NVAE (whose numbers the imported checkpoints reproduce):
         # there grey level 254 (0.992) is scored as "254 or above" too, not only 255.
         log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.99, log_one_minus_cdf_min, log_mid))

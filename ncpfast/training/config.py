@@ -69,6 +69,8 @@ class TrainConfig:
     num_cells_per_group_enc: int = _f(2, "NVAE: encoder cells per group", MODEL)
     num_cells_per_group_dec: int = _f(2, "NVAE: decoder cells per group", MODEL)
     num_nf: int = _f(0, "NVAE: paired normalizing-flow cells per latent group on the posterior (0-2)", MODEL)
+    num_x_bits: int = _f(8, "NVAE: bits per colour channel the model reads and scores (its 256x256 models: 5)",
+                         MODEL)
     latent_dim: int = _f(50, "mlp/conv: latent dimension", MODEL)
     hidden_units: int = _f(300, "mlp: hidden units per layer", MODEL)
     epochs: int = _f(400, "training epochs", STAGE1)
@@ -163,7 +165,8 @@ PRESETS = {
                         channels=30, num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
                         num_postprocess_cells=2, num_latent_scales=5, num_groups_per_scale=16,
                         min_groups_per_scale=4, latent_channels=20, num_cells_per_group_enc=2,
-                        num_cells_per_group_dec=2, num_nf=2, epochs=300, batch_size=4, lr=8e-3, spectral_reg=1e-2,
+                        num_cells_per_group_dec=2, num_nf=2, num_x_bits=5, epochs=300, batch_size=4, lr=8e-3,
+                        spectral_reg=1e-2,
                         eval_iw_samples=1000, eval_chunk=4),
     # Single latent group, the LARS/SNIS MNIST setting: Gaussian prior, latent dim 50.
     "mnist-single": dict(dataset="mnist-embedded", model="mlp", latent_dim=50, hidden_units=300, epochs=100,

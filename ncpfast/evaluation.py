@@ -147,10 +147,14 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
     if ncp.base_kind != "gaussian":
         priors.append(_ComparedPrior(ncp.base_kind, ncp.base_log_likelihood, sampling_ncp.base_sample))
 
+    # The FD's feature network learns the data set's labels; without labels (CelebA)
+    # there is no FD (and no step-size tuning), only FID when its weights are given.
+    labelled = getattr(train, "labels", None) is not None and getattr(test, "labels", None) is not None
+    features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress) if labelled else None
     tuning = None
     if s.tune_step_size and sampler.method == "langevin":
-        tuning = tune_langevin_step_size(sampling_ncp, vae, train, test, config.ncp_batch_size, device, sampler, s,
-                                         progress, fd_cache_dir)
+        tuning = tune_langevin_step_size(sampling_ncp, vae, train, features, config.ncp_batch_size, device, sampler,
+                                         s)
         sampler = sampler.with_settings(step_size=tuning["step_size"])
     log_likelihoods = _paired_log_likelihoods(priors, vae, test, device, s, progress)
     real = test.batch(torch.arange(min(len(test), s.num_real or max(s.num_generated, 1000)))).to(device)
@@ -163,7 +167,7 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
         "log_z_estimate": {**log_z_estimate.as_dict(), "source": log_z_source},
         "generated_images": s.num_generated,
     }
-    metrics.update(_frechet_distances(generated, real, train, test, device, s, inception, progress, fd_cache_dir))
+    metrics.update(_frechet_distances(generated, real, features, s, inception))
     dims = vae.num_data_dims()
     log_z_variance = log_z_estimate.stderr ** 2
     for prior in priors:
@@ -196,20 +200,21 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
     return Evaluation(metrics, generated)
 
 
-def tune_langevin_step_size(ncp, vae, train, test, stage2_batch_size: int, device, sampler: SamplerConfig,
-                            s: EvaluationSettings, progress: bool = True, fd_cache_dir=None,
-                            candidates=STEP_SIZE_CANDIDATES, num_generated: int = STEP_SIZE_TUNING_IMAGES) -> dict:
+def tune_langevin_step_size(ncp, vae, train, features, stage2_batch_size: int, device, sampler: SamplerConfig,
+                            s: EvaluationSettings, candidates=STEP_SIZE_CANDIDATES,
+                            num_generated: int = STEP_SIZE_TUNING_IMAGES) -> dict:
     """The Langevin step size of STEP_SIZE_CANDIDATES whose samples (sampler's steps
     and mode, at the evaluation's temperature) have the smallest Frechet distance to
     held-out training images: those stage 2 held out from its classifiers
     (fitting.split_images, the last tenth), never the test images. A chain that
-    diverges (non-finite images) scores infinity. Returns the choice and the table."""
+    diverges (non-finite images) scores infinity. features: the data set's FD
+    feature network (frechet.feature_network; None without labels). Returns the
+    choice and the table."""
     if sampler.method != "langevin":
         raise ValueError(f"step-size tuning is for the langevin sampler, not {sampler.method!r}")
-    if getattr(train, "labels", None) is None:
+    if features is None:
         raise ValueError("step-size tuning scores samples by the Frechet distance on a classifier's features, "
                          "which needs a labelled data set; give --step-size a number")
-    features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress)
     _, held_out = split_images(len(train), 0.1, minimum=stage2_batch_size)
     real = train.batch(held_out).to(device)
     real = vae.in_data_frame(real, real.shape[-1])
@@ -218,9 +223,8 @@ def tune_langevin_step_size(ncp, vae, train, test, stage2_batch_size: int, devic
     for step_size in candidates:
         generator = random_stream(s.seed, "step_size_tuning", device)  # each candidate from the same noise
         chosen = sampler.with_settings(step_size=step_size)
-        images = torch.cat([ncp.sample(min(_GENERATION_BATCH, num_generated - i), chosen, temperature=s.temperature,
-                                       generator=generator)
-                            for i in range(0, num_generated, _GENERATION_BATCH)])
+        images = _draw_batched(lambda n, t, g, chosen=chosen: ncp.sample(n, chosen, temperature=t, generator=g),
+                               num_generated, s.temperature, generator)
         if not torch.isfinite(images).all():
             fds.append(math.inf)
             continue
@@ -250,6 +254,12 @@ def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationSettings, pr
     return {name: torch.cat(parts).cpu() for name, parts in values.items()}
 
 
+def _draw_batched(draw, n: int, temperature: float, generator) -> torch.Tensor:
+    """n images from draw(count, temperature, generator), _GENERATION_BATCH at a time."""
+    return torch.cat([draw(min(_GENERATION_BATCH, n - i), temperature, generator)
+                      for i in range(0, n, _GENERATION_BATCH)])
+
+
 def _generate(priors, vae, device, s: EvaluationSettings, size: int) -> tuple[dict, dict]:
     """({prior: num_generated images framed as the data set's, size x size}, {prior: seconds}),
     every prior drawing from the one sampling stream in turn."""
@@ -257,21 +267,17 @@ def _generate(priors, vae, device, s: EvaluationSettings, size: int) -> tuple[di
     images, seconds = {}, {}
     for prior in priors:
         start = time.perf_counter()
-        drawn = torch.cat([prior.draw(min(_GENERATION_BATCH, s.num_generated - i), s.temperature, generator)
-                           for i in range(0, s.num_generated, _GENERATION_BATCH)])
+        drawn = _draw_batched(prior.draw, s.num_generated, s.temperature, generator)
         seconds[prior.name] = time.perf_counter() - start
         images[prior.name] = vae.in_data_frame(drawn, size)
     return images, seconds
 
 
-def _frechet_distances(generated: dict, real: torch.Tensor, train, test, device, s: EvaluationSettings, inception,
-                       progress, fd_cache_dir) -> dict:
+def _frechet_distances(generated: dict, real: torch.Tensor, features, s: EvaluationSettings, inception) -> dict:
     """The Frechet distances' part of the metrics: {prior: {fd, fd_std_error[, fid]}}
-    and what they were measured with. The FD's feature network learns the data
-    set's labels; without labels (CelebA) there is no FD, only FID when its
-    weights are given."""
-    labelled = getattr(train, "labels", None) is not None and getattr(test, "labels", None) is not None
-    features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress) if labelled else None
+    and what they were measured with; no FD without a feature network (features
+    None: a data set without labels)."""
+    labelled = features is not None
     out = {"fd_name": FD_NAME, "fd_feature_net": features.describe() if labelled else None,
            "real_images": real.shape[0]}
     real_features = extract_features(features.net.features, real) if labelled else None

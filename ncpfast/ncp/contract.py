@@ -45,8 +45,7 @@ class SamplerConfig:
     max_proposal_bytes: Optional[int] = None
 
     def __post_init__(self):
-        check_sampling_arguments(self.method, 1, self.num_proposals, self.steps, self.step_size,
-                                 self.max_proposal_bytes)
+        check_sampling_arguments(self.method, self.num_proposals, self.steps, self.step_size, self.max_proposal_bytes)
         check_sampling_mode(self.mode)
 
     def with_settings(self, **settings) -> "SamplerConfig":

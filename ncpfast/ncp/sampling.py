@@ -12,12 +12,11 @@ from .classifiers import GroupClassifier
 SAMPLING_METHODS = ("sir", "langevin", "base")
 
 
-def check_sampling_arguments(method: str, num_samples: int, num_proposals: int, steps: int, step_size: float,
+def check_sampling_arguments(method: str, num_proposals: int, steps: int, step_size: float,
                              max_proposal_bytes: Optional[int] = None):
+    """A sampler's knobs (the sample count is contract.check_samples')."""
     if method not in SAMPLING_METHODS:
         raise ValueError(f"sampling method must be one of {SAMPLING_METHODS}, got {method!r}")
-    if num_samples < 1:
-        raise ValueError(f"number of samples must be >= 1, got {num_samples}")
     if method == "sir" and num_proposals < 1:
         raise ValueError(f"num_proposals must be >= 1, got {num_proposals}")
     if method == "langevin" and (steps < 0 or not step_size > 0):

@@ -35,7 +35,7 @@ def _toolkit_root_from_nvcc():
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
         try:
-            with open(nvcc, "r", errors="ignore") as f:
+            with open(nvcc, errors="ignore") as f:
                 for word in f.read(4096).split():
                     if word.endswith("/bin/nvcc") and os.path.isfile(word):
                         candidates.append(os.path.dirname(os.path.dirname(word)))

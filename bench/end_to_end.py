@@ -38,9 +38,9 @@ import traceback
 import torch
 
 from measure import device_name, interleaved_seconds, peak_memory_bytes, summarize, synchronize
+from ncpfast.config import PRESETS, resolve_config
 from ncpfast.models import build_model
 from ncpfast.ncp import GroupedNCP
-from ncpfast.training.config import PRESETS, TrainConfig
 from ncpfast.training.memory import saved_activation_bytes
 
 SECTIONS = ("training_step", "stage2_training", "sampler")
@@ -56,19 +56,19 @@ def _settings(args, device):
         return dict(preset=preset, batch=2, rounds=1, calls=1, long_rounds=1, stage2_batch=2, stage2_steps=1,
                     sampler_images=1, proposals=args.proposals or [4], amp=[None])
     rounds = args.rounds or 5
-    return dict(preset=preset, batch=PRESETS[preset]["batch_size"] if cuda else 32, rounds=rounds,
+    return dict(preset=preset, batch=resolve_config(preset).stage1.batch_size if cuda else 32, rounds=rounds,
                 calls=5 if cuda else 2, long_rounds=max(2, rounds // 2), stage2_batch=64,
                 stage2_steps=20 if cuda else 4, sampler_images=100 if cuda else 10,
                 proposals=args.proposals or [500, 5000], amp=[torch.bfloat16, None] if cuda else [None])
 
 
 def _config(preset, kernels):
-    return TrainConfig(**{**PRESETS[preset], "kernels": kernels})
+    return resolve_config(preset, {"model.kernels": kernels})
 
 
 def _binary_images(n, config, device, seed):
     g = torch.Generator().manual_seed(seed)
-    size = (n, config.in_channels, config.image_size, config.image_size)
+    size = (n, config.model.in_channels, config.model.image_size, config.model.image_size)
     return (torch.rand(size, generator=g) > 0.5).float().to(device)
 
 
@@ -89,7 +89,7 @@ def _training_step_fn(preset, kernels, amp, batch, device):
     and takes an Adamax step."""
     config = _config(preset, kernels)
     torch.manual_seed(0)
-    model = build_model(config).to(device).train()
+    model = build_model(config.model).to(device).train()
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     x = _binary_images(batch, config, device, seed=1)
 
@@ -152,8 +152,8 @@ def stage2_training(s, device):
     for kernels in ("fused", "torch"):
         config = _config(s["preset"], kernels)
         torch.manual_seed(0)
-        vae = build_model(config).to(device).eval()
-        ncp = GroupedNCP(vae, hidden=config.ncp_hidden, cells=config.ncp_cells).to(device)
+        vae = build_model(config.model).to(device).eval()
+        ncp = GroupedNCP(vae, hidden=config.stage2.hidden, cells=config.stage2.cells).to(device)
         images = _binary_images(n_train + n_val, config, device, seed=2)
 
         def read(indices, images=images):
@@ -161,7 +161,7 @@ def stage2_training(s, device):
 
         def fit(ncp=ncp, read=read, config=config):
             ncp.fit(read, n_train, lambda idx: read(idx + n_train), n_val, epochs=1, batch_size=batch,
-                    lr=config.ncp_lr, generator=torch.Generator().manual_seed(0), progress=False)
+                    lr=config.stage2.lr, generator=torch.Generator().manual_seed(0), progress=False)
 
         fits[kernels] = fit
     times = interleaved_seconds(fits, device, rounds=s["long_rounds"], calls=1, warmup=1)
@@ -176,8 +176,8 @@ def stage2_training(s, device):
 def sampler(s, device, write):
     config = _config(s["preset"], "auto")
     torch.manual_seed(0)
-    vae = build_model(config).to(device).eval()
-    ncp = GroupedNCP(vae, hidden=config.ncp_hidden, cells=config.ncp_cells).to(device).eval()
+    vae = build_model(config.model).to(device).eval()
+    ncp = GroupedNCP(vae, hidden=config.stage2.hidden, cells=config.stage2.cells).to(device).eval()
     n = s["sampler_images"]
     paths = {"fused": "auto", "reference": "torch"}
     result = {"preset": s["preset"], "images_per_call": n, "groups": ncp.num_groups, "settings": {}}

@@ -30,7 +30,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config, vae = load_run(args.run_dir, device)
     ncp = load_ncp(args.run_dir, vae)
-    train, test = load_dataset(config.dataset, config.data_dir)
+    train, test = load_dataset(config.data.dataset, config.data.data_dir)
     features = feature_network(train, test, device, progress=False)
     real = extract_features(features.net.features, test.batch(torch.arange(min(len(test), 1000))).to(device))
     settings = [("base", {})] + [

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from measure import peak_memory_bytes, timed
 from ncpfast import ops
+from ncpfast.config import resolve_config
 from ncpfast.models import build_model
 from ncpfast.nn.cells import EncoderCell, GenerativeCell, set_cell_kernels
 from ncpfast.ops import reference
-from ncpfast.training.config import PRESETS, TrainConfig
 from ncpfast.training.memory import saved_activation_bytes
 
 IMPLS = ["fused", "torch", "torch.compile"]
@@ -160,12 +160,13 @@ def test_cell(benchmark, device, impl, mode, block):
 @pytest.mark.parametrize("impl", ["fused", "torch"])
 @pytest.mark.parametrize("preset", ["tiny", "mnist"])
 def test_training_step(benchmark, device, impl, preset):
-    config = TrainConfig(**{**PRESETS[preset], "kernels": impl})
-    batch = 32 if preset == "mnist" and device.type == "cpu" else config.batch_size
+    config = resolve_config(preset, {"model.kernels": impl})
+    batch = 32 if preset == "mnist" and device.type == "cpu" else config.stage1.batch_size
     torch.manual_seed(0)
-    model = build_model(config).to(device).train()
+    model = build_model(config.model).to(device).train()
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
-    x = (torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device) > 0.5).float()
+    size = config.model.image_size
+    x = (torch.rand(batch, config.model.in_channels, size, size, device=device) > 0.5).float()
 
     def loss():  # the negative ELBO (KL weight 1): what a stage-1 step differentiates
         output, groups = model(x)

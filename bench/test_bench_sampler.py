@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from measure import peak_memory_bytes, timed
+from ncpfast.config import resolve_config
 from ncpfast.models import build_model
 from ncpfast.ncp import GroupedNCP
-from ncpfast.training.config import PRESETS, TrainConfig
 
 IMAGES = int(os.environ.get("NCPFAST_BENCH_SAMPLER_IMAGES", "1000"))
 PER_CALL = 100
@@ -35,7 +35,7 @@ def models():
     def get(device):
         if device not in cache:
             torch.manual_seed(0)
-            vae = build_model(TrainConfig(**PRESETS["tiny"])).to(device).eval()
+            vae = build_model(resolve_config("tiny").model).to(device).eval()
             ncp = GroupedNCP(vae).to(device).eval()
             for kernels in ("auto", "torch"):  # the process's first full-size calls, outside every timing
                 ncp.kernels = kernels

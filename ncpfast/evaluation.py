@@ -11,20 +11,20 @@ pytorch-fid's Inception weights file, FID proper is computed as well
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from tqdm import tqdm
 
+from .config import EvaluationConfig
 from .data import load_dataset
 from .fid_inception import load_fid_inception
 from .frechet import FD_NAME, extract_features, fd_summary, feature_network, frechet_distance
 from .models.base import iw_images_per_pass
-from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
-from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig, check_temperature
+from .models.temperature import readjust_batchnorm
+from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig
 from .ncp.fitting import split_images
-from .stage2 import check_log_z_proposal, estimate_log_partition
+from .stage2 import estimate_log_partition
 from .trained_run import image_reader, load_ncp, load_run, stored_log_partition
 
 FID_NAME = "FID (pytorch-fid Inception V3, 2048-d pool features)"
@@ -53,48 +53,6 @@ def random_stream(seed: int, purpose: str, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed * len(_STREAMS) + _STREAMS.index(purpose))
 
 
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """What an evaluation measures. NLL: the importance-weighted bound with
-    iw_samples K on max_images test images (0: all), iw_chunk samples per pass (0:
-    all). log Z: stage 2's stored estimate, unless log_z_samples or log_z_proposal
-    asks for a new one (the other from stage 2's config; not stored). Frechet
-    distances: num_generated images per prior against num_real held-out images (0:
-    max(num_generated, 1000), at most the test split); FID too with pytorch-fid's
-    Inception weights (fid_weights). temperature scales the priors of the
-    generated images; readjust_bn samples from a copy of the VAE whose decoder
-    BatchNorm statistics were re-estimated on readjust_bn_batches batches of prior
-    samples at that temperature (NVAE's re-adjustment; the NLL keeps the
-    checkpoint's statistics). tune_step_size: a Langevin sampler's step size is
-    chosen first (tune_langevin_step_size), as a user would, on held-out training
-    images, never on the test images the reported numbers use."""
-    iw_samples: int = 100
-    max_images: int = 0
-    iw_chunk: int = 0
-    num_generated: int = 1000
-    num_real: int = 0
-    log_z_samples: Optional[int] = None
-    log_z_proposal: Optional[str] = None
-    fid_weights: str = ""
-    temperature: float = 1.0
-    readjust_bn: bool = False
-    readjust_bn_batches: int = DEFAULT_BATCHES
-    seed: int = 0
-    tune_step_size: bool = False
-
-    def __post_init__(self):
-        if self.iw_samples < 1 or self.num_generated < 2 or self.num_real < 0 or self.num_real == 1:
-            raise ValueError(f"need iw_samples >= 1, num_generated >= 2 and num_real 0 or >= 2, got "
-                             f"{self.iw_samples}, {self.num_generated} and {self.num_real}")
-        if self.log_z_samples is not None and self.log_z_samples < 1:
-            raise ValueError(f"log_z_samples must be >= 1, got {self.log_z_samples}")
-        if self.log_z_proposal is not None:
-            check_log_z_proposal(self.log_z_proposal)
-        if self.readjust_bn_batches < 1:
-            raise ValueError(f"readjust_bn_batches must be >= 1, got {self.readjust_bn_batches}")
-        check_temperature(self.temperature)
-
-
 class Evaluation(NamedTuple):
     """metrics: what metrics.json keeps under "evaluation"; images: each prior's
     generated images (base, ncp, and gmm for an NCP-GMM), as the data set frames
@@ -110,30 +68,31 @@ class _ComparedPrior(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: str, device: torch.device, settings: Optional[EvaluationSettings] = None,
-                 sampler: SamplerConfig = DEFAULT_SAMPLER, progress: bool = True, fd_cache_dir=None) -> Evaluation:
+def evaluate_run(run_dir: str, device: torch.device, settings: Optional[EvaluationConfig] = None,
+                 sampler: SamplerConfig = DEFAULT_SAMPLER, seed: int = 0, progress: bool = True,
+                 fd_cache_dir=None) -> Evaluation:
     """The run's priors side by side: the VAE's own ("base"), a GMM base alone where
     the NCP has one ("gmm", stage 2 with --ncp-base gmm), and the NCP prior ("ncp",
     sampled as `sampler` says). NLLs paired on the same posterior draws, with the
     differences NCP minus each other prior (and GMM minus base); Frechet distances
     (and FID given the weights). The NCP NLL's standard error includes log Z's,
-    which shifts every image alike."""
-    s = settings or EvaluationSettings()
+    which shifts every image alike. seed: every random stream's (random_stream)."""
+    s = settings or EvaluationConfig()
     inception = load_fid_inception(s.fid_weights, device) if s.fid_weights else None  # a bad path fails first
     config, vae = load_run(run_dir, device)
     ncp = load_ncp(run_dir, vae)
     sampling_ncp = ncp
     if s.readjust_bn:
         adjusted = readjust_batchnorm(vae, s.temperature, s.readjust_bn_batches,
-                                      generator=random_stream(s.seed, "readjust_bn", device))
+                                      generator=random_stream(seed, "readjust_bn", device))
         sampling_ncp = load_ncp(run_dir, adjusted)
-    train, test = load_dataset(config.dataset, config.data_dir)
+    train, test = load_dataset(config.data.dataset, config.data.data_dir)
     if s.log_z_samples is None and s.log_z_proposal is None:
         log_z_estimate, log_z_source = stored_log_partition(ncp, run_dir), "stage 2"
     else:
         log_z_estimate = estimate_log_partition(
-            ncp, vae, train, device, s.log_z_samples or config.ncp_log_z_samples,
-            s.log_z_proposal or config.ncp_log_z_proposal, random_stream(s.seed, "log_z", device))
+            ncp, vae, train, device, s.log_z_samples or config.stage2.log_z_samples,
+            s.log_z_proposal or config.stage2.log_z_proposal, random_stream(seed, "log_z", device))
         log_z_source = "re-estimated"
     log_z = log_z_estimate.log_z
 
@@ -153,13 +112,13 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
     features = feature_network(train, test, device, cache_dir=fd_cache_dir, progress=progress) if labelled else None
     tuning = None
     if s.tune_step_size and sampler.method == "langevin":
-        tuning = tune_langevin_step_size(sampling_ncp, vae, train, features, config.ncp_batch_size, device, sampler,
-                                         s)
+        tuning = tune_langevin_step_size(sampling_ncp, vae, train, features, config.stage2.batch_size, device,
+                                         sampler, s, seed)
         sampler = sampler.with_settings(step_size=tuning["step_size"])
-    log_likelihoods = _paired_log_likelihoods(priors, vae, test, device, s, progress)
+    log_likelihoods = _paired_log_likelihoods(priors, vae, test, device, s, seed, progress)
     real = test.batch(torch.arange(min(len(test), s.num_real or max(s.num_generated, 1000)))).to(device)
     real = vae.in_data_frame(real, real.shape[-1])  # generated images are framed to the data set's size
-    generated, seconds = _generate(priors, vae, device, s, real.shape[-1])
+    generated, seconds = _generate(priors, vae, device, s, seed, real.shape[-1])
     metrics = {
         "iw_samples": s.iw_samples, "test_images": len(log_likelihoods["base"]), "temperature": s.temperature,
         "readjust_bn": s.readjust_bn, "readjust_bn_batches": s.readjust_bn_batches if s.readjust_bn else None,
@@ -167,7 +126,7 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
         "log_z_estimate": {**log_z_estimate.as_dict(), "source": log_z_source},
         "generated_images": s.num_generated,
     }
-    metrics.update(_frechet_distances(generated, real, features, s, inception))
+    metrics.update(_frechet_distances(generated, real, features, seed, inception))
     dims = vae.num_data_dims()
     log_z_variance = log_z_estimate.stderr ** 2
     for prior in priors:
@@ -201,7 +160,7 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
 
 
 def tune_langevin_step_size(ncp, vae, train, features, stage2_batch_size: int, device, sampler: SamplerConfig,
-                            s: EvaluationSettings, candidates=STEP_SIZE_CANDIDATES,
+                            s: EvaluationConfig, seed: int = 0, candidates=STEP_SIZE_CANDIDATES,
                             num_generated: int = STEP_SIZE_TUNING_IMAGES) -> dict:
     """The Langevin step size of STEP_SIZE_CANDIDATES whose samples (sampler's steps
     and mode, at the evaluation's temperature) have the smallest Frechet distance to
@@ -221,7 +180,7 @@ def tune_langevin_step_size(ncp, vae, train, features, stage2_batch_size: int, d
     real_features = extract_features(features.net.features, real)
     fds = []
     for step_size in candidates:
-        generator = random_stream(s.seed, "step_size_tuning", device)  # each candidate from the same noise
+        generator = random_stream(seed, "step_size_tuning", device)  # each candidate from the same noise
         chosen = sampler.with_settings(step_size=step_size)
         images = _draw_batched(lambda n, t, g, chosen=chosen: ncp.sample(n, chosen, temperature=t, generator=g),
                                num_generated, s.temperature, generator)
@@ -239,17 +198,17 @@ def tune_langevin_step_size(ncp, vae, train, features, stage2_batch_size: int, d
             "held_out_images": len(held_out), "criterion": f"{FD_NAME} against training images held out of stage 2"}
 
 
-def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationSettings, progress: bool) -> dict:
+def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationConfig, seed: int, progress: bool) -> dict:
     """Each prior's IW log-likelihood of the first max_images test images (CPU tensors),
     every prior on the same posterior draws (a paired comparison), on every device."""
     n = len(test) if s.max_images <= 0 else min(s.max_images, len(test))
-    read = image_reader(test, vae.likelihood, device, random_stream(s.seed, "test_binarisation", device))
+    read = image_reader(test, vae.likelihood, device, random_stream(seed, "test_binarisation", device))
     batch = iw_images_per_pass(s.iw_samples, s.iw_chunk, device, most=100)
     values = {p.name: [] for p in priors}
     for start in tqdm(range(0, n, batch), desc=f"NLL (K={s.iw_samples})", disable=not progress, leave=False):
         x = read(torch.arange(start, min(n, start + batch)))
         for prior in priors:
-            with _seeded(s.seed * 1_000_003 + start, device):
+            with _seeded(seed * 1_000_003 + start, device):
                 values[prior.name].append(prior.log_likelihood(x, s.iw_samples, s.iw_chunk))
     return {name: torch.cat(parts).cpu() for name, parts in values.items()}
 
@@ -260,10 +219,10 @@ def _draw_batched(draw, n: int, temperature: float, generator) -> torch.Tensor:
                       for i in range(0, n, _GENERATION_BATCH)])
 
 
-def _generate(priors, vae, device, s: EvaluationSettings, size: int) -> tuple[dict, dict]:
+def _generate(priors, vae, device, s: EvaluationConfig, seed: int, size: int) -> tuple[dict, dict]:
     """({prior: num_generated images framed as the data set's, size x size}, {prior: seconds}),
     every prior drawing from the one sampling stream in turn."""
-    generator = random_stream(s.seed, "sampling", device)
+    generator = random_stream(seed, "sampling", device)
     images, seconds = {}, {}
     for prior in priors:
         start = time.perf_counter()
@@ -273,7 +232,7 @@ def _generate(priors, vae, device, s: EvaluationSettings, size: int) -> tuple[di
     return images, seconds
 
 
-def _frechet_distances(generated: dict, real: torch.Tensor, features, s: EvaluationSettings, inception) -> dict:
+def _frechet_distances(generated: dict, real: torch.Tensor, features, seed: int, inception) -> dict:
     """The Frechet distances' part of the metrics: {prior: {fd, fd_std_error[, fid]}}
     and what they were measured with; no FD without a feature network (features
     None: a data set without labels)."""
@@ -282,7 +241,7 @@ def _frechet_distances(generated: dict, real: torch.Tensor, features, s: Evaluat
            "real_images": real.shape[0]}
     real_features = extract_features(features.net.features, real) if labelled else None
     real_inception = extract_features(inception, real, batch=50) if inception is not None else None
-    fd_generator = torch.Generator().manual_seed(s.seed)
+    fd_generator = torch.Generator().manual_seed(seed)
     for name, images in generated.items():
         if images.shape[1:] != real.shape[1:]:
             raise ValueError(f"generated images {tuple(images.shape[1:])} and real ones {tuple(real.shape[1:])} "

@@ -9,7 +9,6 @@ states are ignored.
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import Optional
@@ -18,10 +17,10 @@ import torch
 
 from . import checkpoint
 from .atomic_files import atomic_write
+from .config import Config, HierarchyConfig, resolve_config, save_config
 from .models import HierarchicalVAE
 from .models.nvae_checkpoint import NVAE_ARG_DEFAULTS, convert_state_dict, nvae_model_config
 from .run_dir import RunDir
-from .training.config import TrainConfig, resolve_config
 
 # ncpfast's preset for each imported data set: its training and evaluation settings
 # (batch sizes, NLL samples) go with the imported model; the model fields come from the checkpoint.
@@ -53,7 +52,7 @@ def read_nvae_checkpoint(path: str) -> tuple[argparse.Namespace, dict]:
 
 
 def import_checkpoint(path: str, out: str, dataset: Optional[str] = None,
-                      data_dir: Optional[str] = None) -> TrainConfig:
+                      data_dir: Optional[str] = None) -> Config:
     """Writes the run directory `out` for the NVAE checkpoint at `path`; returns its config.
     dataset/data_dir: where stage 2 and the evaluation read the images (default: the
     data set NVAE trained on, its files to be named with --data-dir later)."""
@@ -63,17 +62,13 @@ def import_checkpoint(path: str, out: str, dataset: Optional[str] = None,
     state = convert_state_dict(nvae_state, model)
     model.load_state_dict(state)  # strict: the map covers every key
     preset = PRESET_OF_DATASET[trained_on]
-    overrides = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)
-                 if f.name in {g.name for g in dataclasses.fields(TrainConfig)}}
-    config = resolve_config(preset, {**overrides, "dataset": dataset or trained_on,
-                                     "model": "nvae", "data_dir": data_dir})
-    config = dataclasses.replace(config, run_dir=out)
+    config = resolve_config(preset, {**_model_settings(model_config), "data.dataset": dataset or trained_on,
+                                     "data.data_dir": data_dir, "run.run_dir": out})
     run = RunDir(out)
     if run.is_run_dir():
         raise ValueError(f"{out} already holds a run (config.json); choose a new --out directory")
     os.makedirs(run.checkpoints_dir, exist_ok=True)
-    with atomic_write(run.config_path) as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+    save_config(config, run.config_path)
     checkpoint.save_atomic(dict(format=1, config=dataclasses.asdict(config), step=0, model=model.state_dict(),
                                 ema=None, imported_from=os.path.abspath(path)), run.latest_checkpoint)
     with atomic_write(os.path.join(out, NOTE_NAME)) as f:
@@ -82,8 +77,17 @@ def import_checkpoint(path: str, out: str, dataset: Optional[str] = None,
         for key, value in sorted(vars(args).items()):
             f.write(f"  {key} = {value!r}\n")
         f.write(f"ncpfast preset {preset!r} (training and evaluation settings); NVAE trained on {trained_on!r}, "
-                f"the run reads {config.dataset!r}.\n")
+                f"the run reads {config.data.dataset!r}.\n")
     return config
+
+
+def _model_settings(model_config) -> dict:
+    """The config's model section (dotted) for an imported model's NVAEConfig."""
+    hierarchy = {f.name for f in dataclasses.fields(HierarchyConfig)}
+    return {"model.kind": "nvae", "model.in_channels": model_config.in_channels,
+            "model.image_size": model_config.image_size, "model.likelihood": model_config.output,
+            "model.num_mix": model_config.num_mix, "model.channels": model_config.channels,
+            **{f"model.nvae.{name}": getattr(model_config, name) for name in hierarchy}}
 
 
 def main(argv=None) -> int:
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: preset {config.preset}, data set {config.dataset}; next: "
+    print(f"wrote {args.out}: preset {config.run.preset}, data set {config.data.dataset}; next: "
           f"python -m ncpfast.train --stage 2 --from {args.out}")
     return 0
 

@@ -15,16 +15,15 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .evaluation import Evaluation, EvaluationSettings, evaluate_run
+from .config import Config, EvaluationConfig
+from .evaluation import Evaluation, evaluate_run
 from .images import save_side_by_side
 from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
 from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig, check_samples, check_temperature
 from .run_dir import RunDir
 from .runtime import SINGLE_PROCESS, DistributedContext, pick_device
-from .stage2 import Stage2Settings
 from .stage2 import train_stage2 as fit_stage2
 from .trained_run import load_ncp, load_run
-from .training.config import TrainConfig
 
 
 class Stage1Result(NamedTuple):
@@ -32,7 +31,7 @@ class Stage1Result(NamedTuple):
     distributed: DistributedContext  # the process group it ran in (torchrun), for the stages after it
 
 
-def train_stage1(config: TrainConfig, run_dir: str, resume: bool = False, final_nll: bool = False) -> Stage1Result:
+def train_stage1(config: Config, run_dir: str, resume: bool = False, final_nll: bool = False) -> Stage1Result:
     """Trains (or, resume=True, continues exactly) the VAE of `config` in run_dir;
     final_nll: the test NLL at the end (when no stage 2 follows to report it)."""
     from .training import Trainer  # the trainer pulls in TensorBoard: only when training
@@ -41,18 +40,18 @@ def train_stage1(config: TrainConfig, run_dir: str, resume: bool = False, final_
     return Stage1Result(trainer.train(), trainer.ctx)
 
 
-def train_stage2(config: TrainConfig, run_dir: str, distributed: DistributedContext = SINGLE_PROCESS) -> Optional[dict]:
+def train_stage2(config: Config, run_dir: str, distributed: DistributedContext = SINGLE_PROCESS) -> Optional[dict]:
     """Stage 2 on the finished stage-1 run in run_dir with the config's stage-2
     settings (data parallel under torchrun), TensorBoard curves in the run; rank 0
     records and returns the summary (the other ranks: None)."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = RunDir(run_dir)
-    device = pick_device(config.device, distributed.local_rank)
+    device = pick_device(config.run.device, distributed.local_rank)
     writer = SummaryWriter(run.tensorboard_dir) if distributed.is_main else None
     try:
-        summary = fit_stage2(run_dir, device, Stage2Settings.from_config(config), config.seed, config.progress,
-                             writer, distributed)
+        summary = fit_stage2(run_dir, device, config.stage2, config.run.seed, config.logging.progress, writer,
+                             distributed)
     finally:
         if writer is not None:
             writer.close()
@@ -61,28 +60,16 @@ def train_stage2(config: TrainConfig, run_dir: str, distributed: DistributedCont
     return summary
 
 
-def evaluate(run_dir: str, device: torch.device, settings: Optional[EvaluationSettings] = None,
-             sampler: SamplerConfig = DEFAULT_SAMPLER, progress: bool = True) -> Evaluation:
+def evaluate(run_dir: str, device: torch.device, settings: Optional[EvaluationConfig] = None,
+             sampler: SamplerConfig = DEFAULT_SAMPLER, seed: int = 0, progress: bool = True) -> Evaluation:
     """The run's priors side by side (ncpfast.evaluation.evaluate_run), recorded in
     its metrics.json under "evaluation"."""
-    evaluation = evaluate_run(run_dir, device, settings, sampler, progress=progress)
+    evaluation = evaluate_run(run_dir, device, settings, sampler, seed, progress=progress)
     RunDir(run_dir).merge_metrics("evaluation", evaluation.metrics)
     return evaluation
 
 
-def evaluation_settings(config: TrainConfig) -> EvaluationSettings:
-    """The evaluation that training runs after stage 2, from its config."""
-    return EvaluationSettings(iw_samples=config.eval_iw_samples, max_images=config.eval_max_images,
-                              iw_chunk=config.eval_chunk, num_generated=config.eval_generated,
-                              fid_weights=config.fid_weights, seed=config.seed)
-
-
-def stage2_sampler(config: TrainConfig) -> SamplerConfig:
-    """The NCP sampler of the evaluation that training runs after stage 2."""
-    return SamplerConfig(num_proposals=config.ncp_num_proposals, mode=config.ncp_sampling_mode)
-
-
-def stage2_and_evaluation(config: TrainConfig, run_dir: str,
+def stage2_and_evaluation(config: Config, run_dir: str,
                           distributed: DistributedContext = SINGLE_PROCESS) -> Optional[tuple[dict, Evaluation]]:
     """Stage 2, then on rank 0 the evaluation with the config's settings and the
     side-by-side grid of both priors' samples (RunDir.sample_grid). Rank 0 returns
@@ -90,9 +77,9 @@ def stage2_and_evaluation(config: TrainConfig, run_dir: str,
     summary = train_stage2(config, run_dir, distributed)
     if not distributed.is_main:
         return None
-    device = pick_device(config.device, distributed.local_rank)
-    evaluation = evaluate(run_dir, device, evaluation_settings(config), stage2_sampler(config), config.progress)
-    n = config.num_sample_images
+    device = pick_device(config.run.device, distributed.local_rank)
+    evaluation = evaluate(run_dir, device, config.evaluation, config.sampler, config.run.seed, config.logging.progress)
+    n = config.logging.num_sample_images
     save_side_by_side([evaluation.images["base"][:n], evaluation.images["ncp"][:n]], RunDir(run_dir).sample_grid)
     return summary, evaluation
 

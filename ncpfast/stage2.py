@@ -4,12 +4,12 @@ A Gaussian base (the VAE's own prior) gives a GroupedNCP, one classifier per
 latent group; a GMM base (single-group models) a FlatNCP over a Gaussian mixture
 fitted to the aggregate posterior."""
 import time
-from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
 
 from . import checkpoint
+from .config import Stage2Config
 from .data import load_dataset
 from .ncp.base_priors import GaussianMixture
 from .ncp.estimators import PROPOSALS, LogPartitionEstimate, flat_posterior_parameters
@@ -20,7 +20,6 @@ from .run_dir import RunDir
 from .runtime import SINGLE_PROCESS, DistributedContext, replicas_identical
 from .trained_run import image_reader, load_run
 
-NCP_BASES = ("gaussian", "gmm")
 # Posterior samples per training image that the flat classifier sees (each epoch).
 FLAT_POSTERIOR_DRAWS = 10
 
@@ -51,45 +50,14 @@ def estimate_log_partition(ncp, vae, train, device, num_samples: int, proposal: 
                                       posterior=posterior)
 
 
-@dataclass(frozen=True)
-class Stage2Settings:
-    """What stage 2 trains: the classifiers (epochs, batch size per process, Adam's
-    learning rate, width and residual cells of each group's classifier), the base
-    the NCP reweights (gaussian: the VAE's prior; gmm: a mixture of gmm_components
-    fitted to the aggregate posterior, single-group models), and its log Z estimate
-    (draws and proposal). Defaults: the training config's."""
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    hidden: int = 32
-    cells: int = 2
-    log_z_samples: int = 10_000
-    log_z_proposal: str = "prior"
-    base: str = "gaussian"
-    gmm_components: int = 10
-
-    def __post_init__(self):
-        if self.base not in NCP_BASES:
-            raise ValueError(f"ncp base must be one of {NCP_BASES}, got {self.base!r}")
-        check_log_z_proposal(self.log_z_proposal)
-        for name in ("epochs", "batch_size", "hidden", "cells", "log_z_samples", "gmm_components"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"stage 2's {name} must be >= 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_config(cls, config) -> "Stage2Settings":
-        """From a training config's ncp_* fields."""
-        return cls(**{f.name: getattr(config, "ncp_" + f.name) for f in fields(cls)})
-
-
-def train_stage2(run_dir: str, device: torch.device, settings: Stage2Settings, seed: int = 0, progress: bool = True,
+def train_stage2(run_dir: str, device: torch.device, settings: Stage2Config, seed: int = 0, progress: bool = True,
                  writer=None, distributed: DistributedContext = SINGLE_PROCESS) -> Optional[dict]:
     """Fits the classifiers (data parallel under torchrun: batch_size per process); rank 0 then
     estimates log Z and saves checkpoints/ncp.pt and returns the summary (the other ranks: None).
     base "gmm" (single-group models): train_flat_gmm_stage2, on rank 0 alone."""
     s = settings
     config, vae = load_run(run_dir, device)
-    train, _ = load_dataset(config.dataset, config.data_dir)
+    train, _ = load_dataset(config.data.dataset, config.data.data_dir)
     if s.base == "gmm":
         if not distributed.is_main:
             return None
@@ -124,7 +92,7 @@ def train_stage2(run_dir: str, device: torch.device, settings: Stage2Settings, s
                 val_accuracy=history["best_val_accuracy"], groups_at_chance=history["groups_at_chance"])
 
 
-def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, settings: Stage2Settings, seed: int = 0,
+def train_flat_gmm_stage2(run_dir: str, vae, train, device: torch.device, settings: Stage2Config, seed: int = 0,
                           progress: bool = True, gmm_data: str = "samples") -> dict:
     """NCP-GMM on a single-group VAE: a GaussianMixture of settings.gmm_components fitted (on the
     model's device) to the training images' posteriors (the last 10% held out, as for

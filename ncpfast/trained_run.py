@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from . import checkpoint
+from .config import load_config
 from .data import read_batch
 from .models import build_model
 from .ncp.estimators import LogPartitionEstimate
@@ -13,7 +14,6 @@ from .ncp.flat import CHECKPOINT_KIND as FLAT_KIND
 from .ncp.flat import FlatNCP
 from .ncp.grouped import GroupedNCP
 from .run_dir import RunDir, RunDirError
-from .training.config import load_config
 
 
 def load_run(run_dir: str, device: torch.device):
@@ -21,7 +21,7 @@ def load_run(run_dir: str, device: torch.device):
     run = RunDir(run_dir)
     config = load_config(run.require_config())
     state = checkpoint.load(run.stage1_checkpoint(), map_location=device)
-    vae = build_model(config).to(device)
+    vae = build_model(config.model).to(device)
     vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return config, vae.eval()
 

@@ -391,14 +391,14 @@ def test_cuda_cells_fused_equal_torch(make, shape):
 def test_fused_cells_save_less_activation_memory_than_eager():
     """The fused cells' point on memory: backward recomputes BN/Swish outputs
     from the saved inputs instead of keeping them (tiny NVAE, one forward)."""
+    from ncpfast.config import resolve_config
     from ncpfast.models import build_model
-    from ncpfast.training.config import PRESETS, TrainConfig
     from ncpfast.training.memory import saved_activation_bytes
 
     saved = {}
     for kernels in ("fused", "torch"):
         torch.manual_seed(0)
-        model = build_model(TrainConfig(**{**PRESETS["tiny"], "kernels": kernels})).train()
+        model = build_model(resolve_config("tiny", {"model.kernels": kernels}).model).train()
         x = (torch.rand(4, 1, 32, 32) > 0.5).float()
         saved[kernels] = saved_activation_bytes(lambda model=model, x=x: model(x), exclude=list(model.parameters()))
     assert 0 < saved["fused"] < 0.75 * saved["torch"], saved

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ncpfast.config import resolve_config
 from ncpfast.models import HierarchicalVAE, MLPVAE, build_model
 from ncpfast.ncp import GroupedNCP
-from ncpfast.training.config import PRESETS, TrainConfig
 from test_data import write_idx
 from test_ncp_grouped import TINY
 
@@ -106,7 +106,7 @@ def test_cuda_sir_sampling_follows_the_ratio_in_distribution():
 
 def _tiny_step(kernels, x):
     torch.manual_seed(0)
-    model = build_model(TrainConfig(**{**PRESETS["tiny"], "kernels": kernels})).cuda().train()
+    model = build_model(resolve_config("tiny", {"model.kernels": kernels}).model).cuda().train()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         output, groups = model(x)
         loss = (sum(g.kl() for g in groups) - model.reconstruction_log_prob(output, x)).float().mean()
@@ -140,9 +140,10 @@ def _mnist_dir(directory, train=48, test=16):
 def _trainer(run_dir, data_dir, max_steps, resume=False):
     from ncpfast.training.trainer import Trainer
 
-    config = TrainConfig(**{**PRESETS["tiny"], "dataset": "mnist", "data_dir": data_dir, "device": "cuda",
-                            "amp": "bf16", "batch_size": 8, "epochs": 2, "max_steps": max_steps,
-                            "checkpoint_every": 1000, "progress": False})
+    config = resolve_config("tiny", {"data.dataset": "mnist", "data.data_dir": data_dir, "run.device": "cuda",
+                                     "stage1.amp": "bf16", "stage1.batch_size": 8, "stage1.epochs": 2,
+                                     "stage1.max_steps": max_steps, "logging.checkpoint_every": 1000,
+                                     "logging.progress": False})
     return Trainer(config, str(run_dir), resume=resume, final_nll=False)
 
 

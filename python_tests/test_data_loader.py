@@ -1,7 +1,6 @@
 """Stage 1's batch loader: the order is a function of (seed, epoch), the same with
 and without worker processes, sharded across ranks, exactly resumable mid-epoch
 (the trainer included), and a worker's bad image is a one-line DataError."""
-import dataclasses
 
 import pytest
 import torch
@@ -74,26 +73,27 @@ def test_auto_workers():
 def test_trainer_resumed_with_workers_matches_an_uninterrupted_run(tmp_path):
     """The trainer with 2 loader workers on a prepared data set, stopped mid-epoch and
     resumed, ends bit-identical to one run straight through, and to a run without workers."""
-    from ncpfast.training.config import resolve_config
+    from ncpfast.config import resolve_config, with_changes
     from ncpfast.training.trainer import Trainer
 
     raw = tmp_path / "raw"
     raw.mkdir()
     make_mnist_dir(raw, False, n_train=60)
     prepare("mnist", str(raw), str(tmp_path / "prepared"), progress=False)
-    config = resolve_config("tiny", dict(dataset="mnist", data_dir=str(tmp_path / "prepared"), model="mlp",
-                                         latent_dim=4, hidden_units=16, batch_size=8, epochs=3, num_workers=2,
-                                         progress=False, device="cpu", num_sample_images=4, sample_every=100,
-                                         checkpoint_every=1000))
+    config = resolve_config("tiny", {"data.dataset": "mnist", "data.data_dir": str(tmp_path / "prepared"),
+                                     "model.kind": "mlp", "model.latent_dim": 4, "model.mlp.hidden_units": 16,
+                                     "stage1.batch_size": 8, "stage1.epochs": 3, "data.num_workers": 2,
+                                     "logging.progress": False, "run.device": "cpu", "logging.num_sample_images": 4,
+                                     "logging.sample_every": 100, "logging.checkpoint_every": 1000})
     straight = Trainer(config, str(tmp_path / "straight"), final_nll=False).train()
     assert straight["step"] == 21
-    Trainer(dataclasses.replace(config, max_steps=10), str(tmp_path / "broken"), final_nll=False).train()
+    Trainer(with_changes(config, stage1__max_steps=10), str(tmp_path / "broken"), final_nll=False).train()
     resumed = Trainer(config, str(tmp_path / "broken"), resume=True, final_nll=False)
     assert resumed.step == 10  # mid-epoch 2 (7 steps per epoch)
     resumed.train()
     # And the same as reading in the training thread: the workers change nothing but speed
     # (no draw from the training's random stream).
-    Trainer(dataclasses.replace(config, num_workers=0), str(tmp_path / "in-thread"), final_nll=False).train()
+    Trainer(with_changes(config, data__num_workers=0), str(tmp_path / "in-thread"), final_nll=False).train()
     weights = [torch.load(tmp_path / run / "checkpoints" / "latest.pt", weights_only=True)["model"]
                for run in ("straight", "broken", "in-thread")]
     for other in weights[1:]:

@@ -24,8 +24,8 @@ import torch
 
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")},
        "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-COMMON = ["--preset", "tiny", "--stage", "1", "--device", "cpu", "--no-progress", "--eval-iw-samples", "2",
-          "--eval-max-images", "10", "--log-every", "1", "--num-sample-images", "4"]
+COMMON = ["--preset", "tiny", "--stage", "1", "--device", "cpu", "--no-progress", "--iw-samples", "2",
+          "--max-images", "10", "--log-every", "1", "--num-sample-images", "4"]
 MLP = ["--model", "mlp", "--latent-dim", "4", "--hidden-units", "16", "--epochs", "2"]  # 4000 // 32 = 125 steps/epoch
 NVAE = ["--channels", "4", "--latent-channels", "2", "--max-steps", "6"]
 

@@ -8,15 +8,16 @@ import sys
 import pytest
 import torch
 
-from ncpfast.evaluation import EvaluationSettings, evaluate_run, random_stream
+from ncpfast.config import EvaluationConfig
+from ncpfast.evaluation import evaluate_run, random_stream
 from ncpfast.models.nvae import HierarchicalVAE, NVAEConfig
 from ncpfast.models.single import ConvVAE, MLPVAE
 from ncpfast.ncp.contract import SamplerConfig
 
 FLAT = ["--preset", "mnist-single", "--latent-dim", "4", "--hidden-units", "16", "--epochs", "1",
-        "--batch-size", "250", "--no-progress", "--eval-iw-samples", "2", "--eval-max-images", "10",
-        "--eval-generated", "20", "--ncp-epochs", "1", "--ncp-hidden", "8", "--ncp-log-z-samples", "300",
-        "--ncp-num-proposals", "3"]
+        "--batch-size", "250", "--no-progress", "--iw-samples", "2", "--max-images", "10",
+        "--num-generated", "20", "--ncp-epochs", "1", "--ncp-hidden", "8", "--log-z-samples", "300",
+        "--num-proposals", "3"]
 
 
 def run(module, *args):
@@ -48,9 +49,9 @@ def test_test_set_and_samples_do_not_depend_on_log_z_draws(flat_run):
     NLL and base samples do not move when log Z's draws change."""
     kw = dict(iw_samples=2, max_images=12, num_generated=8)
     sampler = SamplerConfig(num_proposals=3)
-    a, images_a = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationSettings(log_z_samples=200, **kw),
+    a, images_a = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationConfig(log_z_samples=200, **kw),
                                sampler, progress=False)
-    b, images_b = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationSettings(log_z_samples=700, **kw),
+    b, images_b = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationConfig(log_z_samples=700, **kw),
                                sampler, progress=False)
     base_a, base_b = images_a["base"], images_b["base"]
     assert a["log_z_samples"] == 200 and b["log_z_samples"] == 700
@@ -63,7 +64,7 @@ def test_generated_and_real_images_share_the_data_frame(flat_run):
     """MLPVAE decodes 28 x 28 and the data set stores MNIST padded to 32 x 32:
     the FD compares both as 32 x 32 with a zero border."""
     _, images = evaluate_run(str(flat_run), torch.device("cpu"),
-                             EvaluationSettings(iw_samples=2, max_images=4, num_generated=6, log_z_samples=100),
+                             EvaluationConfig(iw_samples=2, max_images=4, num_generated=6, log_z_samples=100),
                              SamplerConfig(num_proposals=3), progress=False)
     for prior in ("base", "ncp"):
         drawn = images[prior]
@@ -114,7 +115,7 @@ def test_langevin_step_size_is_tuned_on_held_out_training_images(flat_run):
     stage 2 held out; the evaluation samples at the best one and reports it."""
     from ncpfast.evaluation import STEP_SIZE_CANDIDATES
 
-    settings = EvaluationSettings(iw_samples=2, max_images=4, num_generated=6, tune_step_size=True)
+    settings = EvaluationConfig(iw_samples=2, max_images=4, num_generated=6, tune_step_size=True)
     metrics, _ = evaluate_run(str(flat_run), torch.device("cpu"), settings,
                               SamplerConfig(method="langevin", steps=3), progress=False)
     tuning = metrics["ncp"]["step_size_tuning"]
@@ -124,7 +125,7 @@ def test_langevin_step_size_is_tuned_on_held_out_training_images(flat_run):
     assert tuning["at_grid_edge"] == (tuning["step_size"] == STEP_SIZE_CANDIDATES[-1])
     assert tuning["held_out_images"] == 400  # the last tenth of the 4,000 embedded training digits
     # a fixed step size is reported as such, with no tuning
-    fixed, _ = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationSettings(iw_samples=2, max_images=4,
+    fixed, _ = evaluate_run(str(flat_run), torch.device("cpu"), EvaluationConfig(iw_samples=2, max_images=4,
                                                                                   num_generated=6),
                             SamplerConfig(method="langevin", steps=3, step_size=0.05), progress=False)
     assert fixed["ncp"]["langevin_step_size"] == 0.05 and fixed["ncp"]["step_size_tuning"] is None

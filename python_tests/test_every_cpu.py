@@ -83,7 +83,7 @@ def test_tiny_model_trains_on_avx2_kernels(tmp_path, channels, threads):
     tiny model on oneDNN's AVX2 kernels, finishing with finite losses."""
     result = _run(["-m", "ncpfast.train", "--preset", "tiny", "--channels", str(channels), "--latent-channels", "2",
                    "--batch-size", "16", "--epochs", "1", "--max-steps", "4", "--stage", "1", "--kernels", "fused",
-                   "--no-progress", "--eval-iw-samples", "2", "--eval-max-images", "16",
+                   "--no-progress", "--iw-samples", "2", "--max-images", "16",
                    "--run-dir", str(tmp_path / "run")], threads)
     assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     assert "nan" not in result.stdout.lower()

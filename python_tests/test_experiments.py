@@ -100,7 +100,7 @@ def test_options_are_checked_against_the_programs_own_parsers():
     commands.check_arguments("train", ["--preset", "tiny", "--ncp-epochs=2", "--no-progress"])
     with pytest.raises(ValueError, match="python -m ncpfast.train has no option --ncp-base-k, --nope"):
         commands.check_arguments("train", ["--stage", "2", "--ncp-base-k", "5", "--nope"])
-    with pytest.raises(ValueError, match="has no option --method, --mode, --num-proposals"):
+    with pytest.raises(ValueError, match="has no option --method:"):  # --mode, --num-proposals: train has them
         commands.check_arguments("train", definitions.Sampler("sir", "joint", 5).cli_args())
 
 

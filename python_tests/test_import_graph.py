@@ -187,15 +187,21 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
 
 
 # Layers: a package may not import from the packages or modules named for it.
-# ncp/ is NCP's mathematics: no run directories, training loop, command lines,
-# experiments or pipeline (which orchestrates it). Above it the steps on run
-# directories (training, stage2, evaluation, trained_run), above them the
-# pipeline, and on top the programs (cli, experiments).
+# ncp/ is NCP's mathematics and models/ the networks: no config, run directories,
+# training loop, command lines, experiments or pipeline (which orchestrates them).
+# The config sits above them (its sampler section is ncp's SamplerConfig) and
+# below the steps on run directories (training, stage2, evaluation,
+# trained_run); above those the pipeline, and on top the programs (cli, experiments).
 _PROGRAMS = ("ncpfast.cli", "ncpfast.experiments")
 _STEPS_ABOVE = (*_PROGRAMS, "ncpfast.pipeline")
 FORBIDDEN_IMPORTS = {
-    "ncpfast.ncp": ("ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline",
+    "ncpfast.ncp": ("ncpfast.config", "ncpfast.training", "ncpfast.cli", "ncpfast.experiments", "ncpfast.pipeline",
                     "ncpfast.evaluation", "ncpfast.run_dir", "ncpfast.stage2", "ncpfast.trained_run"),
+    "ncpfast.models": ("ncpfast.config", "ncpfast.training", "ncpfast.cli", "ncpfast.experiments",
+                       "ncpfast.pipeline", "ncpfast.evaluation", "ncpfast.run_dir", "ncpfast.stage2",
+                       "ncpfast.trained_run"),
+    "ncpfast.config": (*_STEPS_ABOVE, "ncpfast.training", "ncpfast.evaluation", "ncpfast.stage2",
+                       "ncpfast.trained_run", "ncpfast.run_dir"),
     "ncpfast.training": (*_STEPS_ABOVE, "ncpfast.evaluation", "ncpfast.stage2"),
     "ncpfast.trained_run": _STEPS_ABOVE,
     "ncpfast.stage2": (*_STEPS_ABOVE, "ncpfast.evaluation"),

@@ -33,8 +33,9 @@ def test_import_writes_a_run_directory(tmp_path, capsys):
     assert main([str(path), "--out", str(tmp_path / "run")]) == 0
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
-    assert config["preset"] == "mnist" and config["dataset"] == "mnist" and config["num_nf"] == 1
-    assert config["channels"] == 4 and config["latent_channels"] == 3
+    assert (config["run"]["preset"] == "mnist" and config["data"]["dataset"] == "mnist"
+            and config["model"]["nvae"]["num_nf"] == 1)
+    assert config["model"]["channels"] == 4 and config["model"]["nvae"]["latent_channels"] == 3
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert "flows.0.forward_order.conv_in.weight" in state["model"]
     assert "NVAE checkpoint" in (run / "IMPORTED_FROM_NVAE.txt").read_text()
@@ -65,7 +66,7 @@ def test_args_missing_from_old_checkpoints_take_nvae_defaults(tmp_path, capsys):
     torch.save(checkpoint, tmp_path / "old.pt")
     assert main([str(tmp_path / "old.pt"), "--out", str(tmp_path / "run")]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["min_groups_per_scale"] == 1 and config["num_mix"] == 10
+    assert config["model"]["nvae"]["min_groups_per_scale"] == 1 and config["model"]["num_mix"] == 10
 
 
 def test_not_a_checkpoint(tmp_path, capsys):
@@ -132,8 +133,8 @@ def test_stage_two_sample_and_evaluate_on_an_imported_nvae(tmp_path):
 
     cli("ncpfast.import_nvae", str(path), "--out", run, "--dataset", "mnist-embedded")
     cli("ncpfast.train", "--stage", "2", "--from", run, "--device", "cpu", "--no-progress", "--ncp-epochs", "1",
-        "--ncp-batch-size", "64", "--ncp-hidden", "8", "--ncp-cells", "1", "--ncp-log-z-samples", "100",
-        "--ncp-num-proposals", "3", "--eval-generated", "20", "--eval-iw-samples", "2", "--eval-max-images", "10")
+        "--ncp-batch-size", "64", "--ncp-hidden", "8", "--ncp-cells", "1", "--log-z-samples", "100",
+        "--num-proposals", "3", "--num-generated", "20", "--iw-samples", "2", "--max-images", "10")
     cli("ncpfast.sample", run, "-n", "4", "--device", "cpu", "--out", str(tmp_path / "s.png"))
     cli("ncpfast.evaluate", run, "--device", "cpu", "--iw-samples", "2", "--max-images", "10", "--num-generated",
         "20", "--log-z-samples", "100")

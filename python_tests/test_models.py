@@ -158,11 +158,11 @@ def test_conv_vae_rejects_what_it_cannot_model(kwargs, message):
 
 
 def test_mnist_conv_preset_builds_the_binary_conv_model():
+    from ncpfast.config import resolve_config
     from ncpfast.models import build_model
-    from ncpfast.training.config import resolve_config
-    model = build_model(resolve_config("mnist-conv", {}))
+    model = build_model(resolve_config("mnist-conv").model)
     assert isinstance(model, ConvVAE) and model.likelihood == "binary" and model.encoder[0].out_channels == 16
-    rae = build_model(resolve_config("celeba64-rae", {}))
+    rae = build_model(resolve_config("celeba64-rae").model)
     assert rae.likelihood == "8bit" and rae.encoder[0].out_channels == 128
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from ncpfast import checkpoint
+from ncpfast.config import resolve_config
 from ncpfast.models import HierarchicalVAE, MLPVAE
 from ncpfast.ncp import GaussianMixture, GroupedNCP
 from ncpfast.ncp.flat import FlatNCP, posterior_samples
-from ncpfast.training.config import resolve_config
 from test_ncp_grouped import TINY
 
 
@@ -198,13 +198,13 @@ def test_fit_sample_and_weights_only_round_trip(tmp_path):
 def test_flat_ncp_refuses_a_hierarchical_vae_and_gmm_config_refuses_nvae():
     with pytest.raises(ValueError, match="single-group VAE"):
         FlatNCP(HierarchicalVAE(TINY).eval(), standard_normal_gmm(4))
-    with pytest.raises(ValueError, match="ncp_base gmm needs a single-group model"):
-        resolve_config("tiny", {"ncp_base": "gmm"})
-    with pytest.raises(ValueError, match="ncp_base must be gaussian or gmm"):
-        resolve_config("mnist-single", {"ncp_base": "flow"})
-    with pytest.raises(ValueError, match="ncp_gmm_components must be >= 1"):
-        resolve_config("mnist-single", {"ncp_base": "gmm", "ncp_gmm_components": 0})
-    assert resolve_config("mnist-single", {"ncp_base": "gmm"}).ncp_gmm_components == 10
+    with pytest.raises(ValueError, match="stage2.base gmm .* needs a single-group model"):
+        resolve_config("tiny", {"stage2.base": "gmm"})
+    with pytest.raises(ValueError, match="stage2.base must be one of gaussian, gmm"):
+        resolve_config("mnist-single", {"stage2.base": "flow"})
+    with pytest.raises(ValueError, match="stage2.gmm_components must be >= 1"):
+        resolve_config("mnist-single", {"stage2.base": "gmm", "stage2.gmm_components": 0})
+    assert resolve_config("mnist-single", {"stage2.base": "gmm"}).stage2.gmm_components == 10
 
 
 def run(module, *args):
@@ -213,9 +213,9 @@ def run(module, *args):
 
 
 MLP_GMM = ["--preset", "mnist-single", "--latent-dim", "4", "--hidden-units", "16", "--epochs", "1",
-           "--batch-size", "250", "--no-progress", "--eval-iw-samples", "3", "--eval-max-images", "20",
-           "--eval-chunk", "0", "--eval-generated", "50", "--ncp-base", "gmm", "--ncp-gmm-components", "3",
-           "--ncp-epochs", "1", "--ncp-hidden", "8", "--ncp-log-z-samples", "300", "--ncp-num-proposals", "5"]
+           "--batch-size", "250", "--no-progress", "--iw-samples", "3", "--max-images", "20",
+           "--iw-chunk", "0", "--num-generated", "50", "--ncp-base", "gmm", "--ncp-gmm-components", "3",
+           "--ncp-epochs", "1", "--ncp-hidden", "8", "--log-z-samples", "300", "--num-proposals", "5"]
 
 
 @pytest.mark.slow

@@ -149,8 +149,8 @@ def test_fit_reports_groups_and_round_trips(tmp_path):
 
 SMALL = ["--preset", "tiny", "--channels", "4", "--latent-channels", "2", "--no-progress", "--batch-size", "250",
          "--epochs", "1",
-         "--eval-iw-samples", "3", "--eval-max-images", "20", "--eval-generated", "100", "--ncp-epochs", "1",
-         "--ncp-hidden", "8", "--ncp-cells", "1", "--ncp-log-z-samples", "200", "--ncp-num-proposals", "5"]
+         "--iw-samples", "3", "--max-images", "20", "--num-generated", "100", "--ncp-epochs", "1",
+         "--ncp-hidden", "8", "--ncp-cells", "1", "--log-z-samples", "200", "--num-proposals", "5"]
 
 
 def run(module, *args):
@@ -233,7 +233,7 @@ def test_stage_two_on_an_unfinished_stage_one_says_so(tmp_path):
     run_dir = tmp_path / "run"
     result = run("ncpfast.train", *SMALL, "--stage", "1", "--max-steps", "2", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
-    result = run("ncpfast.train", "--stage", "2", "--from", str(run_dir), "--eval-generated", "20")
+    result = run("ncpfast.train", "--stage", "2", "--from", str(run_dir), "--num-generated", "20")
     assert result.returncode == 0, result.stderr
     assert "warning: stage 1 is partial (step 2 of 16)" in result.stderr
     assert f"--resume {run_dir}" in result.stderr

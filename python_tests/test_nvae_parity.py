@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
+from ncpfast.config import resolve_config
 from ncpfast.models.factory import build_model
-from ncpfast.training.config import resolve_config
 
 # NVAE AutoEncoder parameter counts of the README commands (measured as above).
 NVAE_PARAMETERS = {
@@ -29,7 +29,7 @@ NVAE_PARAMETERS = {
 @pytest.mark.parametrize("preset", sorted(NVAE_PARAMETERS))
 def test_preset_has_nvae_parameter_count(preset):
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = build_model(resolve_config(preset, {}))
+        model = build_model(resolve_config(preset).model)
     assert sum(p.numel() for p in model.parameters()) == NVAE_PARAMETERS[preset]
 
 

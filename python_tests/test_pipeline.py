@@ -6,20 +6,20 @@ import pytest
 import torch
 
 from ncpfast import pipeline
-from ncpfast.evaluation import EvaluationSettings
+from ncpfast.config import EvaluationConfig, resolve_config
 from ncpfast.ncp.contract import SamplerConfig
 from ncpfast.run_dir import RunDir
-from ncpfast.training.config import resolve_config
 
-TINY_FLAT = dict(latent_dim=4, hidden_units=16, epochs=1, batch_size=250, progress=False, eval_iw_samples=2,
-                 eval_max_images=10, eval_generated=20, ncp_epochs=1, ncp_hidden=8, ncp_log_z_samples=300,
-                 ncp_num_proposals=3, device="cpu")
+TINY_FLAT = {"model.latent_dim": 4, "model.mlp.hidden_units": 16, "stage1.epochs": 1, "stage1.batch_size": 250,
+             "logging.progress": False, "evaluation.iw_samples": 2, "evaluation.max_images": 10,
+             "evaluation.num_generated": 20, "stage2.epochs": 1, "stage2.hidden": 8, "stage2.log_z_samples": 300,
+             "sampler.num_proposals": 3, "run.device": "cpu"}
 
 
 @pytest.mark.slow
 def test_the_steps_from_python_record_their_results_in_the_run(tmp_path):
     run_dir = str(tmp_path / "run")
-    config = resolve_config("mnist-single", {**TINY_FLAT, "run_dir": run_dir})
+    config = resolve_config("mnist-single", {**TINY_FLAT, "run.run_dir": run_dir})
     metrics, distributed = pipeline.train_stage1(config, run_dir)
     assert metrics["status"] == "complete" and distributed.is_main
     summary, evaluation = pipeline.stage2_and_evaluation(config, run_dir)
@@ -30,7 +30,7 @@ def test_the_steps_from_python_record_their_results_in_the_run(tmp_path):
     assert set(evaluation.images) == {"base", "ncp"} and evaluation.images["ncp"].shape == (20, 1, 32, 32)
     # a later evaluation with other settings replaces the recorded one
     again = pipeline.evaluate(run_dir, torch.device("cpu"),
-                              EvaluationSettings(iw_samples=3, max_images=6, num_generated=8),
+                              EvaluationConfig(iw_samples=3, max_images=6, num_generated=8),
                               SamplerConfig(method="langevin", steps=2), progress=False)
     recorded = json.loads(open(RunDir(run_dir).metrics_path).read())["evaluation"]
     assert recorded["iw_samples"] == 3 and recorded["ncp"]["sampling"] == "langevin"

@@ -15,7 +15,7 @@ from ncpfast.training.schedules import kl_coefficient, learning_rate, regularize
 
 # A very small hierarchical model so that a step takes tens of milliseconds.
 SMALL = ["--preset", "tiny", "--channels", "4", "--latent-channels", "2", "--batch-size", "16", "--no-progress",
-         "--eval-iw-samples", "3", "--eval-max-images", "20", "--log-every", "5"]
+         "--iw-samples", "3", "--max-images", "20", "--log-every", "5"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -40,7 +40,7 @@ def test_complete_run_writes_the_run_directory(tmp_path):
         assert (run / name).is_file(), name
     assert os.listdir(run / "checkpoints") == ["latest.pt"]  # nothing chosen by a test score
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run / "tensorboard"))
-    assert json.loads((run / "config.json").read_text())["channels"] == 4
+    assert json.loads((run / "config.json").read_text())["model"]["channels"] == 4
 
 
 def _weights(path):
@@ -104,8 +104,8 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     # Stage 2 data parallel on that run: the classifiers stay identical on both ranks, rank 0 evaluates.
     cmd = [*cmd[:cmd.index("--master_port") + 1], str(_free_port()), "-m", "ncpfast.train", "--stage", "2",
            "--from", str(run), "--device", "cpu", "--no-progress", "--ncp-epochs", "1", "--ncp-batch-size", "32",
-           "--ncp-hidden", "8", "--ncp-cells", "1", "--ncp-log-z-samples", "100", "--ncp-num-proposals", "3",
-           "--eval-generated", "20", "--eval-iw-samples", "2", "--eval-max-images", "10"]
+           "--ncp-hidden", "8", "--ncp-cells", "1", "--log-z-samples", "100", "--num-proposals", "3",
+           "--num-generated", "20", "--iw-samples", "2", "--max-images", "10"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("stage 2:") == 1  # rank 0 alone reports and evaluates
@@ -134,16 +134,19 @@ def test_cli_help_and_errors(tmp_path):
 
 def test_boolean_options_and_help_grouped_by_stage():
     from ncpfast.cli.train import build_parser
-    from ncpfast.training.config import ARGUMENT_GROUPS, config_from_args
+    from ncpfast.config import given_values, resolve_config
+    from ncpfast.config.sections import SECTION_TITLES
 
     parser = build_parser()
-    config = config_from_args(parser.parse_args(["--no-progress", "--no-adaptive-groups", "--kl-balance"]))
-    assert config.progress is False and config.adaptive_groups is False and config.kl_balance is True
-    assert config_from_args(parser.parse_args([])).progress is True  # not given: the preset decides
+    config = resolve_config("default", given_values(parser.parse_args(["--no-progress", "--no-adaptive-groups",
+                                                                        "--kl-balance"])))
+    assert (config.logging.progress is False and config.model.nvae.adaptive_groups is False
+            and config.stage1.kl_balance is True)
+    assert resolve_config("default", given_values(parser.parse_args([]))).logging.progress is True  # the preset's
     help_text = parser.format_help()
-    starts = [help_text.index(f"\n{title}:\n") for title in ARGUMENT_GROUPS]
+    starts = [help_text.index(f"\n{title}:\n") for title in SECTION_TITLES.values()]
     assert starts == sorted(starts)
-    assert starts[ARGUMENT_GROUPS.index("logging and checkpoints")] < help_text.index("--progress, --no-progress")
+    assert starts[list(SECTION_TITLES).index("logging")] < help_text.index("--progress, --no-progress")
     assert "--min-groups-per-scale N" in help_text and "--lr LR" in help_text and "--data-dir DIR" in help_text
 
 

@@ -9,7 +9,7 @@ compared with the reported standard error.
 
 RUN_DIR is a finished `python -m ncpfast.train` run (both stages). The
 aggregate-posterior proposal needs a single-group model with flat latents
-(mlp, conv), as in the pipeline's `--ncp-log-z-proposal`.
+(mlp, conv), as in the pipeline's `--log-z-proposal`.
 """
 import argparse
 import datetime
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     device = torch.device("cpu")
     config, vae = load_run(args.run_dir, device)
     ncp = load_ncp(args.run_dir, vae)
-    train, _ = load_dataset(config.dataset, config.data_dir)
+    train, _ = load_dataset(config.data.dataset, config.data.data_dir)
     rows = []
     for proposal in args.proposals:
         for n in args.samples:

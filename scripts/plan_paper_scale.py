@@ -37,10 +37,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from ncpfast.config import resolve_config  # noqa: E402
 from ncpfast.models import build_model  # noqa: E402
 from ncpfast.ncp.grouped import GroupedNCP  # noqa: E402
 from ncpfast.nn.cells import set_cell_kernels  # noqa: E402
-from ncpfast.training.config import resolve_config  # noqa: E402
 from ncpfast.training.memory import saved_activation_bytes  # noqa: E402
 from ncpfast.training.regularizers import (  # noqa: E402
     SpectralRegularizer,
@@ -142,21 +142,21 @@ def count_flops(fn) -> int:
 
 
 def _config(preset: str, image_size=None, kernels="torch"):
-    overrides = {"kernels": kernels}
+    overrides = {"model.kernels": kernels}
     if image_size is not None:
-        overrides["image_size"] = image_size
+        overrides["model.image_size"] = image_size
     return resolve_config(preset, overrides)
 
 
 def _build(config, device):
     torch.manual_seed(0)
     with torch.device(device):
-        return build_model(config)
+        return build_model(config.model)
 
 
 def _images(config, batch, device):
-    x = torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device)
-    return x.round() if config.output == "bernoulli" else (x * 255).round() / 255
+    x = torch.rand(batch, config.model.in_channels, config.model.image_size, config.model.image_size, device=device)
+    return x.round() if config.model.likelihood == "bernoulli" else (x * 255).round() / 255
 
 
 def _loss(objective, model, x):
@@ -198,7 +198,7 @@ def measure_on_cpu(config, side: int, batches) -> tuple:
     (fused and eager cells, same weights), the forward FLOPs (for the scaling check), the
     regularisers' FLOPs per step, and the stage-2 classifiers' saved bytes. Returns the
     results (per image at this side, and per step) and the GroupedNCP built on this model."""
-    small = _config(config.preset, side)
+    small = _config(config.run.preset, side)
     model = _build(small, "cpu").train()
     params = list(model.parameters())
     objective = _Objective(model)
@@ -223,7 +223,7 @@ def measure_on_cpu(config, side: int, batches) -> tuple:
     out["regularizer_flops_per_step"] = count_flops(lambda: (spectral() + batchnorm_max_gamma(model)).backward())
 
     # Stage 2's classifiers (the VAE frozen, in eval mode): saved bytes of a training step.
-    ncp = GroupedNCP(model, hidden=config.ncp_hidden, cells=config.ncp_cells)
+    ncp = GroupedNCP(model, hidden=config.stage2.hidden, cells=config.stage2.cells)
     ncp.classifiers.train()
     classifier_params = list(ncp.classifiers.parameters())
     saved = [saved_activation_bytes(lambda b=b: ncp._group_losses(_images(small, b, "cpu")), exclude=classifier_params)
@@ -270,16 +270,16 @@ def measure_preset(preset: str, side=None, batches=None, proposals: int = 50) ->
     """Every count of one preset: full-size FLOPs on the meta device, bytes on the CPU at
     a reduced side scaled by the pixel ratio."""
     config = _config(preset)
-    default_side, default_batches = CPU_MEASURE.get(preset, (config.image_size, (1, 2)))
+    default_side, default_batches = CPU_MEASURE.get(preset, (config.model.image_size, (1, 2)))
     side, batches = side or default_side, batches or default_batches
     start = time.perf_counter()
     cpu, ncp = measure_on_cpu(config, side, batches)
     meta = measure_on_meta(config, ncp, proposals)
-    ratio = (config.image_size / side) ** 2
+    ratio = (config.model.image_size / side) ** 2
     forward, backward = meta["train_forward_flops"], meta["train_backward_flops"]
     scaled = {k: v[0] * ratio for k, v in cpu.items() if isinstance(v, tuple)}
     return dict(
-        preset=preset, image_size=config.image_size, measure_side=side, measure_batches=list(batches),
+        preset=preset, image_size=config.model.image_size, measure_side=side, measure_batches=list(batches),
         pixel_ratio=ratio, parameters=meta["parameters"],
         train_flops_per_image=forward + backward, train_forward_flops_per_image=forward,
         train_flops_per_step_batch_independent=cpu["regularizer_flops_per_step"],
@@ -333,14 +333,14 @@ def estimate(m: dict) -> dict:
     config = _config(m["preset"])
     data = DATASETS[m["preset"]]
     h200 = GPUS["H200"]
-    (low, low_bound), (high, high_bound) = _train_rates(m, h200, config.batch_size)
+    (low, low_bound), (high, high_bound) = _train_rates(m, h200, config.stage1.batch_size)
 
     def hours(rate, gpus, efficiency):
-        steps = config.epochs * (data["train"] // (config.batch_size * gpus))
-        return steps * config.batch_size / (rate * efficiency) / 3600
+        steps = config.stage1.epochs * (data["train"] // (config.stage1.batch_size * gpus))
+        return steps * config.stage1.batch_size / (rate * efficiency) / 3600
 
     out = dict(
-        batch_size_per_process=config.batch_size, epochs=config.epochs, train_images=data["train"],
+        batch_size_per_process=config.stage1.batch_size, epochs=config.stage1.epochs, train_images=data["train"],
         images_per_second_per_gpu=dict(low=low, high=high, low_bound=low_bound, high_bound=high_bound),
         stage1_hours={"1_gpu": [hours(low, 1, 1.0), hours(high, 1, 1.0)],
                       "8_gpus": [hours(low, 8, a["scaling_efficiency_8"]), hours(high, 8, a["scaling_efficiency_8"])],
@@ -348,8 +348,8 @@ def estimate(m: dict) -> dict:
                                   hours(high, 16, a["scaling_efficiency_16"])]},
     )
     # Memory per GPU at the preset's per-process batch.
-    act = (m["saved_bytes_per_image"]["fused"] * config.batch_size + m["saved_bytes_per_step"]["fused"])
-    act_eager = (m["saved_bytes_per_image"]["torch"] * config.batch_size + m["saved_bytes_per_step"]["torch"])
+    act = (m["saved_bytes_per_image"]["fused"] * config.stage1.batch_size + m["saved_bytes_per_step"]["fused"])
+    act_eager = (m["saved_bytes_per_image"]["torch"] * config.stage1.batch_size + m["saved_bytes_per_step"]["torch"])
     static = m["parameters"] * a["bytes_per_parameter"] + a["context_bytes"]
     memory = dict(
         bf16_fused=a["allocator_overhead"] * a["bf16_activation_factor"] * act + static,
@@ -363,21 +363,21 @@ def estimate(m: dict) -> dict:
     # Stage 2: each epoch fits on 90% of the training split and scores the other 10%
     # (forward only, counted here at the training step's cost: a slight overestimate).
     eff = a["flop_efficiency"]
-    stage2_images = config.ncp_epochs * data["train"]
+    stage2_images = config.stage2.epochs * data["train"]
     s2 = m["stage2"]["flops_per_image"] * stage2_images
     out["stage2_hours_1_gpu"] = [s2 / (e * h200["matrix_flops"]) / 3600 for e in eff]
     # Stage 2 runs in float32 (no autocast): the classifiers' saved activations at the NCP
     # batch, the frozen VAE's weights, the classifiers' parameters are negligible.
     out["stage2_memory_bytes_per_gpu"] = (a["allocator_overhead"] * m["stage2"]["saved_bytes_per_image"]
-                                          * config.ncp_batch_size + 4 * m["parameters"] + a["context_bytes"])
+                                          * config.stage2.batch_size + 4 * m["parameters"] + a["context_bytes"])
     test = data["test"]  # the evaluation command scores the whole test split
     ev = m["evaluation"]
-    nll = test * config.eval_iw_samples * (ev["nll_base_flops_per_importance_sample"]
+    nll = test * config.evaluation.iw_samples * (ev["nll_base_flops_per_importance_sample"]
                                            + ev["nll_ncp_flops_per_importance_sample"])
     sampling = (EVAL_GENERATED * (m["sampling"]["sir_flops_per_image"] + m["sampling"]["base_flops_per_image"])
-                + 2 * config.ncp_log_z_samples * m["sampling"]["log_z_flops_per_sample"])
+                + 2 * config.stage2.log_z_samples * m["sampling"]["log_z_flops_per_sample"])
     out["evaluation"] = dict(
-        test_images=test, iw_samples=config.eval_iw_samples, nll_flops=nll, sampling_and_log_z_flops=sampling,
+        test_images=test, iw_samples=config.evaluation.iw_samples, nll_flops=nll, sampling_and_log_z_flops=sampling,
         hours_1_gpu=[(nll + sampling) / (e * h200["matrix_flops"]) / 3600 for e in eff])
     out["sir_seconds_per_1000_images"] = [1000 * m["sampling"]["sir_flops_per_image"] / (e * h200["matrix_flops"])
                                           for e in eff]
@@ -385,8 +385,8 @@ def estimate(m: dict) -> dict:
     reported = NVAE_REPORTED.get(m["preset"])
     if reported:
         gpu = GPUS[reported["gpu"]]
-        (v_low, _), (v_high, _) = _train_rates(m, gpu, config.batch_size)
-        measured = config.epochs * data["train"] / (reported["gpus"] * reported["hours"] * 3600)
+        (v_low, _), (v_high, _) = _train_rates(m, gpu, config.stage1.batch_size)
+        measured = config.stage1.epochs * data["train"] / (reported["gpus"] * reported["hours"] * 3600)
         out["cross_check"] = dict(
             gpu=reported["gpu"], gpus=reported["gpus"], reported_hours=reported["hours"],
             reported_images_per_second_per_gpu=measured, predicted_images_per_second_per_gpu=[v_low, v_high],
@@ -430,13 +430,13 @@ def commands(preset: str) -> dict:
     # The final NLL of --stage 1 and the evaluation at the end of --stage 2 run on rank 0
     # alone while the other ranks idle in the closing barrier, so under torchrun both are
     # shrunk to a token and the evaluation runs as its own one-GPU process.
-    token_eval = "--eval-iw-samples 1 --eval-max-images 1 --eval-generated 2"
+    token_eval = "--iw-samples 1 --max-images 1 --num-generated 2"
     stage1 = f"-m ncpfast.train --stage 1 --preset {preset} --data-dir DATA --run-dir {run} " \
-             f"--batch-size {config.batch_size} {token_eval}"
-    stage2 = f"-m ncpfast.train --stage 2 --from {run} --ncp-batch-size {config.ncp_batch_size} {token_eval}"
-    chunk = f" --iw-chunk {config.eval_chunk}" if config.eval_chunk else ""
-    evaluate = (f"python -m ncpfast.evaluate {run} --iw-samples {config.eval_iw_samples}{chunk} "
-                f"--num-generated {EVAL_GENERATED} --num-proposals {config.ncp_num_proposals} "
+             f"--batch-size {config.stage1.batch_size} {token_eval}"
+    stage2 = f"-m ncpfast.train --stage 2 --from {run} --ncp-batch-size {config.stage2.batch_size} {token_eval}"
+    chunk = f" --iw-chunk {config.evaluation.iw_chunk}" if config.evaluation.iw_chunk else ""
+    evaluate = (f"python -m ncpfast.evaluate {run} --iw-samples {config.evaluation.iw_samples}{chunk} "
+                f"--num-generated {EVAL_GENERATED} --num-proposals {config.sampler.num_proposals} "
                 f"--fid-weights pt_inception-2015-12-05-6726825d.pth --json")
     return {
         "stage1_1gpu": f"torchrun --standalone --nproc_per_node 1 {stage1}",
@@ -608,7 +608,7 @@ def render_markdown(report: dict) -> str:
                   f"# continue an interrupted stage 1 (same number of processes)\n{cmds['resume_8gpus']}",
                   f"# stage 2 (the NCP classifiers, data parallel), 8 GPUs\n{cmds['stage2_8gpus']}",
                   f"# stage 2, 2 hosts x 8 GPUs\n{cmds['stage2_2x8gpus']}",
-                  f"# evaluation: NLL (K={_config(preset).eval_iw_samples}), FID on 50,000 samples, base vs NCP; "
+                  f"# evaluation: NLL (K={_config(preset).evaluation.iw_samples}), FID on 50,000 samples, base vs NCP; "
                   f"one process\n{cmds['evaluate_1gpu']}"]
         lines += ["```", ""]
     lines += [
@@ -617,8 +617,8 @@ def render_markdown(report: dict) -> str:
         "on rank 0 alone, while the other ranks wait in the closing barrier of "
         "`ncpfast/runtime.py` (a gloo barrier with a 24-hour timeout, under NCCL too). The "
         "paper-scale evaluation takes hours (table), during which the other GPUs would sit idle, so the "
-        "commands shrink those in-job evaluations to a token (`--eval-iw-samples 1 --eval-max-images 1 "
-        "--eval-generated 2`) and run `python -m ncpfast.evaluate` as its own single-GPU process afterwards.",
+        "commands shrink those in-job evaluations to a token (`--iw-samples 1 --max-images 1 "
+        "--num-generated 2`) and run `python -m ncpfast.evaluate` as its own single-GPU process afterwards.",
         "- `ncpfast.evaluate` has no distributed mode: under `torchrun` every rank would evaluate and write "
         "`metrics.json`. Run it once, on one GPU. Its FID needs pytorch-fid's weights file, which the user "
         "supplies (nothing here downloads it); without `--fid-weights` it reports the small-classifier FD only.",

@@ -16,9 +16,11 @@ import time
 
 import numpy as np
 
+from ..config import add_config_flags
+from ..config.options import SAMPLE
 from ..run_dir import RunDir
 from ..runtime import pick_device
-from .common import USER_ERRORS, add_sampler_arguments, add_temperature_arguments, sampler_from_args
+from .common import USER_ERRORS, evaluation_from_args, run_value, sampler_from_args
 
 
 def build_parser():
@@ -29,12 +31,7 @@ def build_parser():
     what.add_argument("--method", choices=["sir", "langevin", "base"], default="sir",
                       help="sir / langevin with the NCP prior, or the base prior (default: sir)")
     what.add_argument("-n", "--num-samples", type=int, default=64, metavar="N", help="images to generate (default 64)")
-    add_temperature_arguments(what)
-    what.add_argument("--seed", type=int, default=0, metavar="SEED",
-                      help="seed of the sampling generator (default 0)")
-    what.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default auto)")
-    sampler = p.add_argument_group("the samplers")
-    add_sampler_arguments(sampler)
+    add_config_flags(p, SAMPLE, {"run": what, "evaluation": what, "sampler": p.add_argument_group("the samplers")})
     output = p.add_argument_group("output")
     output.add_argument("--out", metavar="PNG", help="PNG grid to write (default RUN_DIR/samples_<method>.png)")
     output.add_argument("--npz", metavar="FILE", help="also write the images, uint8 [N, H, W, C], to this .npz")
@@ -47,13 +44,12 @@ def main(argv=None) -> int:
     from ..images import save_grid
 
     try:
-        if args.readjust_bn_batches < 1:
-            raise ValueError(f"--readjust-bn-batches must be >= 1, got {args.readjust_bn_batches}")
+        tempering = evaluation_from_args(args)  # the temperature and BatchNorm re-adjustment, checked
         sampler = sampler_from_args(args)
-        device = pick_device(args.device)
+        device = pick_device(run_value(args, "device", "auto"))
         start = time.perf_counter()
-        images = pipeline.sample(args.run_dir, device, args.num_samples, sampler, args.temperature,
-                                 args.readjust_bn, args.readjust_bn_batches, args.seed)
+        images = pipeline.sample(args.run_dir, device, args.num_samples, sampler, tempering.temperature,
+                                 tempering.readjust_bn, tempering.readjust_bn_batches, run_value(args, "seed", 0))
         seconds = time.perf_counter() - start
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
@@ -63,9 +59,9 @@ def main(argv=None) -> int:
     if args.npz:
         array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         np.savez_compressed(args.npz, images=array)
-    readjusted = f", BatchNorm re-adjusted on {args.readjust_bn_batches} batches" if args.readjust_bn else ""
-    print(f"{args.num_samples} images ({args.method}, {args.mode} mode, temperature {args.temperature}{readjusted}) "
-          f"in {seconds:.2f} s -> {out}"
+    readjusted = f", BatchNorm re-adjusted on {tempering.readjust_bn_batches} batches" if tempering.readjust_bn else ""
+    print(f"{args.num_samples} images ({args.method}, {sampler.mode} mode, temperature {tempering.temperature}"
+          f"{readjusted}) in {seconds:.2f} s -> {out}"
           + (f" and {args.npz}" if args.npz else ""))
     return 0
 

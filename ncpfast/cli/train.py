@@ -17,9 +17,10 @@ import os
 import sys
 import time
 
+from ..config import DEFAULT_PRESET, PRESETS, add_config_flags, from_dotted, given_values, load_config, resolve_config
+from ..config.options import TRAIN
 from ..evaluation import format_table
 from ..run_dir import RunDir
-from ..training.config import PRESETS, RUN, add_config_arguments, config_from_args, load_config, validate_config
 from .common import USER_ERRORS
 
 
@@ -27,20 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ncpfast.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    run = parser.add_argument_group(RUN)
+    run = parser.add_argument_group("run")
     run.add_argument("--stage", choices=["1", "2", "both"], default="both",
                      help="1: the VAE; 2: the NCP classifiers on --from RUN_DIR; both (default)")
     run.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="the stage-1 run that --stage 2 uses")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     run.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    add_config_arguments(parser, {RUN: run})
+    add_config_flags(parser, TRAIN, {"run": run})
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_presets:
-        print(json.dumps(PRESETS, indent=2))
+        print(json.dumps({name: {"parent": p.parent, "about": p.about, "changes": p.changes}
+                          for name, p in PRESETS.items()}, indent=2))
         return 0
     from .. import pipeline
     from ..runtime import init_distributed, shutdown_distributed
@@ -56,18 +58,20 @@ def main(argv=None) -> int:
             if unfinished:
                 print(f"warning: {unfinished} in {source}: stage 2 trains on those weights; finish it first with "
                       f"python -m ncpfast.train --resume {source}", file=sys.stderr)
-            _apply_overrides(config, args)
+            config = _with_overrides(config, args)
             _report_stage2(config, pipeline.stage2_and_evaluation(config, args.from_run,
-                                                                  init_distributed(config.device)))
+                                                                  init_distributed(config.run.device)))
             return 0
         if args.resume:
             config = load_config(RunDir(args.resume).require_config())
-            _apply_overrides(config, args)
+            config = _with_overrides(config, args)
             run_dir = args.resume
         else:
-            config = config_from_args(args)
-            run_dir = config.run_dir or os.path.join("runs", f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-            config.run_dir = run_dir
+            given = given_values(args)
+            preset = given.pop("run.preset", DEFAULT_PRESET)
+            run_dir = given.get("run.run_dir") or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+            config = resolve_config(preset, {**given, "run.run_dir": run_dir})
+            config.evaluation.check_files()
         metrics, distributed = pipeline.train_stage1(config, run_dir, resume=bool(args.resume),
                                                      final_nll=args.stage == "1")
         if distributed.is_main:
@@ -84,12 +88,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def _apply_overrides(config, args) -> None:
-    """Options given explicitly on the command line override the saved config."""
-    for key, value in vars(args).items():
-        if value is not None and hasattr(config, key) and key not in ("preset", "run_dir"):
-            setattr(config, key, value)
-    validate_config(config)
+def _with_overrides(config, args):
+    """The saved config with the options given on the command line (but its preset
+    and run directory) in place of its values."""
+    given = {k: v for k, v in given_values(args).items() if k not in ("run.preset", "run.run_dir")}
+    config = from_dotted(given, config)
+    config.evaluation.check_files()
+    return config
 
 
 def _stage1_summary(run_dir: str, metrics: dict) -> str:
@@ -116,8 +121,8 @@ def _report_stage2(config, outcome) -> None:
     if summary["log_z_estimate"].get("warning"):
         print(f"warning: {summary['log_z_estimate']['warning']}", file=sys.stderr)
     print(format_table(evaluation.metrics))
-    per = "per image, joint" if config.ncp_sampling_mode == "joint" else "per latent group"
-    print(f"{RunDir.SAMPLE_GRID}: base prior (left) | NCP prior, SIR with {config.ncp_num_proposals} proposals "
+    per = "per image, joint" if config.sampler.mode == "joint" else "per latent group"
+    print(f"{RunDir.SAMPLE_GRID}: base prior (left) | NCP prior, SIR with {config.sampler.num_proposals} proposals "
           f"{per} (right)")
 
 

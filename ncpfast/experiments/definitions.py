@@ -109,32 +109,32 @@ class Experiment:
 # --- sizes -------------------------------------------------------------------------------
 
 # The tiny hierarchical model of the tests: seconds per run on 2 CPU cores.
-_QUICK_NVAE = args("--channels 4 --latent-channels 2 --batch-size 250 --epochs 1 --eval-iw-samples 3 "
-                   "--eval-max-images 20 --eval-generated 100 --ncp-epochs 1 --ncp-hidden 8 --ncp-cells 1 "
-                   "--ncp-log-z-samples 200 --ncp-num-proposals 5")
+_QUICK_NVAE = args("--channels 4 --latent-channels 2 --batch-size 250 --epochs 1 --iw-samples 3 "
+                   "--max-images 20 --num-generated 100 --ncp-epochs 1 --ncp-hidden 8 --ncp-cells 1 "
+                   "--log-z-samples 200 --num-proposals 5")
 _QUICK_CONV_WIDTH = args("--channels 4")
-_QUICK_FLAT = args("--batch-size 250 --epochs 1 --eval-iw-samples 20 --eval-max-images 50 --eval-chunk 0 "
-                   "--eval-generated 100 --ncp-epochs 1 --ncp-hidden 8 --ncp-cells 1 --ncp-log-z-samples 200 "
-                   "--ncp-num-proposals 5")
+_QUICK_FLAT = args("--batch-size 250 --epochs 1 --iw-samples 20 --max-images 50 --iw-chunk 0 "
+                   "--num-generated 100 --ncp-epochs 1 --ncp-hidden 8 --ncp-cells 1 --log-z-samples 200 "
+                   "--num-proposals 5")
 # Defaults: each experiment about 45 minutes or less on 2 CPU cores. Measured on the 2-core
 # AMD EPYC VM (docs/results.md), one thread per run: sampler 15 min (42 runs), groups 26 min for
 # 10 of its 12 runs, gmm-base 8 min for 5 of its 6 (stage 1 of the conv VAE ~3 min); with two
 # threads, alone: single-latent 9 min.
 # The hierarchical model: the `tiny` preset at half its width
 # (channels 8) and half its schedule (4 of 8 epochs), K = 50 on 200 test digits.
-_DEFAULT_NVAE = args("--channels 8 --epochs 4 --eval-iw-samples 50 --eval-max-images 200 --eval-generated 1000 "
-                     "--ncp-epochs 5 --ncp-log-z-samples 10000 --ncp-num-proposals 50")
+_DEFAULT_NVAE = args("--channels 8 --epochs 4 --iw-samples 50 --max-images 200 --num-generated 1000 "
+                     "--ncp-epochs 5 --log-z-samples 10000 --num-proposals 50")
 # The sampler experiment scores its samplers itself: its training's own evaluation is small.
-_DEFAULT_SAMPLER = args("--channels 8 --epochs 4 --eval-iw-samples 10 --eval-max-images 20 --eval-generated 200 "
-                        "--ncp-epochs 5 --ncp-log-z-samples 1000 --ncp-num-proposals 5")
+_DEFAULT_SAMPLER = args("--channels 8 --epochs 4 --iw-samples 10 --max-images 20 --num-generated 200 "
+                        "--ncp-epochs 5 --log-z-samples 1000 --num-proposals 5")
 # The LARS/SNIS MLP VAE with its preset's 100 epochs; stage 2 as in docs/results.md's single-latent
 # runs (50 epochs, 256 wide, log Z from 100,000 samples); NLL with K = 1,000 on all 1,000 test digits.
-_DEFAULT_FLAT = args("--eval-iw-samples 1000 --eval-max-images 0 --eval-chunk 250 --eval-generated 1000 "
-                     "--ncp-epochs 50 --ncp-hidden 256 --ncp-log-z-samples 100000 --ncp-num-proposals 50")
+_DEFAULT_FLAT = args("--iw-samples 1000 --max-images 0 --iw-chunk 250 --num-generated 1000 "
+                     "--ncp-epochs 50 --ncp-hidden 256 --log-z-samples 100000 --num-proposals 50")
 # The conv VAE (preset mnist-conv, 30 epochs): Table 7 reports FID, so the NLL is the cheaper
 # K = 100 on 500 test digits; stage 2 as for the MLP VAE.
-_DEFAULT_CONV = args("--eval-iw-samples 100 --eval-max-images 500 --eval-chunk 100 --eval-generated 1000 "
-                     "--ncp-epochs 50 --ncp-hidden 256 --ncp-log-z-samples 100000 --ncp-num-proposals 50")
+_DEFAULT_CONV = args("--iw-samples 100 --max-images 500 --iw-chunk 100 --num-generated 1000 "
+                     "--ncp-epochs 50 --ncp-hidden 256 --log-z-samples 100000 --num-proposals 50")
 
 
 def _samplers(sir_group, sir_joint, langevin):

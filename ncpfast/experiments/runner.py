@@ -1,5 +1,6 @@
-"""Runs an experiment's jobs as subprocesses of the stable command lines, reusing
-what is finished and resuming what was interrupted.
+"""Runs an experiment's jobs, each a command line of the stable programs
+(commands.py: train and sample in this process, evaluate as a child whose peak
+memory is measured), reusing what is finished and resuming what was interrupted.
 
 Layout under the runs directory, for a training T with its arguments hashed to H:
 
@@ -10,7 +11,7 @@ Layout under the runs directory, for a training T with its arguments hashed to H
     T-H/seed0.evaluate/         copy of the finished run for ncpfast.evaluate/sample
         results/S-H3.json       one sampler setting's evaluation (--json) and peak memory
         samples/S.png           one sampler setting's grid (ncpfast.sample)
-    logs/...                    every child's stdout and stderr
+    logs/...                    every job's output (and traceback, if it failed)
 
 The arguments and the code that runs (provenance.code_fingerprint) are part of
 the directory names, so a changed definition or a code change never reuses a
@@ -35,13 +36,14 @@ from typing import Callable, Optional
 from tqdm import tqdm
 
 from ..atomic_files import write_json_atomic
+from ..run_dir import RunDir
 from . import commands
+from .commands import Execution
 from .definitions import Experiment, Sampler
 from .provenance import code_fingerprint, code_version
 
-METRICS = "metrics.json"
 # What a copy of a run leaves behind: the outputs that the copy's own programs rewrite.
-_NOT_COPIED = ("metrics.json", "tensorboard", "samples", "samples.png", "*.experiment.json")
+_NOT_COPIED = (RunDir.METRICS, RunDir.TENSORBOARD, RunDir.SAMPLES, RunDir.SAMPLE_GRID, "*.experiment.json")
 _STAGE2_KEYS = ("ncp", "evaluation")
 
 
@@ -94,7 +96,7 @@ def read_json(path: str) -> Optional[dict]:
 
 def finished_run(run_dir: str) -> Optional[dict]:
     """The run's metrics.json when it holds the complete evaluation, else None."""
-    metrics = read_json(os.path.join(run_dir, METRICS))
+    metrics = read_json(RunDir(run_dir).metrics_path)
     return metrics if metrics is not None and complete_evaluation(metrics.get("evaluation")) else None
 
 
@@ -102,22 +104,16 @@ def copy_run(source: str, target: str, keep_stage2: bool) -> None:
     """A fresh copy of a finished run's stage 1 (and its stage 2 when keep_stage2)."""
     if os.path.exists(target):
         shutil.rmtree(target)
-    ignore = list(_NOT_COPIED) + ([] if keep_stage2 else ["ncp.pt"])
+    ignore = list(_NOT_COPIED) + ([] if keep_stage2 else [RunDir.NCP])
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(*ignore))
-    metrics = read_json(os.path.join(source, METRICS)) or {}
-    write_json_atomic({k: v for k, v in metrics.items() if k not in _STAGE2_KEYS}, os.path.join(target, METRICS))
-
-
-@dataclass
-class Execution:
-    returncode: int
-    seconds: float
-    peak_rss_mib: float
+    metrics = read_json(RunDir(source).metrics_path) or {}
+    write_json_atomic({k: v for k, v in metrics.items() if k not in _STAGE2_KEYS}, RunDir(target).metrics_path)
 
 
 def execute(command: list[str], log_path: str, stdout_path: Optional[str] = None) -> Execution:
-    """Runs one child to its end, its output appended to log_path (stdout to stdout_path
-    when given), and measures its wall seconds and peak resident memory (its own, from wait4)."""
+    """Runs one child process (the sampler experiment's ncpfast.evaluate) to its end, its
+    output appended to log_path (stdout to stdout_path when given), and measures its wall
+    seconds and peak resident memory (its own, from wait4)."""
     for path in (log_path, stdout_path):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -200,7 +196,7 @@ class Runner:
         metrics = finished_run(record.run_dir)
         if metrics is not None:
             return self._reuse(record, metrics, history)
-        if os.path.isfile(os.path.join(record.run_dir, "checkpoints", "latest.pt")):
+        if os.path.isfile(RunDir(record.run_dir).latest_checkpoint):
             command = train + ["--resume", record.run_dir, *commands.QUIET["train"]]
             what = "resuming"
         else:
@@ -288,7 +284,7 @@ class Runner:
         settings = [("base", "base prior", ("--method", "base"))] + [
             (s.key, s.label, s.sample_args(chosen_step_size(s.key))) for s in largest.values()]
         for key, label, arguments in settings:
-            out = os.path.join(copy, "samples", f"{key}-n{images}.png")
+            out = RunDir(copy).sample_grid_at(f"{key}-n{images}.png")
             evaluated_record = evaluated(key)
             commands.check_arguments("sample", arguments)
             if evaluated_record and evaluated_record.status != "complete":
@@ -301,7 +297,7 @@ class Runner:
                     continue
                 self._ensure_copy(primary.run_dir, copy)
                 log = self._log_path(copy, f"sample-{key}")
-                done = execute(command, log)
+                done = commands.run_in_process("sample", command[len(commands.python_command("sample")):], log)
                 if done.returncode != 0 or not os.path.isfile(out):
                     self.say(f"sample grid {key} failed: {_log_tail(log)}")
                     continue
@@ -316,7 +312,7 @@ class Runner:
             return self._planned(record, what)
         self.say(f"{what}: {record.run_dir}")
         log = self._log_path(record.run_dir, "train")
-        done = execute(command, log)
+        done = commands.run_in_process("train", command[len(commands.python_command("train")):], log)
         record.seconds += done.seconds
         record.seconds_now = done.seconds
         record.code = history.get("code", []) + [code_version()]
@@ -337,7 +333,7 @@ class Runner:
     def _complete(record: RunRecord, metrics: dict) -> RunRecord:
         record.status, record.evaluation = "complete", metrics["evaluation"]
         record.train_seconds = metrics.get("train_seconds")
-        samples = os.path.join(record.run_dir, "samples.png")
+        samples = RunDir(record.run_dir).sample_grid
         record.samples_png = samples if os.path.isfile(samples) else None
         return record
 
@@ -352,7 +348,7 @@ class Runner:
         return record
 
     def _ensure_copy(self, source: str, copy: str) -> None:
-        if not os.path.isfile(os.path.join(copy, "checkpoints", "ncp.pt")):
+        if not os.path.isfile(RunDir(copy).ncp_checkpoint):
             copy_run(source, copy, keep_stage2=True)
 
     def _log_path(self, run_dir: str, what: str) -> str:

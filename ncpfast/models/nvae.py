@@ -3,7 +3,7 @@ decoder towers of residual cells, latent groups at several scales (adaptive
 group counts), a residual posterior, and Bernoulli (binary MNIST, central
 28x28) or logistic-mixture (colour) outputs.
 """
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -38,10 +38,6 @@ class NVAEConfig:
     crop_border: int = 2  # MNIST: padded to 32, likelihood on the central 28x28
     num_nf: int = 0  # NVAE's paired flow cells per group on the posterior (nvae_flows)
     num_x_bits: int = 8  # NVAE's --num_x_bits: images quantised to this many bits (5 for its 256x256 models)
-
-    @classmethod
-    def from_train_config(cls, config) -> "NVAEConfig":
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
     def groups_per_scale(self) -> list[int]:
         """Groups at each latent scale, finest first (adaptive: halve per coarser scale)."""

@@ -61,7 +61,8 @@ class LogPartitionEstimate:
         if not self.ess < MIN_RELIABLE_ESS:  # NaN: unknown
             return None
         return (f"log Z rests on an effective sample size of {self.ess:.0f} (of {self.num_samples} draws): its "
-                f"standard error is unreliable; raise --ncp-log-z-samples (or --log-z-samples)")
+                f"standard error is unreliable; raise --log-z-samples (of stage 2, or of python -m ncpfast.evaluate "
+                "for a new estimate)")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ess_fraction": self.ess_fraction, "warning": self.warning()}

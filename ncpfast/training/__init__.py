@@ -1,5 +1,4 @@
-"""Stage 1: training the VAE (config and presets, the loop, checkpoints, logging)."""
-from .config import PRESETS, TrainConfig, config_from_args
+"""Stage 1: training the VAE (the loop, checkpoints, logging)."""
 from .trainer import Trainer, TrainingDiverged
 
-__all__ = ["PRESETS", "TrainConfig", "config_from_args", "Trainer", "TrainingDiverged"]
+__all__ = ["Trainer", "TrainingDiverged"]

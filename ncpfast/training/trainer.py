@@ -22,6 +22,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .. import checkpoint
+from ..config import Config, save_config
 from ..data import AUTO, BatchLoader, TrainingOrder, auto_workers, load_dataset, read_batch, to_device
 from ..images import save_grid
 from ..models import build_model
@@ -36,7 +37,6 @@ from ..runtime import (
     pick_device,
     replicas_identical,
 )
-from .config import TrainConfig, save_config
 from .regularizers import SpectralRegularizer, batchnorm_max_gamma
 from .schedules import kl_coefficient, learning_rate, regularizer_weight
 
@@ -76,44 +76,44 @@ def balanced_kl(kl_all: torch.Tensor, alpha: Optional[torch.Tensor],
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, run_dir: str, resume: bool = False, final_nll: bool = True):
+    def __init__(self, config: Config, run_dir: str, resume: bool = False, final_nll: bool = True):
         self.config, self.run_dir, self.final_nll = config, run_dir, final_nll
         self.run = RunDir(run_dir)
-        self.ctx = init_distributed(config.device)
-        self.device = pick_device(config.device, self.ctx.local_rank)
+        self.ctx = init_distributed(config.run.device)
+        self.device = pick_device(config.run.device, self.ctx.local_rank)
         self.amp_dtype = self._amp_dtype()
-        self.train_set, self.test_set = load_dataset(config.dataset, config.data_dir)
+        self.train_set, self.test_set = load_dataset(config.data.dataset, config.data.data_dir)
 
-        torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = build_model(config).to(self.device)
-        set_synchronized(self.model, self.ctx.enabled and config.sync_batch_norm)
+        torch.manual_seed(config.run.seed)  # identical initial weights on every rank
+        self.model = build_model(config.model).to(self.device)
+        set_synchronized(self.model, self.ctx.enabled and config.stage1.sync_batch_norm)
         self.spectral = (SpectralRegularizer(self.model).to(self.device)
-                         if config.spectral_reg > 0 and any(True for _ in self._wn_convs()) else None)
-        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=config.lr, eps=config.adamax_eps,
-                                            weight_decay=config.weight_decay)
+                         if config.stage1.spectral_reg > 0 and any(True for _ in self._wn_convs()) else None)
+        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=config.stage1.lr, eps=config.stage1.adamax_eps,
+                                            weight_decay=config.stage1.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.stage1.ema_decay > 0 else None
         objective = _Objective(self.model)
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
         self.objective = objective
         alpha = getattr(self.model, "kl_balance_scale", None)
-        self.kl_alpha = alpha().to(self.device) if (alpha and config.kl_balance) else None
+        self.kl_alpha = alpha().to(self.device) if (alpha and config.stage1.kl_balance) else None
 
-        global_batch = config.batch_size * self.ctx.world_size
+        global_batch = config.stage1.batch_size * self.ctx.world_size
         self.steps_per_epoch = len(self.train_set) // global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(f"the training split has {len(self.train_set)} images, fewer than one global batch "
-                             f"({config.batch_size} x {self.ctx.world_size} processes); lower --batch-size")
-        self.total_steps = config.epochs * self.steps_per_epoch
-        self.order = TrainingOrder(len(self.train_set), config.seed, config.batch_size, self.steps_per_epoch,
+                             f"({config.stage1.batch_size} x {self.ctx.world_size} processes); lower --batch-size")
+        self.total_steps = config.stage1.epochs * self.steps_per_epoch
+        self.order = TrainingOrder(len(self.train_set), config.run.seed, config.stage1.batch_size, self.steps_per_epoch,
                                    self.ctx.rank, self.ctx.world_size)
         self.loader = self._batch_loader()
         self.step, self.nan_streak, self.nan_skips = 0, 0, 0
         self.history, self.train_seconds, self.images_seen = [], 0.0, 0
         # Every rank has its own stream of training noise (binarisation, z).
-        torch.manual_seed(config.seed + 1 + 1000 * self.ctx.rank)
+        torch.manual_seed(config.run.seed + 1 + 1000 * self.ctx.rank)
         if resume:
             self._load(self.run.latest_checkpoint)
         self.writer = None
@@ -131,7 +131,7 @@ class Trainer:
         return (m for m in self.model.modules() if isinstance(m, WNConv2d))
 
     def _amp_dtype(self):
-        amp = self.config.amp
+        amp = self.config.stage1.amp
         if amp == "auto":
             return torch.bfloat16 if self.device.type == "cuda" else None
         if amp != "none" and self.device.type != "cuda":
@@ -139,7 +139,7 @@ class Trainer:
         return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
     def _batch_loader(self) -> BatchLoader:
-        workers = self.config.num_workers
+        workers = self.config.data.num_workers
         if workers == AUTO:
             per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
             workers = auto_workers(self.train_set, per_node)
@@ -158,7 +158,7 @@ class Trainer:
     # --- one step ---------------------------------------------------------------------
 
     def _train_step(self, x: torch.Tensor) -> dict:
-        c = self.config
+        c = self.config.stage1
         lr = learning_rate(self.step, self.total_steps, int(c.warmup_epochs * self.steps_per_epoch), c.lr, c.lr_min)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -216,16 +216,16 @@ class Trainer:
                    f"update skipped ({self.nan_streak} in a row)")
         if self.ctx.is_main:
             tqdm.write(message, file=sys.stderr)
-        if self.nan_streak > self.config.max_nan_skips:
+        if self.nan_streak > self.config.stage1.max_nan_skips:
             raise TrainingDiverged(
                 f"training diverged: {self.nan_streak} non-finite steps in a row at step {self.step}. "
-                f"Lower --lr (now {self.config.lr}; NVAE uses 5e-3 or 1e-3 when NaNs appear), "
+                f"Lower --lr (now {self.config.stage1.lr}; NVAE uses 5e-3 or 1e-3 when NaNs appear), "
                 f"keep --grad-clip on, or raise --batch-size. The last good checkpoint is in "
                 f"{self.run.checkpoints_dir}.")
 
     @torch.no_grad()
     def _update_ema(self):
-        decay = self.config.ema_decay
+        decay = self.config.stage1.ema_decay
         for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
             ema_p.lerp_(p.detach(), 1 - decay)
         for ema_b, b in zip(self.ema.buffers(), self.model.buffers()):
@@ -250,7 +250,7 @@ class Trainer:
 
     def _train_loop(self) -> dict:
         c = self.config
-        stop_at = min(self.total_steps, c.max_steps) if c.max_steps > 0 else self.total_steps
+        stop_at = min(self.total_steps, c.stage1.max_steps) if c.stage1.max_steps > 0 else self.total_steps
         # One stream of batches from here to stop_at, read ahead across epoch ends.
         batches = self.loader.batches(self.step, stop_at)
         try:
@@ -266,8 +266,8 @@ class Trainer:
         while self.step < stop_at:
             epoch, first = divmod(self.step, self.steps_per_epoch)
             last = min(self.steps_per_epoch, first + stop_at - self.step)
-            bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{c.epochs}", initial=first,
-                       total=self.steps_per_epoch, disable=not (self.ctx.is_main and c.progress), leave=False)
+            bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{c.stage1.epochs}", initial=first,
+                       total=self.steps_per_epoch, disable=not (self.ctx.is_main and c.logging.progress), leave=False)
             self.model.train()
             epoch_losses = []
             for b in bar:
@@ -286,7 +286,7 @@ class Trainer:
                     self._save(self.run.latest_checkpoint)
                     raise SystemExit(f"stopped by signal {self._stop_signal} at step {self.step}; "
                                      f"continue with: python -m ncpfast.train --resume {self.run_dir}")
-                if self.step % c.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
+                if self.step % c.logging.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
                     self._save(self.run.latest_checkpoint)
             bar.close()
             if self.step % self.steps_per_epoch == 0:
@@ -297,7 +297,7 @@ class Trainer:
         return status
 
     def _log_step(self, stats: dict, images_per_second: float) -> None:
-        if not self.writer or self.step % self.config.log_every:
+        if not self.writer or self.step % self.config.logging.log_every:
             return
         for key in ("loss", "nelbo", "kl", "lr", "kl_coeff", "grad_norm"):
             self.writer.add_scalar(f"train/{key}", stats[key], self.step)
@@ -313,10 +313,10 @@ class Trainer:
                       test_nelbo=test_nelbo, train_seconds=self.train_seconds)
         self.history.append(record)
         if self.ctx.is_main:
-            tqdm.write(f"epoch {epoch + 1}/{c.epochs}: train -ELBO {record['train_nelbo']:.2f}, "
+            tqdm.write(f"epoch {epoch + 1}/{c.stage1.epochs}: train -ELBO {record['train_nelbo']:.2f}, "
                        f"test -ELBO {test_nelbo:.2f} nats, step {self.step}")
             self.writer.add_scalar("test/nelbo", test_nelbo, self.step)
-            if (epoch + 1) % c.sample_every == 0 or epoch + 1 == c.epochs:
+            if (epoch + 1) % c.logging.sample_every == 0 or epoch + 1 == c.stage1.epochs:
                 self._save_samples(f"epoch_{epoch + 1:04d}.png")
         self._save(self.run.latest_checkpoint)
 
@@ -335,8 +335,8 @@ class Trainer:
         if self.ctx.is_main:
             model = self._eval_model().eval()
             with self._forked_rng():
-                g = torch.Generator(self.device).manual_seed(self.config.seed + 7)
-                torch.manual_seed(self.config.seed + 7)
+                g = torch.Generator(self.device).manual_seed(self.config.run.seed + 7)
+                torch.manual_seed(self.config.run.seed + 7)
                 n = min(max_images, len(self.test_set))
                 total = 0.0
                 for start in range(0, n, 250):
@@ -354,8 +354,8 @@ class Trainer:
     def _save_samples(self, name: str) -> None:
         model = self._eval_model().eval()
         with self._forked_rng():
-            g = torch.Generator(self.device).manual_seed(self.config.seed + 11)
-            images = model.sample(self.config.num_sample_images, generator=g)
+            g = torch.Generator(self.device).manual_seed(self.config.run.seed + 11)
+            images = model.sample(self.config.logging.num_sample_images, generator=g)
         save_grid(images, self.run.sample_grid_at(name))
         save_grid(images, self.run.sample_grid)
         self.writer.add_images("samples", images.clamp(0, 1).expand(-1, 3, -1, -1), self.step)
@@ -365,24 +365,24 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate_nll(self) -> dict:
-        """Importance-weighted NLL on the test split (K = eval_iw_samples)."""
-        c = self.config
+        """Importance-weighted NLL on the test split (K = the evaluation's iw_samples)."""
+        c, e = self.config, self.config.evaluation
         model = self._eval_model().eval()
-        n = len(self.test_set) if c.eval_max_images <= 0 else min(c.eval_max_images, len(self.test_set))
-        batch = iw_images_per_pass(c.eval_iw_samples, c.eval_chunk, self.device)
+        n = len(self.test_set) if e.max_images <= 0 else min(e.max_images, len(self.test_set))
+        batch = iw_images_per_pass(e.iw_samples, e.iw_chunk, self.device)
         with self._forked_rng():
-            torch.manual_seed(c.seed + 13)
-            g = torch.Generator(self.device).manual_seed(c.seed + 13)
+            torch.manual_seed(c.run.seed + 13)
+            g = torch.Generator(self.device).manual_seed(c.run.seed + 13)
             log_px = []
-            for start in tqdm(range(0, n, batch), desc=f"test NLL (K={c.eval_iw_samples})", leave=False,
-                              disable=not c.progress):
+            for start in tqdm(range(0, n, batch), desc=f"test NLL (K={e.iw_samples})", leave=False,
+                              disable=not c.logging.progress):
                 x = self._read(self.test_set, torch.arange(start, min(n, start + batch)), g)
-                log_px.append(model.importance_weighted_log_likelihood(x, c.eval_iw_samples, c.eval_chunk))
+                log_px.append(model.importance_weighted_log_likelihood(x, e.iw_samples, e.iw_chunk))
         log_px = torch.cat(log_px)
         nll = float(-log_px.mean())
         std_error = float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0
         return dict(nll_nats=nll, nll_std_error=std_error,
-                    bits_per_dim=nll / (math.log(2) * model.num_data_dims()), iw_samples=c.eval_iw_samples,
+                    bits_per_dim=nll / (math.log(2) * model.num_data_dims()), iw_samples=e.iw_samples,
                     test_images=n)
 
     def _finish(self, status: str) -> dict:

@@ -99,13 +99,12 @@ def main(argv=None) -> int:
                         "the one NVAE trained on: mnist, cifar10, celeba64, celebahq256 or ffhq256)")
     parser.add_argument("--data-dir", metavar="DIR", help="directory of that data set's files")
     args = parser.parse_args(argv)
-    from .cli.common import USER_ERRORS
+    from .cli.common import USER_ERRORS, report_user_error
 
     try:
         config = import_checkpoint(args.checkpoint, args.out, args.dataset, args.data_dir)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     print(f"wrote {args.out}: preset {config.run.preset}, data set {config.data.dataset}; next: "
           f"python -m ncpfast.train --stage 2 --from {args.out}")
     return 0

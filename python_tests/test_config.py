@@ -172,6 +172,18 @@ def test_choices_are_checked_by_the_parser(capsys):
 
 def test_evaluation_config_checks_fid_weights_only_when_asked(tmp_path):
     config = EvaluationConfig(fid_weights=str(tmp_path / "missing.pth"))  # a saved config from another machine
-    with pytest.raises(ValueError, match="--fid-weights: no file at"):
+    with pytest.raises(ValueError, match="fid_weights: no file at"):
         config.check_files()
     assert dataclasses.replace(config, fid_weights="").check_files() is None
+
+
+def test_errors_name_flags_for_command_line_users():
+    from ncpfast.config import in_flag_terms
+
+    assert (in_flag_terms("stage2.base gmm needs model.kind mlp; evaluation.iw_samples must be >= 1")
+            == "--ncp-base gmm needs --model mlp; --iw-samples must be >= 1")
+    assert in_flag_terms("model.nvae.num_nf must be >= 0, got -1") == "--num-nf must be >= 0, got -1"
+    assert in_flag_terms("evaluation.tune_step_size is set from code") == "evaluation.tune_step_size is set from code"
+    with pytest.raises(ValueError) as caught:
+        resolve_config("default", {"stage2.epochs": 0})
+    assert "--ncp-epochs must be >= 1, got 0" in in_flag_terms(str(caught.value))

@@ -217,7 +217,7 @@ def test_commands_on_a_run_without_stage_two(tmp_path):
     result = run("ncpfast.train", "--stage", "2")
     assert result.returncode == 2 and "--stage 2 needs --from" in result.stderr
     result = run("ncpfast.train", "--fid-weights", str(tmp_path / "missing.pth"))  # fails before any training
-    assert result.returncode == 2 and "fid_weights: no file at" in result.stderr
+    assert result.returncode == 2 and "--fid-weights: no file at" in result.stderr
     result = run("ncpfast.evaluate", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "not a run directory" in result.stderr
     bare = tmp_path / "bare"

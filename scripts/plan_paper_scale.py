@@ -446,6 +446,7 @@ def commands(preset: str) -> dict:
         "stage2_2x8gpus": f"{dist2} {stage2}",
         "evaluate_1gpu": f"CUDA_VISIBLE_DEVICES=0 {evaluate}",
         "resume_8gpus": f"{dist1} -m ncpfast.train --stage 1 --resume {run} {token_eval}",
+        "import_nvae": f"python -m ncpfast.import_nvae NVAE_RUN/checkpoint.pt --out {run} --data-dir DATA",
     }
 
 
@@ -540,6 +541,35 @@ def render_markdown(report: dict) -> str:
         f"{EVAL_GENERATED:,} generated images per prior are also {EVAL_GENERATED * 3 * 256 * 256 * 4 / 1e9:.0f} GB "
         "of float32 held on the device at once by `evaluate_run`; generate fewer (`--num-generated`).",
         "",
+        "## NCP on a published NVAE checkpoint",
+        "",
+        "With NVAE's own checkpoint (NVlabs publishes MNIST, CIFAR-10, CelebA-64, CelebA-HQ-256 and FFHQ "
+        "models) stage 1 is skipped: `python -m ncpfast.import_nvae` writes a run directory from it in seconds "
+        "(docs/usage.md, \"NCP on a trained NVAE\"), and what is left is stage 2 and the evaluation. Same "
+        "method and same caveats as the table above: estimates, no GPU measured.",
+        "",
+        "| preset | stage 2 h: 1 / 8 GPUs | evaluation h (1 GPU) | stage 2 on 8 GPUs + evaluation, h "
+        "| stage 1 on 8 GPUs that the import saves, h |",
+        "|---|---|---|---|---|",
+    ]
+    for preset, r in report["presets"].items():
+        cal = r.get("calibrated")
+        if not cal:
+            continue
+        lines.append(
+            f"| `{preset}` | {_n(cal['stage2_hours_1_gpu'])} / {_n(cal['stage2_hours_8_gpus'])} "
+            f"| {_n(cal['evaluation_hours_1_gpu'])} "
+            f"| {_n(cal['stage2_hours_8_gpus'] + cal['evaluation_hours_1_gpu'])} "
+            f"| {_n(cal['stage1_hours']['8_gpus'])} |")
+    lines += [
+        "",
+        "The commands of this path are each preset's `import`, `stage 2` and `evaluation` lines below (the "
+        "import reads NVAE's `checkpoint.pt`; `NVAE_RUN` is its folder). The evaluation dominates: the "
+        "paper's NLL protocol (K = 1,000 importance samples for each of two priors over the whole test split) "
+        "costs more than the stage 1 the import saves, and `python -m ncpfast.evaluate` runs on one GPU (it "
+        "has no data-parallel mode yet), so 8 GPUs do not shorten it. `--max-images N` scores the first N test "
+        "images: the hours scale with N, and the NLL's standard error (reported) grows as 1/sqrt(N).",
+        "",
         "## Per preset: what the counts say",
         "",
         "| preset | fwd GFLOP/image | per-step GFLOP (regularisers etc.) | saved act. per step MB (fused / eager) "
@@ -602,14 +632,16 @@ def render_markdown(report: dict) -> str:
               "Start the 2-node command on both nodes. `--standalone` is the single-host rendezvous.", ""]
     for preset, cmds in report["commands"].items():
         lines += [f"### `{preset}`", "", "```bash"]
-        lines += [f"# stage 1 (the VAE), one GPU\n{cmds['stage1_1gpu']}",
+        lines += [f"# or, with NVAE's trained checkpoint instead of stage 1: import it (seconds, CPU)\n"
+                  f"{cmds['import_nvae']}",
+                  f"# stage 1 (the VAE), one GPU\n{cmds['stage1_1gpu']}",
                   f"# stage 1, 8 GPUs of one host\n{cmds['stage1_8gpus']}",
                   f"# stage 1, 2 hosts x 8 GPUs (run on each host)\n{cmds['stage1_2x8gpus']}",
                   f"# continue an interrupted stage 1 (same number of processes)\n{cmds['resume_8gpus']}",
                   f"# stage 2 (the NCP classifiers, data parallel), 8 GPUs\n{cmds['stage2_8gpus']}",
                   f"# stage 2, 2 hosts x 8 GPUs\n{cmds['stage2_2x8gpus']}",
-                  f"# evaluation: NLL (K={_config(preset).evaluation.iw_samples}), FID on 50,000 samples, base vs NCP; "
-                  f"one process\n{cmds['evaluate_1gpu']}"]
+                  f"# evaluation: NLL (K={_config(preset).evaluation.iw_samples}), FID on 50,000 samples, base vs "
+                  f"NCP; one process\n{cmds['evaluate_1gpu']}"]
         lines += ["```", ""]
     lines += [
         "Why the commands look like this:",

@@ -1,8 +1,9 @@
 """What the command-line programs share."""
 import argparse
+import sys
 
 from ..checkpoint import CheckpointError
-from ..config import EvaluationConfig, SamplerConfig, section_values
+from ..config import EvaluationConfig, SamplerConfig, in_flag_terms, section_values
 from ..data import DataError
 from ..run_dir import RunDirError
 from ..training import TrainingDiverged
@@ -10,6 +11,12 @@ from ..training import TrainingDiverged
 # Errors that are the user's to fix: printed as one line, exit status 2.
 USER_ERRORS = (ValueError, DataError, CheckpointError, RunDirError, TrainingDiverged, FileNotFoundError)
 AUTO = "auto"
+
+
+def report_user_error(error: Exception) -> int:
+    """Prints a user's error as one line, settings named by their flags; the exit status 2."""
+    print(f"error: {in_flag_terms(str(error))}", file=sys.stderr)
+    return 2
 
 
 def step_size_or_auto(text: str):
@@ -41,5 +48,5 @@ def run_value(args: argparse.Namespace, name: str, default):
     return section_values(args, "run").get(name, default)
 
 
-__all__ = ["AUTO", "USER_ERRORS", "evaluation_from_args", "run_value", "sampler_from_args",
+__all__ = ["AUTO", "USER_ERRORS", "report_user_error", "evaluation_from_args", "run_value", "sampler_from_args",
            "step_size_or_auto"]

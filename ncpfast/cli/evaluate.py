@@ -25,7 +25,15 @@ from ..config import add_config_flags, section_values
 from ..config.options import EVALUATE
 from ..evaluation import STEP_SIZE_CANDIDATES
 from ..runtime import pick_device
-from .common import AUTO, USER_ERRORS, evaluation_from_args, run_value, sampler_from_args, step_size_or_auto
+from .common import (
+    AUTO,
+    USER_ERRORS,
+    evaluation_from_args,
+    report_user_error,
+    run_value,
+    sampler_from_args,
+    step_size_or_auto,
+)
 
 
 def build_parser():
@@ -55,8 +63,7 @@ def main(argv=None) -> int:
         evaluation = pipeline.evaluate(args.run_dir, pick_device(run_value(args, "device", "auto")), settings,
                                        sampler_from_args(args), run_value(args, "seed", 0), progress)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     print(json.dumps(evaluation.metrics, indent=2) if args.json else format_table(evaluation.metrics))
     return 0
 

@@ -20,7 +20,7 @@ from ..config import add_config_flags
 from ..config.options import SAMPLE
 from ..run_dir import RunDir
 from ..runtime import pick_device
-from .common import USER_ERRORS, evaluation_from_args, run_value, sampler_from_args
+from .common import USER_ERRORS, evaluation_from_args, report_user_error, run_value, sampler_from_args
 
 
 def build_parser():
@@ -52,8 +52,7 @@ def main(argv=None) -> int:
                                  tempering.readjust_bn, tempering.readjust_bn_batches, run_value(args, "seed", 0))
         seconds = time.perf_counter() - start
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     out = args.out or RunDir(args.run_dir).sampler_output(args.method)
     save_grid(images, out)
     if args.npz:

@@ -21,7 +21,7 @@ from ..config import DEFAULT_PRESET, PRESETS, add_config_flags, from_dotted, giv
 from ..config.options import TRAIN
 from ..evaluation import format_table
 from ..run_dir import RunDir
-from .common import USER_ERRORS
+from .common import USER_ERRORS, report_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +79,7 @@ def main(argv=None) -> int:
         if args.stage == "both" and metrics["status"] == "complete":
             _report_stage2(config, pipeline.stage2_and_evaluation(config, run_dir, distributed))
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     finally:
         # Gloo's threads must stop before the interpreter exits, or a rank can
         # die in std::terminate after its work is done.

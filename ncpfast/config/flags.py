@@ -4,6 +4,8 @@ program takes, its dest the field's dotted path. Flags default to "not given"
 (None), so that a preset or a saved config decides, and the values given are
 read back as dotted overrides."""
 import argparse
+import functools
+import re
 from typing import Optional
 
 from .options import PROGRAMS
@@ -45,6 +47,20 @@ def add_config_flags(parser: argparse.ArgumentParser, program: str, groups: Opti
         for old in option.old_flags:
             group.add_argument(old, dest=leaf.path, type=kind, default=None, help=argparse.SUPPRESS, **extra)
     return groups
+
+
+@functools.cache
+def _flag_pattern() -> tuple:
+    flags = {leaf.path: leaf.option.flag for leaf in leaves() if leaf.option is not None and leaf.option.flag}
+    paths = sorted(flags, key=len, reverse=True)
+    return re.compile(r"(?<![\w.-])(" + "|".join(re.escape(p) for p in paths) + r")(?![\w])"), flags
+
+
+def in_flag_terms(message: str) -> str:
+    """A message about config settings (by dotted path) as a command-line user reads
+    it: each setting that has a flag named by its flag."""
+    pattern, flags = _flag_pattern()
+    return pattern.sub(lambda m: flags[m.group(1)], message)
 
 
 def given_values(args: argparse.Namespace) -> dict:

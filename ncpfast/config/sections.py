@@ -269,8 +269,8 @@ class EvaluationConfig:
         """That fid_weights names a file: checked before a run starts (and not when a
         saved config is read, on a machine where that file may live elsewhere)."""
         if self.fid_weights and not os.path.isfile(self.fid_weights):
-            raise ValueError(f"--fid-weights: no file at {self.fid_weights!r} (pytorch-fid's {FID_WEIGHTS_FILE} is "
-                             "expected; it cannot be downloaded here)")
+            raise ValueError(f"evaluation.fid_weights: no file at {self.fid_weights!r} (pytorch-fid's "
+                             f"{FID_WEIGHTS_FILE} is expected; it cannot be downloaded here)")
 
 
 # The flags of the sampler section (SamplerConfig is NCP's, declared in ncp/contract.py).
@@ -301,9 +301,9 @@ class Config:
 
     def __post_init__(self):
         if self.stage2.base == "gmm" and self.model.kind == "nvae":
-            raise ValueError("invalid configuration: stage2.base gmm (--ncp-base gmm) needs a single-group model "
-                             "(model mlp or conv); the hierarchical nvae model's groups have conditional priors a "
-                             "GMM cannot replace")
+            raise ValueError("invalid configuration: stage2.base gmm needs a single-group model (model.kind mlp "
+                             "or conv); the hierarchical nvae model's groups have conditional priors a GMM cannot "
+                             "replace")
 
 
 # The section titles of --help, in order, by the dotted path of each section.

@@ -7,8 +7,10 @@
     python -m ncpfast.experiments all --quick      # every one at tiny sizes, one seed (a smoke test)
     python -m ncpfast.experiments sampler --dry-run  # the commands it would run, and what it would reuse
 
-Each run is a python -m ncpfast.train / evaluate / sample process; finished runs
-are reused and interrupted ones resumed, so rerunning after a stop continues.
+Each run is a python -m ncpfast.train / evaluate / sample command line (train and
+sample run in this process, each sampler evaluation as a child process whose peak
+memory is measured); finished runs are reused and interrupted ones resumed, so
+rerunning after a stop continues.
 Writes OUT/NAME.json (every run's numbers and the summaries), OUT/NAME-*.png and
 the experiment's section of the --docs markdown file.
 """

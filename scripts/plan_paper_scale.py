@@ -568,7 +568,7 @@ def render_markdown(report: dict) -> str:
         "paper's NLL protocol (K = 1,000 importance samples for each of two priors over the whole test split) "
         "costs more than the stage 1 the import saves, and `python -m ncpfast.evaluate` runs on one GPU (it "
         "has no data-parallel mode yet), so 8 GPUs do not shorten it. `--max-images N` scores the first N test "
-        "images: the hours scale with N, and the NLL's standard error (reported) grows as 1/sqrt(N).",
+        "images: the hours scale with N, and the NLL's standard error (reported) scales as 1/sqrt(N).",
         "",
         "## Per preset: what the counts say",
         "",

@@ -25,14 +25,12 @@ class Option:
     old_flags: tuple             # earlier spellings of the flag, still accepted (not in --help)
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: Optional[str] = "", metavar=None,
-           choices=None, programs=(TRAIN,), legacy=None, old_flags=(), default_factory=dataclasses.MISSING):
+def option(default: Any, help: str = "", *, flag: Optional[str] = "", metavar=None, choices=None,
+           programs=(TRAIN,), legacy=None, old_flags=()):
     """A dataclass field with its Option in the metadata. flag "": --field-name;
     None: no flag (set from code or a saved config only)."""
     meta = {"option": Option(help, flag, metavar, tuple(choices) if choices else None, tuple(programs), legacy,
                              tuple(old_flags))}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 

@@ -113,8 +113,8 @@ class ModelConfig:
     channels: int = option(32, "nvae: width at full resolution (doubles at each down step); conv: width of the "
                            "first of its 4 stride-2 convs (doubles at each)")
     latent_dim: int = option(50, "mlp/conv: latent dimension")
-    nvae: HierarchyConfig = option(default_factory=HierarchyConfig)
-    mlp: MLPConfig = option(default_factory=MLPConfig)
+    nvae: HierarchyConfig = dataclasses.field(default_factory=HierarchyConfig)
+    mlp: MLPConfig = dataclasses.field(default_factory=MLPConfig)
 
     def __post_init__(self):
         _raise("model", [check_choice("model", "kind", self.kind, MODEL_KINDS),

@@ -530,7 +530,7 @@ def render_markdown(report: dict) -> str:
         "if the step were not bound by many small kernels. Hours count the paper's epochs over the training "
         "split at the preset's per-process batch; 8 GPUs assume "
         f"{a['scaling_efficiency_8']:.0%} data-parallel efficiency (16 GPUs on 2 hosts: "
-        f"{a['scaling_efficiency_16']:.0%}; in the JSON). Stage 2 (the preset's `ncp_epochs` over the training "
+        f"{a['scaling_efficiency_16']:.0%}; in the JSON). Stage 2 (the preset's `stage2.epochs` over the training "
         "split, plus the held-out pass) and the evaluation (K importance samples for both priors on the whole "
         f"test split, {EVAL_GENERATED:,} images per prior, log Z) are FLOP-bound figures corrected by the same "
         "factor. The evaluation runs on one GPU whatever the job size (see the commands): for the large test "
@@ -704,7 +704,7 @@ def render_markdown(report: dict) -> str:
         "through the VAE to read the group shapes, which needs real tensors) are attached to the full-size "
         "meta VAE for these counts. The evaluation's total is test images x K x "
         f"(base + NCP) + {EVAL_GENERATED:,} generated images per prior (base and SIR; the paper's FID sample) "
-        "+ 2 x `ncp_log_z_samples` log Z samples (stage 2 and the evaluation each estimate it).",
+        "+ 2 x `stage2.log_z_samples` log Z samples (stage 2 and the evaluation each estimate it).",
         "4. **Throughput.** Images/s on one H200 = the slower of a FLOP bound, sustained FLOP rate / FLOPs per "
         "image, and a bandwidth bound, HBM bandwidth / bytes moved per image, with bytes moved = a multiple "
         "of the fused cells' saved activations (bf16) plus, per step spread over the batch, the Adamax update "

@@ -403,3 +403,18 @@ def test_langevin_settings_tune_their_step_size_and_report_it():
     assert f"| {langevin.label} (step size 0.1, 0.03) |" in "\n".join(report._rows_table([row], ["fd"]))
     row["step_size_at_grid_edge"] = True
     assert "a larger one might do better" in "\n".join(report._rows_table([row], ["fd"]))
+
+
+def test_a_child_s_peak_memory_is_its_own_not_this_process_s(tmp_path):
+    """The experiments train in their own process, then start the evaluations whose
+    peak memory the sampler table reports. A child's ru_maxrss also holds the
+    high-water mark of the memory it leaves at exec (this process's, when it is
+    spawned by vfork): the launcher between them keeps that out."""
+    held = bytearray(600 * 2**20)  # this process: 600 MiB more, touched
+    for i in range(0, len(held), 4096):
+        held[i] = 1
+    child = [sys.executable, "-c", "x = bytearray(60 * 2**20); x[::4096] = b'1' * len(x[::4096])"]
+    done = runner.execute(child, str(tmp_path / "log"))
+    assert done.returncode == 0
+    assert 60 < done.peak_rss_mib < 300, done.peak_rss_mib  # the child's 60 MiB and an interpreter, not 600
+    del held

@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -110,35 +111,52 @@ def copy_run(source: str, target: str, keep_stage2: bool) -> None:
     write_json_atomic({k: v for k, v in metrics.items() if k not in _STAGE2_KEYS}, RunDir(target).metrics_path)
 
 
+# The launcher between this process and a measured command (peak_memory.py: why).
+_PEAK_MEMORY_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peak_memory.py")
+
+
 def execute(command: list[str], log_path: str, stdout_path: Optional[str] = None) -> Execution:
     """Runs one child process (the sampler experiment's ncpfast.evaluate) to its end, its
     output appended to log_path (stdout to stdout_path when given), and measures its wall
-    seconds and peak resident memory (its own, from wait4)."""
+    seconds and its own peak resident memory (through peak_memory.py, so that this
+    process's memory, the trainings it ran included, does not count)."""
     for path in (log_path, stdout_path):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    peak_path = log_path + ".peak_kib"
     with open(log_path, "a") as log:
         log.write(f"$ {commands.shell_line(command)}\n")
         log.flush()
         out = open(stdout_path, "w") if stdout_path else log
         try:
             start = time.perf_counter()
-            proc = subprocess.Popen(command, stdout=out, stderr=log, env=commands.child_environment())
+            proc = subprocess.Popen([sys.executable, _PEAK_MEMORY_LAUNCHER, peak_path, *command], stdout=out,
+                                    stderr=log, env=commands.child_environment())
             try:
-                _, status, usage = os.wait4(proc.pid, 0)
+                proc.wait()
             except KeyboardInterrupt:
                 # The child may not have seen the interrupt (a signal sent to this process only):
-                # SIGTERM lets ncpfast.train write its checkpoint before it stops.
+                # SIGTERM (forwarded by the launcher) lets a program checkpoint before it stops.
                 proc.send_signal(signal.SIGTERM)
-                os.wait4(proc.pid, 0)
-                proc.returncode = -signal.SIGTERM
+                proc.wait()
                 raise
-            proc.returncode = os.waitstatus_to_exitcode(status)
             seconds = time.perf_counter() - start
         finally:
             if stdout_path:
                 out.close()
-    return Execution(proc.returncode, seconds, usage.ru_maxrss / 1024)
+    peak_kib = _read_peak_kib(peak_path)
+    return Execution(proc.returncode, seconds, peak_kib / 1024 if peak_kib is not None else None)
+
+
+def _read_peak_kib(path: str) -> Optional[float]:
+    """The launcher's measurement (None when the launcher itself failed), the file removed."""
+    try:
+        with open(path) as f:
+            value = float(f.read())
+        os.remove(path)
+        return value
+    except (OSError, ValueError):
+        return None
 
 
 def _log_tail(path: str, lines: int = 5) -> str:

@@ -32,6 +32,24 @@ def save_atomic(obj, path: str) -> None:
         torch.save(obj, f)
 
 
+def load_weights(module: torch.nn.Module, weights: dict, path: str) -> None:
+    """module.load_state_dict(weights), strict; CheckpointError naming what does not
+    fit when the checkpoint at `path` holds another architecture (for instance a
+    hierarchical run written before ncpfast's model became NVAE's, 2026-12-05)."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as error:
+        ours = module.state_dict()
+        missing = sorted(set(ours) - set(weights))
+        unexpected = sorted(set(weights) - set(ours))
+        reshaped = sorted(k for k in set(ours) & set(weights) if tuple(ours[k].shape) != tuple(weights[k].shape))
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its config.json describes ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(reshaped)} of another shape; first: "
+            f"{(missing + unexpected + reshaped)[:3]}). Was it written by another version of ncpfast? Hierarchical "
+            "runs from before its NVAE-equal model (2026-12-05) need that version or a new stage 1") from error
+
+
 def load(path: str, map_location="cpu"):
     """The checkpoint at `path`, unpickled with weights_only=True. Raises CheckpointError
     for a missing or corrupt file and for one that holds other objects."""

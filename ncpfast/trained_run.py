@@ -20,9 +20,10 @@ def load_run(run_dir: str, device: torch.device):
     """(config, VAE in eval mode) of a stage-1 run (its best checkpoint, EMA weights when present)."""
     run = RunDir(run_dir)
     config = load_config(run.require_config())
-    state = checkpoint.load(run.stage1_checkpoint(), map_location=device)
+    path = run.stage1_checkpoint()
+    state = checkpoint.load(path, map_location=device)
     vae = build_model(config.model).to(device)
-    vae.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    checkpoint.load_weights(vae, state["ema"] if state.get("ema") is not None else state["model"], path)
     return config, vae.eval()
 
 

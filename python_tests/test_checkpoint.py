@@ -100,3 +100,15 @@ def test_remove_stale_temporaries_deletes_only_those_of_the_path(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".best.pt.abcdefgh.tmp", ".latest.pt.tmp", "latest.pt",
                                             "latest.pt.abcdefgh.tmp", "notes.tmp"]
     assert remove_stale_temporaries(str(tmp_path / "missing" / "latest.pt")) == []
+
+
+def test_weights_of_another_architecture_are_a_checkpoint_error_that_names_them(tmp_path):
+    """A run written for another model (for instance a hierarchical run from before the
+    NVAE-equal model) is refused with what does not fit, not a load_state_dict traceback."""
+    from ncpfast.checkpoint import load_weights
+    from ncpfast.models.single import MLPVAE
+
+    other = MLPVAE(latent_dim=4, hidden=16).state_dict()
+    with pytest.raises(CheckpointError, match=r"latest.pt: its weights do not fit .* of another shape"):
+        load_weights(MLPVAE(latent_dim=4, hidden=32), other, str(tmp_path / "latest.pt"))
+    load_weights(MLPVAE(latent_dim=4, hidden=16), other, str(tmp_path / "latest.pt"))  # the same model loads

@@ -437,7 +437,7 @@ class Trainer:
         if state.get("world_size", 1) != self.ctx.world_size:
             raise ValueError(f"{path} was written by {state['world_size']} processes; resume it with the "
                              f"same number (now {self.ctx.world_size}) for an exact continuation")
-        self.model.load_state_dict(state["model"])
+        checkpoint.load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.spectral is not None and state["spectral"] is not None:
             self.spectral.load_state_dict(state["spectral"])

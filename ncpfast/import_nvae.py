@@ -90,7 +90,7 @@ def _model_settings(model_config) -> dict:
             **{f"model.nvae.{name}": getattr(model_config, name) for name in hierarchy}}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ncpfast.import_nvae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="an NVAE checkpoint (checkpoint.pt of NVlabs/NVAE's train.py)")
@@ -98,7 +98,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", metavar="NAME", help="the data set stage 2 and the evaluation read (default: "
                         "the one NVAE trained on: mnist, cifar10, celeba64, celebahq256 or ffhq256)")
     parser.add_argument("--data-dir", metavar="DIR", help="directory of that data set's files")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from .cli.common import USER_ERRORS, report_user_error
 
     try:

@@ -76,16 +76,16 @@ def test_rates_take_the_slower_bound(plan):
 def test_commands_use_only_existing_flags(plan):
     from ncpfast.cli.evaluate import build_parser as evaluate_parser
     from ncpfast.cli.train import build_parser as train_parser
+    from ncpfast.import_nvae import build_parser as import_parser
 
+    parsers = {"ncpfast.train": train_parser, "ncpfast.evaluate": evaluate_parser, "ncpfast.import_nvae": import_parser}
     cmds = plan.commands("cifar10")
-    for line in cmds.values():
+    for name, line in cmds.items():
         words = line.split()
-        if "ncpfast.train" in words:
-            args = words[words.index("ncpfast.train") + 1:]
-            train_parser().parse_args(args)  # exits on an unknown flag
-        else:
-            args = words[words.index("ncpfast.evaluate") + 1:]
-            evaluate_parser().parse_args(args)
+        programs = [word for word in words if word in parsers]
+        assert len(programs) == 1, f"{name}: expected one ncpfast program in {line!r}"
+        args = words[words.index(programs[0]) + 1:]
+        parsers[programs[0]]().parse_args(args)  # exits on an unknown flag
     assert "--rdzv_endpoint HOST:29500" in cmds["stage1_2x8gpus"]
 
 

@@ -24,6 +24,7 @@ from .models.base import iw_images_per_pass
 from .models.temperature import readjust_batchnorm
 from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig
 from .ncp.fitting import split_images
+from .runtime import SINGLE_PROCESS, DistributedContext, all_reduce_sum, broadcast_float
 from .stage2 import estimate_log_partition
 from .trained_run import image_reader, load_ncp, load_run, stored_log_partition
 
@@ -70,32 +71,40 @@ class _ComparedPrior(NamedTuple):
 @torch.no_grad()
 def evaluate_run(run_dir: str, device: torch.device, settings: Optional[EvaluationConfig] = None,
                  sampler: SamplerConfig = DEFAULT_SAMPLER, seed: int = 0, progress: bool = True,
-                 fd_cache_dir=None) -> Evaluation:
+                 fd_cache_dir=None, distributed: DistributedContext = SINGLE_PROCESS) -> Optional[Evaluation]:
     """The run's priors side by side: the VAE's own ("base"), a GMM base alone where
     the NCP has one ("gmm", stage 2 with --ncp-base gmm), and the NCP prior ("ncp",
     sampled as `sampler` says). NLLs paired on the same posterior draws, with the
     differences NCP minus each other prior (and GMM minus base); Frechet distances
     (and FID given the weights). The NCP NLL's standard error includes log Z's,
-    which shifts every image alike. seed: every random stream's (random_stream)."""
+    which shifts every image alike. seed: every random stream's (random_stream).
+
+    Under torchrun (distributed) every rank computes its share of the NLL, which
+    is most of an evaluation's time at the paper's K = 1,000, and rank 0 the rest
+    (log Z, sampling, Frechet distances); the result is the single process's,
+    number for number (_paired_log_likelihoods). Rank 0 returns the evaluation,
+    the other ranks None."""
     s = settings or EvaluationConfig()
-    inception = load_fid_inception(s.fid_weights, device) if s.fid_weights else None  # a bad path fails first
+    main = distributed.is_main
+    inception = load_fid_inception(s.fid_weights, device) if s.fid_weights and main else None  # bad path: first
     config, vae = load_run(run_dir, device)
     ncp = load_ncp(run_dir, vae)
-    sampling_ncp = ncp
-    if s.readjust_bn:
-        adjusted = readjust_batchnorm(vae, s.temperature, s.readjust_bn_batches,
-                                      generator=random_stream(seed, "readjust_bn", device))
-        sampling_ncp = load_ncp(run_dir, adjusted)
     train, test = load_dataset(config.data.dataset, config.data.data_dir)
-    if s.log_z_samples is None and s.log_z_proposal is None:
+    log_z_estimate, log_z_source = None, None
+    if main and s.log_z_samples is None and s.log_z_proposal is None:
         log_z_estimate, log_z_source = stored_log_partition(ncp, run_dir), "stage 2"
-    else:
+    elif main:
         log_z_estimate = estimate_log_partition(
             ncp, vae, train, device, s.log_z_samples or config.stage2.log_z_samples,
             s.log_z_proposal or config.stage2.log_z_proposal, random_stream(seed, "log_z", device))
         log_z_source = "re-estimated"
-    log_z = log_z_estimate.log_z
+    log_z = broadcast_float(log_z_estimate.log_z if main else 0.0, distributed)
 
+    sampling_ncp = ncp  # what the samples come from: rank 0's, on the re-adjusted copy when asked
+    if main and s.readjust_bn:
+        adjusted = readjust_batchnorm(vae, s.temperature, s.readjust_bn_batches,
+                                      generator=random_stream(seed, "readjust_bn", device))
+        sampling_ncp = load_ncp(run_dir, adjusted)
     # base and ncp first, then an NCP's own base (a GMM) as a prior of its own: the
     # order in which they share the sampling stream
     priors = [_ComparedPrior("base", vae.importance_weighted_log_likelihood,
@@ -106,6 +115,10 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
     if ncp.base_kind != "gaussian":
         priors.append(_ComparedPrior(ncp.base_kind, ncp.base_log_likelihood, sampling_ncp.base_sample))
 
+    log_likelihoods = _paired_log_likelihoods(priors, vae, test, device, s, seed, progress, distributed)
+    if not main:
+        return None
+
     # The FD's feature network learns the data set's labels; without labels (CelebA)
     # there is no FD (and no step-size tuning), only FID when its weights are given.
     labelled = getattr(train, "labels", None) is not None and getattr(test, "labels", None) is not None
@@ -115,7 +128,6 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
         tuning = tune_langevin_step_size(sampling_ncp, vae, train, features, config.stage2.batch_size, device,
                                          sampler, s, seed)
         sampler = sampler.with_settings(step_size=tuning["step_size"])
-    log_likelihoods = _paired_log_likelihoods(priors, vae, test, device, s, seed, progress)
     real = test.batch(torch.arange(min(len(test), s.num_real or max(s.num_generated, 1000)))).to(device)
     real = vae.in_data_frame(real, real.shape[-1])  # generated images are framed to the data set's size
     generated, seconds = _generate(priors, vae, device, s, seed, real.shape[-1])
@@ -198,19 +210,36 @@ def tune_langevin_step_size(ncp, vae, train, features, stage2_batch_size: int, d
             "held_out_images": len(held_out), "criterion": f"{FD_NAME} against training images held out of stage 2"}
 
 
-def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationConfig, seed: int, progress: bool) -> dict:
+def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationConfig, seed: int, progress: bool,
+                            distributed: DistributedContext = SINGLE_PROCESS) -> dict:
     """Each prior's IW log-likelihood of the first max_images test images (CPU tensors),
-    every prior on the same posterior draws (a paired comparison), on every device."""
+    every prior on the same posterior draws (a paired comparison), on every device.
+
+    Under torchrun, rank r scores the batches r, r + world_size, ...: every rank still
+    reads (binarises) every batch in order, so each batch's images are the single
+    process's, and each batch's posterior draws come from its own seed; the ranks'
+    values meet in one sum in which each image has one non-zero term, so every number
+    is the single process's exactly, on any number of ranks."""
     n = len(test) if s.max_images <= 0 else min(s.max_images, len(test))
     read = image_reader(test, vae.likelihood, device, random_stream(seed, "test_binarisation", device))
     batch = iw_images_per_pass(s.iw_samples, s.iw_chunk, device, most=100)
-    values = {p.name: [] for p in priors}
-    for start in tqdm(range(0, n, batch), desc=f"NLL (K={s.iw_samples})", disable=not progress, leave=False):
-        x = read(torch.arange(start, min(n, start + batch)))
+    values = {p.name: torch.zeros(n, dtype=torch.float64) for p in priors}  # exact for float32 and float64
+    dtypes = {}
+    starts = range(0, n, batch)
+    for i in tqdm(range(len(starts)), desc=f"NLL (K={s.iw_samples})", disable=not (progress and distributed.is_main),
+                  leave=False):
+        start, stop = starts[i], min(n, starts[i] + batch)
+        x = read(torch.arange(start, stop))
+        if i % distributed.world_size != distributed.rank:
+            continue
         for prior in priors:
             with _seeded(seed * 1_000_003 + start, device):
-                values[prior.name].append(prior.log_likelihood(x, s.iw_samples, s.iw_chunk))
-    return {name: torch.cat(parts).cpu() for name, parts in values.items()}
+                scored = prior.log_likelihood(x, s.iw_samples, s.iw_chunk)
+            values[prior.name][start:stop] = scored.cpu()
+            dtypes[prior.name] = scored.dtype
+    # rank 0 scores the first batch, so it knows the dtype of every value it reports
+    return {name: all_reduce_sum(value, distributed).to(dtypes.get(name, torch.float64))
+            for name, value in values.items()}
 
 
 def _draw_batched(draw, n: int, temperature: float, generator) -> torch.Tensor:

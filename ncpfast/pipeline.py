@@ -3,7 +3,7 @@ settings, what the command-line programs (and anyone scripting ncpfast) call.
 
     train_stage1(config, run_dir)        the VAE (ncpfast.training.Trainer)
     train_stage2(config, run_dir)        the NCP classifiers and log Z (ncpfast.stage2)
-    evaluate(run_dir, device, ...)       base vs NCP: NLL, Frechet distances (ncpfast.evaluation)
+    evaluate(run_dir, device, ...)       base vs NCP: NLL (data parallel under torchrun), Frechet distances
     sample(run_dir, device, n, ...)      images from the base or NCP prior
     stage2_and_evaluation(config, run_dir)   what `python -m ncpfast.train` does after stage 1
 
@@ -61,11 +61,14 @@ def train_stage2(config: Config, run_dir: str, distributed: DistributedContext =
 
 
 def evaluate(run_dir: str, device: torch.device, settings: Optional[EvaluationConfig] = None,
-             sampler: SamplerConfig = DEFAULT_SAMPLER, seed: int = 0, progress: bool = True) -> Evaluation:
+             sampler: SamplerConfig = DEFAULT_SAMPLER, seed: int = 0, progress: bool = True,
+             distributed: DistributedContext = SINGLE_PROCESS) -> Optional[Evaluation]:
     """The run's priors side by side (ncpfast.evaluation.evaluate_run), recorded in
-    its metrics.json under "evaluation"."""
-    evaluation = evaluate_run(run_dir, device, settings, sampler, seed, progress=progress)
-    RunDir(run_dir).merge_metrics("evaluation", evaluation.metrics)
+    its metrics.json under "evaluation". Under torchrun the ranks share the NLL and
+    rank 0 records and returns the evaluation (the other ranks: None)."""
+    evaluation = evaluate_run(run_dir, device, settings, sampler, seed, progress=progress, distributed=distributed)
+    if evaluation is not None:
+        RunDir(run_dir).merge_metrics("evaluation", evaluation.metrics)
     return evaluation
 
 

@@ -99,14 +99,29 @@ def average_gradients(module: torch.nn.Module, context: DistributedContext) -> N
         offset += p.numel()
 
 
+def _collective_device(context: DistributedContext) -> torch.device:
+    """Where the process group's tensors must be: NCCL's on the rank's GPU."""
+    return torch.device(f"cuda:{context.local_rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """The sum over ranks (a CPU tensor is reduced on the process group's device)."""
     if not context.enabled:
         return tensor
-    device = torch.device(f"cuda:{context.local_rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _collective_device(context)
     reduced = tensor.to(device).clone()
     dist.all_reduce(reduced)
     return reduced.to(tensor.device)
+
+
+def broadcast_float(value: float, context: DistributedContext) -> float:
+    """Rank 0's value on every rank (exact: sent as float64)."""
+    if not context.enabled:
+        return value
+    device = _collective_device(context)
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, 0)
+    return float(tensor.item())
 
 
 @torch.no_grad()

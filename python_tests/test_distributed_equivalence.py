@@ -14,13 +14,14 @@ to the same run uninterrupted.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+
+from launch_helpers import torchrun
 
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")},
        "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -53,17 +54,6 @@ from ncpfast.train import main  # noqa: E402
 
 sys.exit(main(sys.argv[1:]))
 '''
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(processes):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
 
 
 def descendants(pid):

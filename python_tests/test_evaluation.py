@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from launch_helpers import torchrun
 from ncpfast.config import EvaluationConfig
 from ncpfast.evaluation import evaluate_run, random_stream
 from ncpfast.models.nvae import HierarchicalVAE, NVAEConfig
@@ -20,9 +21,10 @@ FLAT = ["--preset", "mnist-single", "--latent-dim", "4", "--hidden-units", "16",
         "--num-proposals", "3"]
 
 
-def run(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run(module, *args, launcher=(sys.executable,)):
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return subprocess.run([*launcher, "-m", module, *args], capture_output=True, text=True, timeout=600,
+                          env={**env, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +109,27 @@ def test_standalone_evaluation_reuses_stage_2s_log_z(flat_run):
     assert again.returncode == 0, again.stderr
     evaluation = json.loads(again.stdout)
     assert evaluation["log_z_samples"] == 150 and evaluation["log_z_estimate"]["source"] == "re-estimated"
+
+
+@pytest.mark.slow
+def test_evaluation_under_torchrun_gives_the_single_process_numbers(flat_run):
+    """Under torchrun the ranks share the NLL's batches (3 ranks, 5 batches of 10 images
+    at K = 20: uneven shares) and rank 0 does the rest; every number, log Z re-estimated
+    and broadcast included, is the single process's, and only rank 0 prints and writes."""
+    args = [str(flat_run), "--iw-samples", "20", "--max-images", "45", "--num-generated", "12",
+            "--num-proposals", "3", "--log-z-samples", "200", "--no-progress", "--json"]
+    one = run("ncpfast.evaluate", *args)
+    assert one.returncode == 0, one.stderr
+    three = run("ncpfast.evaluate", *args, launcher=torchrun(3))
+    assert three.returncode == 0, three.stdout + three.stderr
+    single, shared = json.loads(one.stdout), json.loads(three.stdout)  # one JSON document: rank 0's
+    stored = json.loads((flat_run / "metrics.json").read_text())["evaluation"]
+    for metrics in (single, shared, stored):
+        for prior in ("base", "ncp"):
+            metrics[prior].pop("sampling_seconds")
+    assert single["test_images"] == 45 and single["log_z_estimate"]["source"] == "re-estimated"
+    assert shared == single
+    assert stored == single
 
 
 @pytest.mark.slow

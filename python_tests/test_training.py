@@ -3,7 +3,6 @@ gloo, the command line's errors, the schedules."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import time
 import pytest
 import torch
 
+from launch_helpers import free_port
 from ncpfast.training.schedules import kl_coefficient, learning_rate, regularizer_weight
 
 # A very small hierarchical model so that a step takes tens of milliseconds.
@@ -82,17 +82,11 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert not list((broken / "checkpoints").glob(".*.tmp")), "a temporary checkpoint was left behind"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "ncpfast.train", *SMALL, "--device", "cpu",
+           "--master_port", str(free_port()), "-m", "ncpfast.train", *SMALL, "--device", "cpu",
            "--epochs", "2", "--max-steps", "4", "--run-dir", str(run)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -102,7 +96,7 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     assert metrics["total_steps"] == 2 * (4000 // 32)
 
     # Stage 2 data parallel on that run: the classifiers stay identical on both ranks, rank 0 evaluates.
-    cmd = [*cmd[:cmd.index("--master_port") + 1], str(_free_port()), "-m", "ncpfast.train", "--stage", "2",
+    cmd = [*cmd[:cmd.index("--master_port") + 1], str(free_port()), "-m", "ncpfast.train", "--stage", "2",
            "--from", str(run), "--device", "cpu", "--no-progress", "--ncp-epochs", "1", "--ncp-batch-size", "32",
            "--ncp-hidden", "8", "--ncp-cells", "1", "--log-z-samples", "100", "--num-proposals", "3",
            "--num-generated", "20", "--iw-samples", "2", "--max-images", "10"]

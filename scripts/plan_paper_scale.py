@@ -378,6 +378,7 @@ def estimate(m: dict) -> dict:
                 + 2 * config.stage2.log_z_samples * m["sampling"]["log_z_flops_per_sample"])
     out["evaluation"] = dict(
         test_images=test, iw_samples=config.evaluation.iw_samples, nll_flops=nll, sampling_and_log_z_flops=sampling,
+        nll_share=nll / (nll + sampling),  # the part that torchrun's ranks share (the rest is rank 0's)
         hours_1_gpu=[(nll + sampling) / (e * h200["matrix_flops"]) / 3600 for e in eff])
     out["sir_seconds_per_1000_images"] = [1000 * m["sampling"]["sir_flops_per_image"] / (e * h200["matrix_flops"])
                                           for e in eff]
@@ -417,6 +418,9 @@ def calibrate(results: dict) -> None:
             stage2_hours_8_gpus=_geometric_middle(r["stage2_hours_1_gpu"]) * factor
             / (8 * ASSUMPTIONS["scaling_efficiency_8"]),
             evaluation_hours_1_gpu=_geometric_middle(r["evaluation"]["hours_1_gpu"]) * factor)
+        share = r["evaluation"]["nll_share"]
+        r["calibrated"]["evaluation_hours_8_gpus"] = r["calibrated"]["evaluation_hours_1_gpu"] * (
+            share / (8 * ASSUMPTIONS["scaling_efficiency_8"]) + 1 - share)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -429,13 +433,13 @@ def commands(preset: str) -> dict:
     dist2 = "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id JOB"
     # The final NLL of --stage 1 and the evaluation at the end of --stage 2 run on rank 0
     # alone while the other ranks idle in the closing barrier, so under torchrun both are
-    # shrunk to a token and the evaluation runs as its own one-GPU process.
+    # shrunk to a token and the evaluation runs as its own job, whose ranks share the NLL.
     token_eval = "--iw-samples 1 --max-images 1 --num-generated 2"
     stage1 = f"-m ncpfast.train --stage 1 --preset {preset} --data-dir DATA --run-dir {run} " \
              f"--batch-size {config.stage1.batch_size} {token_eval}"
     stage2 = f"-m ncpfast.train --stage 2 --from {run} --ncp-batch-size {config.stage2.batch_size} {token_eval}"
     chunk = f" --iw-chunk {config.evaluation.iw_chunk}" if config.evaluation.iw_chunk else ""
-    evaluate = (f"python -m ncpfast.evaluate {run} --iw-samples {config.evaluation.iw_samples}{chunk} "
+    evaluate = (f"-m ncpfast.evaluate {run} --iw-samples {config.evaluation.iw_samples}{chunk} "
                 f"--num-generated {EVAL_GENERATED} --num-proposals {config.sampler.num_proposals} "
                 f"--fid-weights pt_inception-2015-12-05-6726825d.pth --json")
     return {
@@ -444,7 +448,8 @@ def commands(preset: str) -> dict:
         "stage1_2x8gpus": f"{dist2} {stage1}",
         "stage2_8gpus": f"{dist1} {stage2}",
         "stage2_2x8gpus": f"{dist2} {stage2}",
-        "evaluate_1gpu": f"CUDA_VISIBLE_DEVICES=0 {evaluate}",
+        "evaluate_1gpu": f"CUDA_VISIBLE_DEVICES=0 python {evaluate}",
+        "evaluate_8gpus": f"{dist1} {evaluate}",
         "resume_8gpus": f"{dist1} -m ncpfast.train --stage 1 --resume {run} {token_eval}",
         "import_nvae": f"python -m ncpfast.import_nvae NVAE_RUN/checkpoint.pt --out {run} --data-dir DATA",
     }
@@ -497,7 +502,7 @@ def render_markdown(report: dict) -> str:
         "| preset (epochs, batch per process) | params | train GFLOP/image | saved activations MB/image (fp32: "
         "fused / eager) | H200 images/s per GPU: planning (method's bounds) | stage 1 h on 1 GPU: planning "
         "(bounds) | stage 1 h on 8 GPUs: planning (bounds) | memory per GPU GB (bf16 fused; fp32 eager) "
-        "| stage 2 h: 1 / 8 GPUs | evaluation h (1 GPU) |",
+        "| stage 2 h: 1 / 8 GPUs | evaluation h: 1 / 8 GPUs |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset, r in report["presets"].items():
@@ -519,7 +524,8 @@ def render_markdown(report: dict) -> str:
             f"| **{_n(cal['stage1_hours']['8_gpus']) if cal else '-'}** ({_n(min(h8))}-{_n(max(h8))}) "
             f"| {_gb(mem['bf16_fused'])}{flag}; {_gb(mem['fp32_eager'])}{flag_eager} "
             f"| {_n(cal['stage2_hours_1_gpu']) if cal else '-'} / {_n(cal['stage2_hours_8_gpus']) if cal else '-'} "
-            f"| {_n(cal['evaluation_hours_1_gpu']) if cal else '-'}"
+            f"| {_n(cal['evaluation_hours_1_gpu']) if cal else '-'} "
+            f"/ {_n(cal['evaluation_hours_8_gpus']) if cal else '-'}"
             f"{' (no FD, see below)' if preset in NO_LABELS else ''} |")
     lines += [
         "",
@@ -533,8 +539,9 @@ def render_markdown(report: dict) -> str:
         f"{a['scaling_efficiency_16']:.0%}; in the JSON). Stage 2 (the preset's `stage2.epochs` over the training "
         "split, plus the held-out pass) and the evaluation (K importance samples for both priors on the whole "
         f"test split, {EVAL_GENERATED:,} images per prior, log Z) are FLOP-bound figures corrected by the same "
-        "factor. The evaluation runs on one GPU whatever the job size (see the commands): for the large test "
-        "splits, `--max-images` (e.g. 5,000) divides it.",
+        "factor. Under `torchrun` the evaluation's ranks share the NLL (same "
+        f"{a['scaling_efficiency_8']:.0%} efficiency) and rank 0 alone samples, scores the Frechet distances and "
+        "estimates log Z; for the large test splits, `--max-images` (e.g. 5,000) divides the NLL's part.",
         "",
         "**CelebA has no labels**, so its evaluation reports the NLL and, given pytorch-fid's weights "
         "(`--fid-weights`), FID, but no small-classifier FD (that network is trained on labels). At 256x256, "
@@ -548,7 +555,7 @@ def render_markdown(report: dict) -> str:
         "(docs/usage.md, \"NCP on a trained NVAE\"), and what is left is stage 2 and the evaluation. Same "
         "method and same caveats as the table above: estimates, no GPU measured.",
         "",
-        "| preset | stage 2 h: 1 / 8 GPUs | evaluation h (1 GPU) | stage 2 on 8 GPUs + evaluation, h "
+        "| preset | stage 2 h: 1 / 8 GPUs | evaluation h: 1 / 8 GPUs | stage 2 + evaluation on 8 GPUs, h "
         "| stage 1 on 8 GPUs that the import saves, h |",
         "|---|---|---|---|---|",
     ]
@@ -558,17 +565,18 @@ def render_markdown(report: dict) -> str:
             continue
         lines.append(
             f"| `{preset}` | {_n(cal['stage2_hours_1_gpu'])} / {_n(cal['stage2_hours_8_gpus'])} "
-            f"| {_n(cal['evaluation_hours_1_gpu'])} "
-            f"| {_n(cal['stage2_hours_8_gpus'] + cal['evaluation_hours_1_gpu'])} "
+            f"| {_n(cal['evaluation_hours_1_gpu'])} / {_n(cal['evaluation_hours_8_gpus'])} "
+            f"| {_n(cal['stage2_hours_8_gpus'] + cal['evaluation_hours_8_gpus'])} "
             f"| {_n(cal['stage1_hours']['8_gpus'])} |")
     lines += [
         "",
         "The commands of this path are each preset's `import`, `stage 2` and `evaluation` lines below (the "
         "import reads NVAE's `checkpoint.pt`; `NVAE_RUN` is its folder). The evaluation dominates: the "
         "paper's NLL protocol (K = 1,000 importance samples for each of two priors over the whole test split) "
-        "costs more than the stage 1 the import saves, and `python -m ncpfast.evaluate` runs on one GPU (it "
-        "has no data-parallel mode yet), so 8 GPUs do not shorten it. `--max-images N` scores the first N test "
-        "images: the hours scale with N, and the NLL's standard error (reported) scales as 1/sqrt(N).",
+        "costs more on one GPU than the stage 1 the import saves. Under `torchrun` (the `evaluation, 8 GPUs` "
+        "line) the ranks share the NLL's batches and give the one-process numbers exactly (a test checks it "
+        "on 3 CPU ranks); rank 0 alone samples and scores the Frechet distances. `--max-images N` scores the "
+        "first N test images: the NLL's hours scale with N, and its standard error (reported) as 1/sqrt(N).",
         "",
         "## Per preset: what the counts say",
         "",
@@ -641,7 +649,9 @@ def render_markdown(report: dict) -> str:
                   f"# stage 2 (the NCP classifiers, data parallel), 8 GPUs\n{cmds['stage2_8gpus']}",
                   f"# stage 2, 2 hosts x 8 GPUs\n{cmds['stage2_2x8gpus']}",
                   f"# evaluation: NLL (K={_config(preset).evaluation.iw_samples}), FID on 50,000 samples, base vs "
-                  f"NCP; one process\n{cmds['evaluate_1gpu']}"]
+                  f"NCP; one GPU\n{cmds['evaluate_1gpu']}",
+                  f"# evaluation, 8 GPUs: the ranks share the NLL (the same numbers), rank 0 samples and scores "
+                  f"FID\n{cmds['evaluate_8gpus']}"]
         lines += ["```", ""]
     lines += [
         "Why the commands look like this:",
@@ -650,10 +660,12 @@ def render_markdown(report: dict) -> str:
         "`ncpfast/runtime.py` (a gloo barrier with a 24-hour timeout, under NCCL too). The "
         "paper-scale evaluation takes hours (table), during which the other GPUs would sit idle, so the "
         "commands shrink those in-job evaluations to a token (`--iw-samples 1 --max-images 1 "
-        "--num-generated 2`) and run `python -m ncpfast.evaluate` as its own single-GPU process afterwards.",
-        "- `ncpfast.evaluate` has no distributed mode: under `torchrun` every rank would evaluate and write "
-        "`metrics.json`. Run it once, on one GPU. Its FID needs pytorch-fid's weights file, which the user "
-        "supplies (nothing here downloads it); without `--fid-weights` it reports the small-classifier FD only.",
+        "--num-generated 2`) and run `python -m ncpfast.evaluate` as its own job afterwards.",
+        "- Under `torchrun`, `ncpfast.evaluate`'s ranks share the NLL's batches (every rank binarises every "
+        "batch in order and each batch has its own seed, so the numbers are one process's, on any number of "
+        "ranks); rank 0 estimates log Z (when asked to re-estimate it), samples, scores the Frechet distances "
+        "and writes `metrics.json`. Its FID needs pytorch-fid's weights file, which the user supplies "
+        "(nothing here downloads it); without `--fid-weights` it reports the small-classifier FD only.",
         "- `--stage 2 --from RUN` reads the run's `config.json`; options given on the command line override it "
         "(here the NCP batch and the token evaluation). `--resume` needs the same process count as the run it "
         "continues.",

@@ -24,7 +24,7 @@ import sys
 from ..config import add_config_flags, section_values
 from ..config.options import EVALUATE
 from ..evaluation import STEP_SIZE_CANDIDATES
-from ..runtime import pick_device
+from ..runtime import init_distributed, pick_device, shutdown_distributed
 from .common import (
     AUTO,
     USER_ERRORS,
@@ -60,11 +60,21 @@ def main(argv=None) -> int:
         tune = section_values(args, "sampler").get("step_size") == AUTO
         settings = evaluation_from_args(args, tune_step_size=tune)
         progress = section_values(args, "logging").get("progress", True)
-        evaluation = pipeline.evaluate(args.run_dir, pick_device(run_value(args, "device", "auto")), settings,
-                                       sampler_from_args(args), run_value(args, "seed", 0), progress)
+        sampler = sampler_from_args(args)
+        device_request = run_value(args, "device", "auto")
+        pick_device(device_request)  # a device that is not there: the clear error before any set-up
     except USER_ERRORS as error:
         return report_user_error(error)
-    print(json.dumps(evaluation.metrics, indent=2) if args.json else format_table(evaluation.metrics))
+    distributed = init_distributed(device_request)
+    try:
+        evaluation = pipeline.evaluate(args.run_dir, pick_device(device_request, distributed.local_rank), settings,
+                                       sampler, run_value(args, "seed", 0), progress, distributed)
+    except USER_ERRORS as error:
+        return report_user_error(error)
+    finally:
+        shutdown_distributed()
+    if evaluation is not None:  # rank 0's
+        print(json.dumps(evaluation.metrics, indent=2) if args.json else format_table(evaluation.metrics))
     return 0
 
 

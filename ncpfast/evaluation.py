@@ -24,7 +24,7 @@ from .models.base import iw_images_per_pass
 from .models.temperature import readjust_batchnorm
 from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig
 from .ncp.fitting import split_images
-from .runtime import SINGLE_PROCESS, DistributedContext, all_reduce_sum, broadcast_float
+from .runtime import SINGLE_PROCESS, DistributedContext, host_broadcast_float, host_sum
 from .stage2 import estimate_log_partition
 from .trained_run import image_reader, load_ncp, load_run, stored_log_partition
 
@@ -98,7 +98,7 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
             ncp, vae, train, device, s.log_z_samples or config.stage2.log_z_samples,
             s.log_z_proposal or config.stage2.log_z_proposal, random_stream(seed, "log_z", device))
         log_z_source = "re-estimated"
-    log_z = broadcast_float(log_z_estimate.log_z if main else 0.0, distributed)
+    log_z = host_broadcast_float(log_z_estimate.log_z if main else 0.0, distributed)
 
     sampling_ncp = ncp  # what the samples come from: rank 0's, on the re-adjusted copy when asked
     if main and s.readjust_bn:
@@ -238,7 +238,7 @@ def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationConfig, seed
             values[prior.name][start:stop] = scored.cpu()
             dtypes[prior.name] = scored.dtype
     # rank 0 scores the first batch, so it knows the dtype of every value it reports
-    return {name: all_reduce_sum(value, distributed).to(dtypes.get(name, torch.float64))
+    return {name: host_sum(value, distributed).to(dtypes.get(name, torch.float64))
             for name, value in values.items()}
 
 

@@ -21,7 +21,7 @@ from .images import save_side_by_side
 from .models.temperature import DEFAULT_BATCHES, readjust_batchnorm
 from .ncp.contract import DEFAULT_SAMPLER, SamplerConfig, check_samples, check_temperature
 from .run_dir import RunDir
-from .runtime import SINGLE_PROCESS, DistributedContext, pick_device
+from .runtime import SINGLE_PROCESS, DistributedContext, pick_device, wait_for_rank0
 from .stage2 import train_stage2 as fit_stage2
 from .trained_run import load_ncp, load_run
 
@@ -74,14 +74,16 @@ def evaluate(run_dir: str, device: torch.device, settings: Optional[EvaluationCo
 
 def stage2_and_evaluation(config: Config, run_dir: str,
                           distributed: DistributedContext = SINGLE_PROCESS) -> Optional[tuple[dict, Evaluation]]:
-    """Stage 2, then on rank 0 the evaluation with the config's settings and the
-    side-by-side grid of both priors' samples (RunDir.sample_grid). Rank 0 returns
-    (stage-2 summary, evaluation); the other ranks None."""
+    """Stage 2, then the evaluation with the config's settings (under torchrun the ranks
+    share its NLL) and, on rank 0, the side-by-side grid of both priors' samples
+    (RunDir.sample_grid). Rank 0 returns (stage-2 summary, evaluation); the other ranks None."""
     summary = train_stage2(config, run_dir, distributed)
+    wait_for_rank0(distributed)  # rank 0 estimates log Z and saves the classifiers alone
+    device = pick_device(config.run.device, distributed.local_rank)
+    evaluation = evaluate(run_dir, device, config.evaluation, config.sampler, config.run.seed, config.logging.progress,
+                          distributed)
     if not distributed.is_main:
         return None
-    device = pick_device(config.run.device, distributed.local_rank)
-    evaluation = evaluate(run_dir, device, config.evaluation, config.sampler, config.run.seed, config.logging.progress)
     n = config.logging.num_sample_images
     save_side_by_side([evaluation.images["base"][:n], evaluation.images["ncp"][:n]], RunDir(run_dir).sample_grid)
     return summary, evaluation

@@ -39,23 +39,52 @@ def init_distributed(device_request: str) -> DistributedContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    global _final_barrier_group
-    if dist.get_backend() != "gloo" and _final_barrier_group is None:
-        # NCCL's barrier would time out (10 minutes by default) while rank 0
-        # evaluates alone; the final wait goes through a gloo group created
-        # here, while every rank is present.
-        _final_barrier_group = dist.new_group(backend="gloo", timeout=FINAL_BARRIER_TIMEOUT)
+    global _host_group
+    if dist.get_backend() != "gloo" and _host_group is None:
+        # NCCL's collectives time out (10 minutes by default) while rank 0
+        # works alone; the waits for it (and the evaluation's small host-side
+        # collectives) go through a gloo group created here, while every rank
+        # is present.
+        _host_group = dist.new_group(backend="gloo", timeout=FINAL_BARRIER_TIMEOUT)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-# How long the other ranks wait at the end for rank 0, which evaluates alone.
+# How long the other ranks wait for rank 0 working alone (log Z, sampling, the
+# evaluation after training).
 FINAL_BARRIER_TIMEOUT = timedelta(hours=24)
-_final_barrier_group = None
+# CPU tensors' process group: that gloo group under NCCL, the default group under gloo.
+_host_group = None
+
+
+def wait_for_rank0(context: DistributedContext) -> None:
+    """Returns on every rank once all have called it (gloo's monitored_barrier, with
+    FINAL_BARRIER_TIMEOUT: rank 0 may be working alone for hours)."""
+    if context.enabled:
+        dist.monitored_barrier(group=_host_group, timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
+
+
+def host_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """The sum over ranks of a CPU tensor, through the host group (no device copy,
+    no NCCL timeout while a rank is still working)."""
+    if not context.enabled:
+        return tensor
+    reduced = tensor.clone()
+    dist.all_reduce(reduced, group=_host_group)
+    return reduced
+
+
+def host_broadcast_float(value: float, context: DistributedContext) -> float:
+    """Rank 0's value on every rank (exact: sent as float64), through the host group."""
+    if not context.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(tensor, 0, group=_host_group)
+    return float(tensor.item())
 
 
 def shutdown_distributed() -> None:
     """Waits until every rank is here, then tears the process group down.
-    Rank 0 evaluates alone after training; a rank that destroyed its gloo
+    Rank 0 finishes alone (stage 1's test NLL, an evaluation's sampling); a rank that destroyed its gloo
     context while rank 0 still held the connection sometimes died in
     std::terminate ("terminate called without an active exception", seen in
     CI on the two-process stage-2 test). The wait gets its own long timeout
@@ -63,11 +92,11 @@ def shutdown_distributed() -> None:
     because that evaluation can take longer than the process group's default."""
     if not dist.is_initialized():
         return
-    global _final_barrier_group
+    global _host_group
     try:
-        dist.monitored_barrier(group=_final_barrier_group, timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
+        dist.monitored_barrier(group=_host_group, timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
     finally:
-        _final_barrier_group = None
+        _host_group = None
         dist.destroy_process_group()
 
 
@@ -99,29 +128,14 @@ def average_gradients(module: torch.nn.Module, context: DistributedContext) -> N
         offset += p.numel()
 
 
-def _collective_device(context: DistributedContext) -> torch.device:
-    """Where the process group's tensors must be: NCCL's on the rank's GPU."""
-    return torch.device(f"cuda:{context.local_rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """The sum over ranks (a CPU tensor is reduced on the process group's device)."""
     if not context.enabled:
         return tensor
-    device = _collective_device(context)
+    device = torch.device(f"cuda:{context.local_rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
     reduced = tensor.to(device).clone()
     dist.all_reduce(reduced)
     return reduced.to(tensor.device)
-
-
-def broadcast_float(value: float, context: DistributedContext) -> float:
-    """Rank 0's value on every rank (exact: sent as float64)."""
-    if not context.enabled:
-        return value
-    device = _collective_device(context)
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(tensor, 0)
-    return float(tensor.item())
 
 
 @torch.no_grad()

@@ -95,17 +95,26 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     # 4000 digits / (16 x 2 processes) steps per epoch.
     assert metrics["total_steps"] == 2 * (4000 // 32)
 
-    # Stage 2 data parallel on that run: the classifiers stay identical on both ranks, rank 0 evaluates.
+    # Stage 2 data parallel on that run: the classifiers stay identical on both ranks.
     cmd = [*cmd[:cmd.index("--master_port") + 1], str(free_port()), "-m", "ncpfast.train", "--stage", "2",
            "--from", str(run), "--device", "cpu", "--no-progress", "--ncp-epochs", "1", "--ncp-batch-size", "32",
            "--ncp-hidden", "8", "--ncp-cells", "1", "--log-z-samples", "100", "--num-proposals", "3",
            "--num-generated", "20", "--iw-samples", "2", "--max-images", "10"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("stage 2:") == 1  # rank 0 alone reports and evaluates
+    assert result.stdout.count("stage 2:") == 1  # rank 0 alone reports
     ncp = json.loads((run / "metrics.json").read_text())["ncp"]
     assert ncp["world_size"] == 2 and ncp["replicas_identical"] is True
     assert (run / "checkpoints" / "ncp.pt").is_file() and (run / "samples.png").is_file()
+    # The ranks shared the evaluation's NLL: its numbers are a single process's.
+    shared = json.loads((run / "metrics.json").read_text())["evaluation"]
+    alone = subprocess.run([sys.executable, "-m", "ncpfast.evaluate", str(run), "--device", "cpu", "--no-progress",
+                            "--num-proposals", "3", "--num-generated", "20", "--iw-samples", "2", "--max-images", "10",
+                            "--json"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert alone.returncode == 0, alone.stderr
+    alone = json.loads(alone.stdout)
+    for prior in ("base", "ncp"):
+        assert shared[prior]["nll_nats"] == alone[prior]["nll_nats"] and shared[prior]["fd"] == alone[prior]["fd"]
 
 
 @pytest.mark.slow

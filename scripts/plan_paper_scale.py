@@ -655,12 +655,12 @@ def render_markdown(report: dict) -> str:
         lines += ["```", ""]
     lines += [
         "Why the commands look like this:",
-        "- `--stage 1` ends with the test NLL on rank 0 alone and `--stage 2` ends with the full evaluation "
-        "on rank 0 alone, while the other ranks wait in the closing barrier of "
-        "`ncpfast/runtime.py` (a gloo barrier with a 24-hour timeout, under NCCL too). The "
-        "paper-scale evaluation takes hours (table), during which the other GPUs would sit idle, so the "
-        "commands shrink those in-job evaluations to a token (`--iw-samples 1 --max-images 1 "
-        "--num-generated 2`) and run `python -m ncpfast.evaluate` as its own job afterwards.",
+        "- `--stage 1` ends with the test NLL on rank 0 alone, while the other ranks wait in the closing "
+        "barrier of `ncpfast/runtime.py` (a gloo barrier with a 24-hour timeout, under NCCL too); `--stage 2` "
+        "ends with an evaluation whose NLL the ranks share. The paper-scale evaluation takes hours (table), so "
+        "the commands shrink those in-job evaluations to a token (`--iw-samples 1 --max-images 1 "
+        "--num-generated 2`) and run `python -m ncpfast.evaluate` as its own job afterwards: its settings "
+        "and its reruns then need no training.",
         "- Under `torchrun`, `ncpfast.evaluate`'s ranks share the NLL's batches (every rank binarises every "
         "batch in order and each batch has its own seed, so the numbers are one process's, on any number of "
         "ranks); rank 0 estimates log Z (when asked to re-estimate it), samples, scores the Frechet distances "

@@ -90,14 +90,15 @@ def evaluate_run(run_dir: str, device: torch.device, settings: Optional[Evaluati
     config, vae = load_run(run_dir, device)
     ncp = load_ncp(run_dir, vae)
     train, test = load_dataset(config.data.dataset, config.data.data_dir)
-    log_z_estimate, log_z_source = None, None
-    if main and s.log_z_samples is None and s.log_z_proposal is None:
-        log_z_estimate, log_z_source = stored_log_partition(ncp, run_dir), "stage 2"
-    elif main:
-        log_z_estimate = estimate_log_partition(
-            ncp, vae, train, device, s.log_z_samples or config.stage2.log_z_samples,
-            s.log_z_proposal or config.stage2.log_z_proposal, random_stream(seed, "log_z", device))
-        log_z_source = "re-estimated"
+    log_z_estimate = log_z_source = None  # rank 0's alone
+    if main:
+        if s.log_z_samples is None and s.log_z_proposal is None:
+            log_z_estimate, log_z_source = stored_log_partition(ncp, run_dir), "stage 2"
+        else:
+            log_z_estimate = estimate_log_partition(
+                ncp, vae, train, device, s.log_z_samples or config.stage2.log_z_samples,
+                s.log_z_proposal or config.stage2.log_z_proposal, random_stream(seed, "log_z", device))
+            log_z_source = "re-estimated"
     log_z = host_broadcast_float(log_z_estimate.log_z if main else 0.0, distributed)
 
     sampling_ncp = ncp  # what the samples come from: rank 0's, on the re-adjusted copy when asked
@@ -225,10 +226,9 @@ def _paired_log_likelihoods(priors, vae, test, device, s: EvaluationConfig, seed
     batch = iw_images_per_pass(s.iw_samples, s.iw_chunk, device, most=100)
     values = {p.name: torch.zeros(n, dtype=torch.float64) for p in priors}  # exact for float32 and float64
     dtypes = {}
-    starts = range(0, n, batch)
-    for i in tqdm(range(len(starts)), desc=f"NLL (K={s.iw_samples})", disable=not (progress and distributed.is_main),
-                  leave=False):
-        start, stop = starts[i], min(n, starts[i] + batch)
+    for i, start in enumerate(tqdm(range(0, n, batch), desc=f"NLL (K={s.iw_samples})",
+                                   disable=not (progress and distributed.is_main), leave=False)):
+        stop = min(n, start + batch)
         x = read(torch.arange(start, stop))
         if i % distributed.world_size != distributed.rank:
             continue

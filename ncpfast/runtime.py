@@ -60,7 +60,11 @@ def wait_for_rank0(context: DistributedContext) -> None:
     """Returns on every rank once all have called it (gloo's monitored_barrier, with
     FINAL_BARRIER_TIMEOUT: rank 0 may be working alone for hours)."""
     if context.enabled:
-        dist.monitored_barrier(group=_host_group, timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
+        _wait_for_all_ranks()
+
+
+def _wait_for_all_ranks() -> None:
+    dist.monitored_barrier(group=_host_group, timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
 
 
 def host_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
@@ -94,7 +98,7 @@ def shutdown_distributed() -> None:
         return
     global _host_group
     try:
-        dist.monitored_barrier(group=_host_group, timeout=FINAL_BARRIER_TIMEOUT, wait_all_ranks=True)
+        _wait_for_all_ranks()
     finally:
         _host_group = None
         dist.destroy_process_group()
